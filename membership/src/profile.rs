@@ -1,0 +1,151 @@
+//! Timer profiles: one name picks every period and timeout of both membership cores.
+
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A named set of timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Profile {
+    /// A data centre: probe every 1 s, suspicion 4·log10(N) s (memberlist's LAN defaults).
+    #[default]
+    Lan,
+    /// Across regions: probe every 5 s, suspicion 6·log10(N)·5 s.
+    Wan,
+    /// Tests and demos on loopback: everything ~10x faster than `Lan`.
+    Test,
+}
+
+impl Profile {
+    /// All profiles, for help texts.
+    pub const ALL: [Profile; 3] = [Profile::Lan, Profile::Wan, Profile::Test];
+
+    /// The profile's name as accepted by [`FromStr`].
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Lan => "lan",
+            Self::Wan => "wan",
+            Self::Test => "test",
+        }
+    }
+
+    /// foca's SWIM configuration for a cluster of about `cluster_size` nodes.
+    pub fn foca_config(self, cluster_size: u32) -> foca::Config {
+        let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
+        match self {
+            Self::Lan => foca::Config::new_lan(n),
+            Self::Wan => foca::Config::new_wan(n),
+            Self::Test => {
+                let mut c = foca::Config::new_lan(n);
+                c.probe_period = Duration::from_millis(200);
+                c.probe_rtt = Duration::from_millis(80);
+                c.suspect_to_down_after = Duration::from_millis(800);
+                c.periodic_gossip = Some(foca::PeriodicParams {
+                    frequency: Duration::from_millis(50),
+                    num_members: NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN),
+                });
+                c.periodic_announce = Some(foca::PeriodicParams {
+                    frequency: Duration::from_secs(3),
+                    num_members: NonZeroUsize::MIN,
+                });
+                c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+                    frequency: Duration::from_secs(5),
+                    num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
+                });
+                c
+            }
+        }
+    }
+
+    /// Period of the SWIM anti-entropy digest exchange with one random peer.
+    pub const fn anti_entropy_period(self) -> Duration {
+        match self {
+            Self::Lan => Duration::from_secs(1),
+            Self::Wan => Duration::from_secs(5),
+            Self::Test => Duration::from_millis(250),
+        }
+    }
+
+    /// Every how many anti-entropy rounds a node also contacts one member it believes Down (so
+    /// the two sides of a healed partition find each other without waiting for foca's slow
+    /// announce-to-down timer).
+    pub const fn anti_entropy_down_every(self) -> u32 {
+        5
+    }
+
+    /// Full-mesh heartbeat period on an idle link.
+    pub const fn mesh_heartbeat(self) -> Duration {
+        match self {
+            Self::Lan => Duration::from_secs(1),
+            Self::Wan => Duration::from_secs(5),
+            Self::Test => Duration::from_millis(100),
+        }
+    }
+
+    /// Full-mesh: a peer silent for this long is Down (its link is closed and redialled).
+    pub const fn mesh_heartbeat_timeout(self) -> Duration {
+        match self {
+            Self::Lan => Duration::from_secs(5),
+            Self::Wan => Duration::from_secs(30),
+            Self::Test => Duration::from_millis(500),
+        }
+    }
+
+    /// Full-mesh reconnect backoff: first delay and cap (doubling in between).
+    pub const fn mesh_reconnect_backoff(self) -> (Duration, Duration) {
+        match self {
+            Self::Lan => (Duration::from_millis(200), Duration::from_secs(5)),
+            Self::Wan => (Duration::from_secs(1), Duration::from_secs(30)),
+            Self::Test => (Duration::from_millis(50), Duration::from_millis(500)),
+        }
+    }
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// An unknown profile name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownProfile(pub String);
+
+impl fmt::Display for UnknownProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown timer profile {:?} (expected lan, wan or test)", self.0)
+    }
+}
+
+impl std::error::Error for UnknownProfile {}
+
+impl FromStr for Profile {
+    type Err = UnknownProfile;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| UnknownProfile(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_parse_by_name_and_reject_others() {
+        for p in Profile::ALL {
+            assert_eq!(p.name().parse::<Profile>(), Ok(p));
+        }
+        assert!("fast".parse::<Profile>().is_err());
+    }
+
+    #[test]
+    fn test_profile_keeps_foca_invariants() {
+        let c = Profile::Test.foca_config(100);
+        assert!(c.probe_rtt < c.probe_period);
+    }
+}

@@ -1,0 +1,1 @@
+//! The meshreg deterministic simulator and property suites.

@@ -1,0 +1,2 @@
+//! The `meshreg` command line.
+fn main() {}
