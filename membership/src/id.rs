@@ -133,7 +133,10 @@ mod tests {
         for i in [0u32, 1, 255, 256, 9_999, 65_535] {
             assert_eq!(loopback_index(loopback_addr(i, 1)), Some(i));
         }
-        assert_eq!(loopback_index(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1)), None);
+        assert_eq!(
+            loopback_index(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1)),
+            None
+        );
     }
 
     #[test]

@@ -29,10 +29,22 @@ impl MembershipCore for Mesh {
         self.id
     }
     fn start(&mut self, _now: Time, _seeds: &[SocketAddrV4], _out: &mut Vec<Output<MeshTimer>>) {}
-    fn handle_datagram(&mut self, _now: Time, _from: SocketAddrV4, _bytes: &[u8], _out: &mut Vec<Output<MeshTimer>>) -> Result<(), Error> {
+    fn handle_datagram(
+        &mut self,
+        _now: Time,
+        _from: SocketAddrV4,
+        _bytes: &[u8],
+        _out: &mut Vec<Output<MeshTimer>>,
+    ) -> Result<(), Error> {
         Ok(())
     }
-    fn handle_stream(&mut self, _now: Time, _from: SocketAddrV4, _bytes: &[u8], _out: &mut Vec<Output<MeshTimer>>) -> Result<(), Error> {
+    fn handle_stream(
+        &mut self,
+        _now: Time,
+        _from: SocketAddrV4,
+        _bytes: &[u8],
+        _out: &mut Vec<Output<MeshTimer>>,
+    ) -> Result<(), Error> {
         Ok(())
     }
     fn handle_link(&mut self, _now: Time, _event: LinkEvent, _out: &mut Vec<Output<MeshTimer>>) {}

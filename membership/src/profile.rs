@@ -114,7 +114,11 @@ pub struct UnknownProfile(pub String);
 
 impl fmt::Display for UnknownProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown timer profile {:?} (expected lan, wan or test)", self.0)
+        write!(
+            f,
+            "unknown timer profile {:?} (expected lan, wan or test)",
+            self.0
+        )
     }
 }
 

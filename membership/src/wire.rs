@@ -89,14 +89,22 @@ pub enum WireError {
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Truncated { len } => write!(f, "packet of {len} bytes is shorter than the {HEADER_LEN}-byte header"),
+            Self::Truncated { len } => write!(
+                f,
+                "packet of {len} bytes is shorter than the {HEADER_LEN}-byte header"
+            ),
             Self::BadMagic => write!(f, "not a meshreg packet (bad magic)"),
             Self::UnsupportedVersion { got, supported } => {
-                write!(f, "unsupported protocol version {got} (this build speaks {supported})")
+                write!(
+                    f,
+                    "unsupported protocol version {got} (this build speaks {supported})"
+                )
             }
             Self::UnknownKind(k) => write!(f, "unknown payload kind {k}"),
             Self::WrongCluster { got } => write!(f, "packet of another cluster (id {got:#010x})"),
-            Self::TooLarge { len, max } => write!(f, "packet of {len} bytes exceeds the {max}-byte cap"),
+            Self::TooLarge { len, max } => {
+                write!(f, "packet of {len} bytes exceeds the {max}-byte cap")
+            }
             Self::Malformed(what) => write!(f, "malformed {what} payload"),
         }
     }
@@ -129,13 +137,19 @@ pub fn open(bytes: &[u8], cluster: u32, max_payload: usize) -> Result<(Kind, &[u
     }
     let max = max_payload.saturating_add(HEADER_LEN);
     if bytes.len() > max {
-        return Err(WireError::TooLarge { len: bytes.len(), max });
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
     }
     if bytes[0..2] != MAGIC {
         return Err(WireError::BadMagic);
     }
     if bytes[2] != PROTOCOL_VERSION {
-        return Err(WireError::UnsupportedVersion { got: bytes[2], supported: PROTOCOL_VERSION });
+        return Err(WireError::UnsupportedVersion {
+            got: bytes[2],
+            supported: PROTOCOL_VERSION,
+        });
     }
     let kind = Kind::from_u8(bytes[3]).ok_or(WireError::UnknownKind(bytes[3]))?;
     let got = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
@@ -160,18 +174,30 @@ mod tests {
     #[test]
     fn each_defect_gets_its_own_error() {
         let good = seal(Kind::Swim, 7, b"x");
-        assert_eq!(open(&good[..3], 7, 100), Err(WireError::Truncated { len: 3 }));
+        assert_eq!(
+            open(&good[..3], 7, 100),
+            Err(WireError::Truncated { len: 3 })
+        );
         assert_eq!(open(&good, 8, 100), Err(WireError::WrongCluster { got: 7 }));
         let mut bad = good.clone();
         bad[0] = b'X';
         assert_eq!(open(&bad, 7, 100), Err(WireError::BadMagic));
         let mut bad = good.clone();
         bad[2] = 9;
-        assert_eq!(open(&bad, 7, 100), Err(WireError::UnsupportedVersion { got: 9, supported: 1 }));
+        assert_eq!(
+            open(&bad, 7, 100),
+            Err(WireError::UnsupportedVersion {
+                got: 9,
+                supported: 1
+            })
+        );
         let mut bad = good.clone();
         bad[3] = 200;
         assert_eq!(open(&bad, 7, 100), Err(WireError::UnknownKind(200)));
-        assert_eq!(open(&good, 7, 0), Err(WireError::TooLarge { len: 9, max: 8 }));
+        assert_eq!(
+            open(&good, 7, 0),
+            Err(WireError::TooLarge { len: 9, max: 8 })
+        );
     }
 
     proptest! {

@@ -1,0 +1,468 @@
+//! SWIM membership: `foca` driven sans-IO, plus meshreg's anti-entropy.
+//!
+//! foca gives failure detection (probe, indirect probe, suspicion) and infection-style
+//! dissemination. Alone it leaves a long convergence tail at scale (a Feed carries ~200 members;
+//! foca's periodic announce reaches one member every 30 s), so [`Swim`] adds:
+//!
+//! - a **full pull** from a seed on join (`Push { want: ALL }`, see [`sync`]);
+//! - a periodic **bucketed digest exchange** with one random peer, which ships only the members of
+//!   the buckets that differ ([`digest`]);
+//! - every few rounds the digest goes to a member believed **Down**, so the sides of a healed
+//!   partition find each other quickly;
+//! - **re-announce** to the seeds while the node finds itself alone.
+//!
+//! The digest is maintained incrementally from foca's notifications, so a round in steady state
+//! costs O(1) and one small datagram; foca's member table is never copied.
+
+pub mod digest;
+pub mod sync;
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use foca::{Foca, Member, NoCustomBroadcast, OwnedNotification, PostcardCodec, State};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::wire::{self, Kind};
+use crate::{
+    Channel, Error, LinkEvent, MemberEvent, MembershipCore, NodeId, Output, Profile, Time,
+};
+use digest::{ALL_BUCKETS, Digest, in_mask};
+use sync::SyncMsg;
+
+/// Timers of the SWIM core.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SwimTimer {
+    /// A foca timer, handed back to foca.
+    Foca(foca::Timer<NodeId>),
+    /// One anti-entropy round (and the alone check).
+    AntiEntropy,
+}
+
+/// Diffs at most this large are re-gossiped after an anti-entropy merge (news worth spreading,
+/// e.g. after a partition heals); larger ones (a join's full pull) are not, to avoid a storm.
+const REBROADCAST_MAX: usize = 8;
+
+type FocaCore = Foca<NodeId, PostcardCodec, SmallRng, NoCustomBroadcast>;
+
+/// SWIM membership core. See the [module docs](self).
+pub struct Swim {
+    foca: FocaCore,
+    cluster: u32,
+    profile: Profile,
+    rng: SmallRng,
+    seeds: Vec<SocketAddrV4>,
+    digest: Digest,
+    round: u32,
+    left: bool,
+    notes: Vec<OwnedNotification<NodeId>>,
+}
+
+/// Adapts foca's `Runtime` callbacks to [`Output`]s; notifications are kept for post-processing
+/// (a `Rename` needs the notification that follows it).
+struct Rt<'a> {
+    cluster: u32,
+    out: &'a mut Vec<Output<SwimTimer>>,
+    notes: &'a mut Vec<OwnedNotification<NodeId>>,
+}
+
+impl foca::Runtime<NodeId> for Rt<'_> {
+    fn notify(&mut self, n: foca::Notification<'_, NodeId>) {
+        self.notes.push(n.to_owned());
+    }
+
+    fn send_to(&mut self, to: NodeId, data: &[u8]) {
+        self.out.push(Output::Send {
+            to: to.addr(),
+            channel: Channel::Datagram,
+            payload: wire::seal(Kind::Swim, self.cluster, data),
+        });
+    }
+
+    fn submit_after(&mut self, event: foca::Timer<NodeId>, after: Duration) {
+        self.out.push(Output::SetTimer {
+            after,
+            timer: SwimTimer::Foca(event),
+        });
+    }
+}
+
+impl Swim {
+    /// A SWIM core for `id` in cluster `cluster`, sized for about `cluster_size` nodes (foca
+    /// derives retransmissions and suspicion time from it). `seed` drives all randomness.
+    pub fn new(id: NodeId, cluster: u32, profile: Profile, cluster_size: u32, seed: u64) -> Self {
+        let config = profile.foca_config(cluster_size);
+        let foca = Foca::new(id, config, SmallRng::seed_from_u64(seed), PostcardCodec);
+        Self {
+            foca,
+            cluster,
+            profile,
+            rng: SmallRng::seed_from_u64(seed ^ 0x5157_494D_5F41_45FF),
+            seeds: Vec::new(),
+            digest: Digest::default(),
+            round: 0,
+            left: false,
+            notes: Vec::new(),
+        }
+    }
+
+    /// Loads a known member list without disseminating it, as when restoring a snapshot of a
+    /// converged cluster; then arms timers like [`MembershipCore::start`] with no seeds.
+    ///
+    /// Cost: foca's member table is a `Vec` scanned per update, so this is O(members²).
+    pub fn preseed(
+        &mut self,
+        now: Time,
+        members: impl Iterator<Item = NodeId>,
+        out: &mut Vec<Output<SwimTimer>>,
+    ) {
+        let me = self.foca.identity().addr();
+        let members = members.filter(|m| m.addr() != me).map(Member::alive);
+        let mut rt = Rt {
+            cluster: self.cluster,
+            out,
+            notes: &mut self.notes,
+        };
+        // Applying Alive members of another address cannot fail.
+        let _ = self.foca.apply_many(members, false, &mut rt);
+        self.flush_notes(out);
+        self.start(now, &[], out);
+    }
+
+    /// The anti-entropy digest of the current view (for tests and diagnostics).
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Turns buffered foca notifications into events, keeping the digest in step.
+    fn flush_notes(&mut self, out: &mut Vec<Output<SwimTimer>>) {
+        let mut i = 0;
+        while i < self.notes.len() {
+            match self.notes[i].clone() {
+                OwnedNotification::MemberUp(x) => self.up(x, out),
+                OwnedNotification::MemberDown(x) => self.down(x, out),
+                OwnedNotification::Rename(old, new) => {
+                    // foca reports a liveness change of the renamed member right after the
+                    // Rename, about the *new* id; no such note means both were active (report
+                    // the swap) or both were down (nothing to report).
+                    match self.notes.get(i + 1) {
+                        Some(OwnedNotification::MemberUp(n)) if *n == new => {
+                            self.up(new, out);
+                            i += 1;
+                        }
+                        Some(OwnedNotification::MemberDown(n)) if *n == new => {
+                            self.down(old, out);
+                            i += 1;
+                        }
+                        _ => {
+                            if self.foca.iter_members().any(|m| *m.id() == new) {
+                                self.down(old, out);
+                                self.up(new, out);
+                            }
+                        }
+                    }
+                }
+                OwnedNotification::Rejoin(me) => out.push(Output::Renewed(me)),
+                OwnedNotification::Active
+                | OwnedNotification::Idle
+                | OwnedNotification::Defunct => {}
+            }
+            i += 1;
+        }
+        self.notes.clear();
+    }
+
+    fn up(&mut self, x: NodeId, out: &mut Vec<Output<SwimTimer>>) {
+        self.digest.add(&x);
+        out.push(Output::Event(MemberEvent::Up(x)));
+    }
+
+    fn down(&mut self, x: NodeId, out: &mut Vec<Output<SwimTimer>>) {
+        self.digest.remove(&x);
+        out.push(Output::Event(MemberEvent::Down(x)));
+    }
+
+    /// Runs `f` against foca with a runtime that writes into `out`, then post-processes.
+    fn with_foca<R>(
+        &mut self,
+        out: &mut Vec<Output<SwimTimer>>,
+        f: impl FnOnce(&mut FocaCore, &mut Rt<'_>) -> R,
+    ) -> R {
+        let mut rt = Rt {
+            cluster: self.cluster,
+            out,
+            notes: &mut self.notes,
+        };
+        let r = f(&mut self.foca, &mut rt);
+        self.flush_notes(out);
+        r
+    }
+
+    fn send_sync(
+        &self,
+        to: SocketAddrV4,
+        channel: Channel,
+        msg: &SyncMsg,
+        out: &mut Vec<Output<SwimTimer>>,
+    ) {
+        out.push(Output::Send {
+            to,
+            channel,
+            payload: msg.encode(self.cluster),
+        });
+    }
+
+    fn arm_anti_entropy(&mut self, out: &mut Vec<Output<SwimTimer>>) {
+        let period = self.profile.anti_entropy_period();
+        // ±25% jitter keeps rounds of different nodes from lining up.
+        let ms = period.as_millis() as u64;
+        let jitter = self.rng.random_range(0..=ms / 2);
+        let after = Duration::from_millis(ms - ms / 4 + jitter);
+        out.push(Output::SetTimer {
+            after,
+            timer: SwimTimer::AntiEntropy,
+        });
+    }
+
+    /// Asks the seeds to let us in and one of them for its full view.
+    fn announce_to_seeds(&mut self, out: &mut Vec<Output<SwimTimer>>) {
+        let me = self.foca.identity().addr();
+        let seeds: Vec<_> = self.seeds.iter().copied().filter(|s| *s != me).collect();
+        if seeds.is_empty() {
+            return;
+        }
+        for seed in &seeds {
+            // Announce accepts any generation at the destination address.
+            let _ = self.with_foca(out, |f, rt| f.announce(NodeId::new(*seed, 0), rt));
+        }
+        let pull_from = seeds[self.rng.random_range(0..seeds.len())];
+        let msg = SyncMsg::Push {
+            from: self.id(),
+            want: ALL_BUCKETS,
+            members: vec![Member::alive(self.id())],
+        };
+        self.send_sync(pull_from, Channel::Stream, &msg, out);
+    }
+
+    /// One anti-entropy round: pick a peer (now and then a Down one) and send our digest.
+    fn anti_entropy_round(&mut self, out: &mut Vec<Output<SwimTimer>>) {
+        if self.foca.num_members() == 0 {
+            self.announce_to_seeds(out);
+            return;
+        }
+        self.round = self.round.wrapping_add(1);
+        let total = self.foca.iter_membership_state().len();
+        let active = self.foca.num_members();
+        let target = if total > active && self.round % self.profile.anti_entropy_down_every() == 0 {
+            let k = self.rng.random_range(0..total - active);
+            self.foca
+                .iter_membership_state()
+                .filter(|m| m.state() == State::Down)
+                .nth(k)
+        } else {
+            let k = self.rng.random_range(0..active);
+            self.foca.iter_members().nth(k)
+        };
+        let Some(target) = target.map(|m| m.id().addr()) else {
+            return;
+        };
+        let (count, hash) = self.digest.summary();
+        let msg = SyncMsg::Digest {
+            from: self.id(),
+            count,
+            hash,
+        };
+        self.send_sync(target, Channel::Datagram, &msg, out);
+    }
+
+    /// Our member states (and our own entry) in the buckets of `mask`.
+    fn members_in(&self, mask: u64) -> Vec<Member<NodeId>> {
+        let me = self.id();
+        let mut v: Vec<Member<NodeId>> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| mask == ALL_BUCKETS || in_mask(mask, m.id()))
+            .cloned()
+            .collect();
+        if in_mask(mask, &me) {
+            v.push(Member::alive(me));
+        }
+        v
+    }
+
+    /// Applies the entries of a peer's push that differ from our view in liveness or generation
+    /// (incarnation-only differences are left to SWIM's own probing). Returns how many applied.
+    fn merge(&mut self, members: Vec<Member<NodeId>>, out: &mut Vec<Output<SwimTimer>>) -> usize {
+        let me = self.id();
+        let ours: HashMap<SocketAddrV4, (NodeId, bool)> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| (m.id().addr(), (*m.id(), m.state() != State::Down)))
+            .collect();
+        let fresh: Vec<Member<NodeId>> = members
+            .into_iter()
+            .filter(|m| {
+                let id = m.id();
+                if id.addr() == me.addr() {
+                    // A Down verdict about our own identity is news we must see (foca renews).
+                    return *id == me && m.state() == State::Down;
+                }
+                let active = m.state() != State::Down;
+                match ours.get(&id.addr()) {
+                    None => true,
+                    Some((known, known_active)) => {
+                        id.generation() > known.generation()
+                            || (id == known && active != *known_active)
+                    }
+                }
+            })
+            .collect();
+        let n = fresh.len();
+        if n > 0 {
+            let rebroadcast = n <= REBROADCAST_MAX;
+            // Errors here can only come from a self-update foca refuses; nothing to report.
+            let _ = self.with_foca(out, |f, rt| {
+                f.apply_many(fresh.into_iter(), rebroadcast, rt)
+            });
+        }
+        n
+    }
+
+    fn handle_sync(&mut self, msg: SyncMsg, out: &mut Vec<Output<SwimTimer>>) {
+        let from = msg.from();
+        if from.addr() == self.id().addr() || self.left {
+            return;
+        }
+        match msg {
+            SyncMsg::Digest { count, hash, .. } => {
+                if (count, hash) != self.digest.summary() {
+                    let buckets = self.digest.buckets().to_vec();
+                    let reply = SyncMsg::Buckets {
+                        from: self.id(),
+                        buckets,
+                    };
+                    self.send_sync(from.addr(), Channel::Datagram, &reply, out);
+                }
+            }
+            SyncMsg::Buckets { buckets, .. } => {
+                let mask = self.digest.diff_mask(&buckets);
+                if mask != 0 {
+                    let members = self.members_in(mask);
+                    let reply = SyncMsg::Push {
+                        from: self.id(),
+                        want: mask,
+                        members,
+                    };
+                    self.send_sync(from.addr(), Channel::Stream, &reply, out);
+                }
+            }
+            SyncMsg::Push { want, members, .. } => {
+                self.merge(members, out);
+                if want != 0 {
+                    let members = self.members_in(want);
+                    let reply = SyncMsg::Push {
+                        from: self.id(),
+                        want: 0,
+                        members,
+                    };
+                    self.send_sync(from.addr(), Channel::Stream, &reply, out);
+                }
+            }
+        }
+    }
+}
+
+impl MembershipCore for Swim {
+    type Timer = SwimTimer;
+
+    fn id(&self) -> NodeId {
+        *self.foca.identity()
+    }
+
+    fn start(&mut self, _now: Time, seeds: &[SocketAddrV4], out: &mut Vec<Output<SwimTimer>>) {
+        self.seeds = seeds.to_vec();
+        self.announce_to_seeds(out);
+        self.arm_anti_entropy(out);
+    }
+
+    fn handle_datagram(
+        &mut self,
+        _now: Time,
+        _from: SocketAddrV4,
+        bytes: &[u8],
+        out: &mut Vec<Output<SwimTimer>>,
+    ) -> Result<(), Error> {
+        let (kind, payload) = wire::open(bytes, self.cluster, wire::MAX_DATAGRAM_PAYLOAD)?;
+        if self.left {
+            return Ok(());
+        }
+        match kind {
+            Kind::Swim => self
+                .with_foca(out, |f, rt| f.handle_data(payload, rt))
+                .map_err(|e| Error::Protocol(format!("swim: {e}"))),
+            Kind::AntiEntropy => {
+                let msg = SyncMsg::decode(payload)?;
+                self.handle_sync(msg, out);
+                Ok(())
+            }
+            Kind::Mesh => Err(Error::Protocol("mesh message on a SWIM node".into())),
+        }
+    }
+
+    fn handle_stream(
+        &mut self,
+        _now: Time,
+        _from: SocketAddrV4,
+        bytes: &[u8],
+        out: &mut Vec<Output<SwimTimer>>,
+    ) -> Result<(), Error> {
+        let (kind, payload) = wire::open(bytes, self.cluster, wire::MAX_FRAME_PAYLOAD)?;
+        match kind {
+            Kind::AntiEntropy => {
+                let msg = SyncMsg::decode(payload)?;
+                self.handle_sync(msg, out);
+                Ok(())
+            }
+            Kind::Swim | Kind::Mesh => Err(Error::Protocol(format!(
+                "unexpected {kind:?} frame on a SWIM stream"
+            ))),
+        }
+    }
+
+    /// SWIM has no links: failure detection is by probing.
+    fn handle_link(&mut self, _now: Time, _event: LinkEvent, _out: &mut Vec<Output<SwimTimer>>) {}
+
+    fn handle_timer(&mut self, _now: Time, timer: SwimTimer, out: &mut Vec<Output<SwimTimer>>) {
+        match timer {
+            SwimTimer::Foca(t) => {
+                // foca filters stale timers by token; an error means a timer of an old state.
+                let _ = self.with_foca(out, |f, rt| f.handle_timer(t, rt));
+            }
+            SwimTimer::AntiEntropy => {
+                if self.left {
+                    return;
+                }
+                self.anti_entropy_round(out);
+                self.arm_anti_entropy(out);
+            }
+        }
+    }
+
+    fn leave(&mut self, _now: Time, out: &mut Vec<Output<SwimTimer>>) {
+        let _ = self.with_foca(out, |f, rt| f.leave_cluster(rt));
+        self.left = true;
+    }
+
+    fn num_members(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    fn members(&self) -> Vec<NodeId> {
+        self.foca.iter_members().map(|m| *m.id()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,224 @@
+use super::*;
+use crate::{loopback_addr, loopback_index};
+use proptest::prelude::*;
+
+const CLUSTER: u32 = 0xC0FFEE;
+
+fn id(i: u32) -> NodeId {
+    NodeId::new(loopback_addr(i, 7946), 1)
+}
+
+fn node(i: u32) -> Swim {
+    Swim::new(id(i), CLUSTER, Profile::Test, 16, u64::from(i))
+}
+
+/// Delivers every send instantly (timers are dropped) until quiet; returns events per node.
+fn pump(nodes: &mut [Swim], mut queue: Vec<(usize, Output<SwimTimer>)>) -> Vec<Vec<MemberEvent>> {
+    let mut events = vec![Vec::new(); nodes.len()];
+    let mut steps = 0;
+    while let Some((src, o)) = queue.pop() {
+        steps += 1;
+        assert!(steps < 100_000, "did not quiesce");
+        match o {
+            Output::Send {
+                to,
+                channel,
+                payload,
+            } => {
+                let dst = loopback_index(to).expect("sim addr") as usize;
+                let mut out = Vec::new();
+                let from = nodes[src].id().addr();
+                let r = match channel {
+                    Channel::Datagram => {
+                        nodes[dst].handle_datagram(Time::ZERO, from, &payload, &mut out)
+                    }
+                    Channel::Stream => {
+                        nodes[dst].handle_stream(Time::ZERO, from, &payload, &mut out)
+                    }
+                };
+                r.expect("valid traffic is accepted");
+                queue.extend(out.into_iter().map(|o| (dst, o)));
+            }
+            Output::Event(e) => events[src].push(e),
+            _ => {}
+        }
+    }
+    events
+}
+
+#[test]
+fn start_announces_pulls_from_the_seed_and_arms_anti_entropy() {
+    let mut a = node(1);
+    let mut out = Vec::new();
+    a.start(Time::ZERO, &[loopback_addr(0, 7946)], &mut out);
+    assert_eq!(out.len(), 3, "{out:?}");
+    assert!(
+        matches!(&out[0], Output::Send { to, channel: Channel::Datagram, .. } if *to == loopback_addr(0, 7946))
+    );
+    let Output::Send {
+        channel: Channel::Stream,
+        payload,
+        ..
+    } = &out[1]
+    else {
+        panic!("{:?}", out[1])
+    };
+    let (_, p) = wire::open(payload, CLUSTER, wire::MAX_FRAME_PAYLOAD).expect("envelope");
+    assert_eq!(
+        SyncMsg::decode(p),
+        Ok(SyncMsg::Push {
+            from: id(1),
+            want: ALL_BUCKETS,
+            members: vec![Member::alive(id(1))]
+        })
+    );
+    assert!(matches!(
+        out[2],
+        Output::SetTimer {
+            timer: SwimTimer::AntiEntropy,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_joiner_learns_the_whole_view_of_its_seed_in_one_pull() {
+    let mut nodes: Vec<Swim> = (0..6).map(node).collect();
+    let all: Vec<NodeId> = (0..5).map(id).collect();
+    for n in nodes.iter_mut().take(5) {
+        n.preseed(Time::ZERO, all.iter().copied(), &mut Vec::new());
+    }
+    let mut out = Vec::new();
+    nodes[5].start(Time::ZERO, &[loopback_addr(0, 7946)], &mut out);
+    let events = pump(&mut nodes, out.into_iter().map(|o| (5, o)).collect());
+    let mut ups: Vec<NodeId> = events[5]
+        .iter()
+        .filter_map(|e| {
+            if let MemberEvent::Up(x) = e {
+                Some(*x)
+            } else {
+                None
+            }
+        })
+        .collect();
+    ups.sort();
+    assert_eq!(ups, all);
+    assert_eq!(nodes[5].num_members(), 5);
+    assert_eq!(nodes[0].num_members(), 5, "the seed learned the joiner");
+}
+
+#[test]
+fn equal_digests_end_the_round_with_no_reply() {
+    let mut nodes: Vec<Swim> = (0..3).map(node).collect();
+    let all: Vec<NodeId> = (0..3).map(id).collect();
+    for n in &mut nodes {
+        n.preseed(Time::ZERO, all.iter().copied(), &mut Vec::new());
+    }
+    // Digests differ between nodes only by who is "self": compare through the wire instead.
+    let (count, hash) = nodes[0].digest().summary();
+    let msg = SyncMsg::Digest {
+        from: id(0),
+        count,
+        hash,
+    };
+    let mut out = Vec::new();
+    nodes[0]
+        .handle_datagram(Time::ZERO, id(1).addr(), &msg.encode(CLUSTER), &mut out)
+        .expect("ok");
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_differing_digest_repairs_the_missing_member_both_ways() {
+    let mut nodes: Vec<Swim> = (0..4).map(node).collect();
+    // Node 0 knows 1 and 2; node 1 knows 0 and 3.
+    nodes[0].preseed(Time::ZERO, [id(1), id(2)].into_iter(), &mut Vec::new());
+    nodes[1].preseed(Time::ZERO, [id(0), id(3)].into_iter(), &mut Vec::new());
+    let (count, hash) = nodes[0].digest().summary();
+    let msg = SyncMsg::Digest {
+        from: id(0),
+        count,
+        hash,
+    };
+    let mut out = Vec::new();
+    nodes[1]
+        .handle_datagram(Time::ZERO, id(0).addr(), &msg.encode(CLUSTER), &mut out)
+        .expect("ok");
+    assert_eq!(out.len(), 1, "buckets reply");
+    let events = pump(&mut nodes, out.into_iter().map(|o| (1, o)).collect());
+    assert!(
+        events[0].contains(&MemberEvent::Up(id(3))),
+        "{:?}",
+        events[0]
+    );
+    assert!(
+        events[1].contains(&MemberEvent::Up(id(2))),
+        "{:?}",
+        events[1]
+    );
+    let mut m0 = nodes[0].members();
+    m0.sort();
+    assert_eq!(m0, vec![id(1), id(2), id(3)]);
+}
+
+#[test]
+fn a_renamed_active_member_is_reported_down_then_up() {
+    let mut a = node(0);
+    a.preseed(Time::ZERO, [id(1)].into_iter(), &mut Vec::new());
+    let newer = id(1).next_generation();
+    let push = SyncMsg::Push {
+        from: newer,
+        want: 0,
+        members: vec![Member::alive(newer)],
+    };
+    let mut out = Vec::new();
+    a.handle_stream(Time::ZERO, newer.addr(), &push.encode(CLUSTER), &mut out)
+        .expect("ok");
+    let events: Vec<_> = out
+        .iter()
+        .filter_map(|o| {
+            if let Output::Event(e) = o {
+                Some(*e)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![MemberEvent::Down(id(1)), MemberEvent::Up(newer)]
+    );
+    assert_eq!(a.members(), vec![newer]);
+}
+
+#[test]
+fn a_packet_of_another_cluster_is_refused_without_output() {
+    let mut a = node(0);
+    let mut out = Vec::new();
+    let msg = SyncMsg::Digest {
+        from: id(1),
+        count: 1,
+        hash: 1,
+    };
+    let err = a.handle_datagram(Time::ZERO, id(1).addr(), &msg.encode(CLUSTER + 1), &mut out);
+    assert!(matches!(
+        err,
+        Err(Error::Wire(wire::WireError::WrongCluster { .. }))
+    ));
+    assert!(out.is_empty());
+}
+
+proptest! {
+    #[test]
+    fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), kind in 0u8..4) {
+        let mut a = node(0);
+        a.preseed(Time::ZERO, [id(1), id(2)].into_iter(), &mut Vec::new());
+        let mut out = Vec::new();
+        let _ = a.handle_datagram(Time::ZERO, id(1).addr(), &bytes, &mut out);
+        let mut framed = wire::begin(Kind::Swim, CLUSTER, bytes.len());
+        framed[3] = kind;
+        framed.extend_from_slice(&bytes);
+        let _ = a.handle_datagram(Time::ZERO, id(1).addr(), &framed, &mut out);
+        let _ = a.handle_stream(Time::ZERO, id(1).addr(), &framed, &mut out);
+    }
+}
