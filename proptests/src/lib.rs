@@ -1,1 +1,9 @@
-//! The meshreg deterministic simulator and property suites.
+//! The meshreg deterministic simulator, scenarios and property-suite support.
+//!
+//! - [`sim`]: the discrete-event simulator ([`sim::Sim`]) with its network model and the
+//!   [`sim::Observer`] that tracks ground truth and convergence.
+//! - [`scenario`]: boots a cluster, injects a fault scenario, measures and reports; shared by the
+//!   `meshreg sim` CLI and the property suites in `tests/`.
+
+pub mod scenario;
+pub mod sim;

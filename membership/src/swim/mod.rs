@@ -50,6 +50,8 @@ type FocaCore = Foca<NodeId, PostcardCodec, SmallRng, NoCustomBroadcast>;
 /// SWIM membership core. See the [module docs](self).
 pub struct Swim {
     foca: FocaCore,
+    /// Our identity as counted in `digest` (foca renews it on its own; see `flush_notes`).
+    me: NodeId,
     cluster: u32,
     profile: Profile,
     rng: SmallRng,
@@ -95,40 +97,22 @@ impl Swim {
     pub fn new(id: NodeId, cluster: u32, profile: Profile, cluster_size: u32, seed: u64) -> Self {
         let config = profile.foca_config(cluster_size);
         let foca = Foca::new(id, config, SmallRng::seed_from_u64(seed), PostcardCodec);
+        // The digest covers the whole live set *including* this node, so two converged nodes
+        // have equal digests.
+        let mut digest = Digest::default();
+        digest.add(&id);
         Self {
+            me: id,
             foca,
             cluster,
             profile,
             rng: SmallRng::seed_from_u64(seed ^ 0x5157_494D_5F41_45FF),
             seeds: Vec::new(),
-            digest: Digest::default(),
+            digest,
             round: 0,
             left: false,
             notes: Vec::new(),
         }
-    }
-
-    /// Loads a known member list without disseminating it, as when restoring a snapshot of a
-    /// converged cluster; then arms timers like [`MembershipCore::start`] with no seeds.
-    ///
-    /// Cost: foca's member table is a `Vec` scanned per update, so this is O(members²).
-    pub fn preseed(
-        &mut self,
-        now: Time,
-        members: impl Iterator<Item = NodeId>,
-        out: &mut Vec<Output<SwimTimer>>,
-    ) {
-        let me = self.foca.identity().addr();
-        let members = members.filter(|m| m.addr() != me).map(Member::alive);
-        let mut rt = Rt {
-            cluster: self.cluster,
-            out,
-            notes: &mut self.notes,
-        };
-        // Applying Alive members of another address cannot fail.
-        let _ = self.foca.apply_many(members, false, &mut rt);
-        self.flush_notes(out);
-        self.start(now, &[], out);
     }
 
     /// The anti-entropy digest of the current view (for tests and diagnostics).
@@ -164,7 +148,12 @@ impl Swim {
                         }
                     }
                 }
-                OwnedNotification::Rejoin(me) => out.push(Output::Renewed(me)),
+                OwnedNotification::Rejoin(me) => {
+                    self.digest.remove(&self.me);
+                    self.digest.add(&me);
+                    self.me = me;
+                    out.push(Output::Renewed(me));
+                }
                 OwnedNotification::Active
                 | OwnedNotification::Idle
                 | OwnedNotification::Defunct => {}
@@ -172,6 +161,11 @@ impl Swim {
             i += 1;
         }
         self.notes.clear();
+        // A preseed or a join pull produces one note per member; keep no such buffer around
+        // (at 10,000 nodes x 10,000 members it would be gigabytes of idle capacity).
+        if self.notes.capacity() > 64 {
+            self.notes = Vec::new();
+        }
     }
 
     fn up(&mut self, x: NodeId, out: &mut Vec<Output<SwimTimer>>) {
@@ -385,6 +379,27 @@ impl MembershipCore for Swim {
         self.seeds = seeds.to_vec();
         self.announce_to_seeds(out);
         self.arm_anti_entropy(out);
+    }
+
+    /// Loads the member list without disseminating it, as when restoring a snapshot of a
+    /// converged cluster; then arms timers like `start` with no seeds.
+    ///
+    /// Cost: foca's member table is a `Vec` scanned per update, so this is O(members²).
+    fn preseed(&mut self, now: Time, members: &[NodeId], out: &mut Vec<Output<SwimTimer>>) {
+        let me = self.foca.identity().addr();
+        let members = members
+            .iter()
+            .filter(|m| m.addr() != me)
+            .map(|m| Member::alive(*m));
+        let mut rt = Rt {
+            cluster: self.cluster,
+            out,
+            notes: &mut self.notes,
+        };
+        // Applying Alive members of another address cannot fail.
+        let _ = self.foca.apply_many(members, false, &mut rt);
+        self.flush_notes(out);
+        self.start(now, &[], out);
     }
 
     fn handle_datagram(

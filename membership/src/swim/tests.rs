@@ -86,7 +86,7 @@ fn a_joiner_learns_the_whole_view_of_its_seed_in_one_pull() {
     let mut nodes: Vec<Swim> = (0..6).map(node).collect();
     let all: Vec<NodeId> = (0..5).map(id).collect();
     for n in nodes.iter_mut().take(5) {
-        n.preseed(Time::ZERO, all.iter().copied(), &mut Vec::new());
+        n.preseed(Time::ZERO, &all, &mut Vec::new());
     }
     let mut out = Vec::new();
     nodes[5].start(Time::ZERO, &[loopback_addr(0, 7946)], &mut out);
@@ -112,7 +112,7 @@ fn equal_digests_end_the_round_with_no_reply() {
     let mut nodes: Vec<Swim> = (0..3).map(node).collect();
     let all: Vec<NodeId> = (0..3).map(id).collect();
     for n in &mut nodes {
-        n.preseed(Time::ZERO, all.iter().copied(), &mut Vec::new());
+        n.preseed(Time::ZERO, &all, &mut Vec::new());
     }
     // Digests differ between nodes only by who is "self": compare through the wire instead.
     let (count, hash) = nodes[0].digest().summary();
@@ -132,8 +132,8 @@ fn equal_digests_end_the_round_with_no_reply() {
 fn a_differing_digest_repairs_the_missing_member_both_ways() {
     let mut nodes: Vec<Swim> = (0..4).map(node).collect();
     // Node 0 knows 1 and 2; node 1 knows 0 and 3.
-    nodes[0].preseed(Time::ZERO, [id(1), id(2)].into_iter(), &mut Vec::new());
-    nodes[1].preseed(Time::ZERO, [id(0), id(3)].into_iter(), &mut Vec::new());
+    nodes[0].preseed(Time::ZERO, &[id(1), id(2)], &mut Vec::new());
+    nodes[1].preseed(Time::ZERO, &[id(0), id(3)], &mut Vec::new());
     let (count, hash) = nodes[0].digest().summary();
     let msg = SyncMsg::Digest {
         from: id(0),
@@ -164,7 +164,7 @@ fn a_differing_digest_repairs_the_missing_member_both_ways() {
 #[test]
 fn a_renamed_active_member_is_reported_down_then_up() {
     let mut a = node(0);
-    a.preseed(Time::ZERO, [id(1)].into_iter(), &mut Vec::new());
+    a.preseed(Time::ZERO, &[id(1)], &mut Vec::new());
     let newer = id(1).next_generation();
     let push = SyncMsg::Push {
         from: newer,
@@ -212,7 +212,7 @@ proptest! {
     #[test]
     fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600), kind in 0u8..4) {
         let mut a = node(0);
-        a.preseed(Time::ZERO, [id(1), id(2)].into_iter(), &mut Vec::new());
+        a.preseed(Time::ZERO, &[id(1), id(2)], &mut Vec::new());
         let mut out = Vec::new();
         let _ = a.handle_datagram(Time::ZERO, id(1).addr(), &bytes, &mut out);
         let mut framed = wire::begin(Kind::Swim, CLUSTER, bytes.len());

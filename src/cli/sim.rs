@@ -1,0 +1,175 @@
+//! `meshreg sim`.
+
+use anyhow::{Context, anyhow};
+use clap::Args;
+use meshreg_membership::Profile;
+use meshreg_proptests::scenario::{self, Boot, MembershipKind, Report, Scenario, SimParams};
+use meshreg_proptests::sim::LatencyModel;
+
+/// Flags of `meshreg sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Membership protocol: swim (gossip backend) or mesh (coordinated backend).
+    #[arg(long, default_value = "swim", value_parser = parse::<MembershipKind>)]
+    membership: MembershipKind,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 100)]
+    nodes: u32,
+    /// Seed of every random choice; the same seed replays the same run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Virtual seconds to simulate.
+    #[arg(long, default_value_t = 60.0)]
+    duration_s: f64,
+    /// One-way latency range in milliseconds, MIN..MAX (or one value).
+    #[arg(long, default_value = "0.2..2", value_parser = parse_range)]
+    latency_ms: (f64, f64),
+    /// Latency model: uniform (each message draws from the range) or per-link (each link has
+    /// a fixed latency in the range, with 10% jitter).
+    #[arg(long, default_value = "uniform", value_parser = parse_latency_model)]
+    latency_model: LatencyModel,
+    /// Datagram loss probability, 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Datagram duplication probability, 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    duplicate: f64,
+    /// Datagram reordering probability, 0..1 (held back up to 3x the max latency).
+    #[arg(long, default_value_t = 0.0)]
+    reorder: f64,
+    /// Timer profile: lan, wan or test.
+    #[arg(long, default_value = "lan", value_parser = parse::<Profile>)]
+    profile: Profile,
+    /// announce (all join in the first second through seeds) or preseed (start converged).
+    #[arg(long, default_value = "announce", value_parser = parse::<Boot>)]
+    boot: Boot,
+    /// Fault: none, crash-one, partition-half or churn.
+    #[arg(long, default_value = "none", value_parser = parse::<Scenario>)]
+    scenario: Scenario,
+    /// Threads used to build preseeded nodes (the event loop itself is single-threaded).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse<T>(s: &str) -> Result<T, String>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>().map_err(|e| e.to_string())
+}
+
+fn parse_latency_model(s: &str) -> Result<LatencyModel, String> {
+    match s {
+        "uniform" => Ok(LatencyModel::Uniform),
+        "per-link" => Ok(LatencyModel::PerLink),
+        _ => Err(format!(
+            "unknown latency model {s:?} (expected uniform or per-link)"
+        )),
+    }
+}
+
+/// `A..B` or a single number `A` (meaning `A..A`).
+fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let num = |x: &str| {
+        x.trim()
+            .parse::<f64>()
+            .map_err(|_| format!("{x:?} is not a number (expected MIN..MAX in ms, e.g. 0.2..2)"))
+    };
+    match s.split_once("..") {
+        Some((a, b)) => Ok((num(a)?, num(b)?)),
+        None => num(s).map(|a| (a, a)),
+    }
+}
+
+/// Runs `meshreg sim`.
+pub fn run(a: SimArgs) -> anyhow::Result<()> {
+    let params = SimParams {
+        membership: a.membership,
+        nodes: a.nodes,
+        seed: a.seed,
+        duration_s: a.duration_s,
+        latency_ms: a.latency_ms,
+        latency_model: a.latency_model,
+        loss: a.loss,
+        duplicate: a.duplicate,
+        reorder: a.reorder,
+        profile: a.profile,
+        boot: a.boot,
+        scenario: a.scenario,
+        threads: a.threads,
+    };
+    params.validate().map_err(|e| anyhow!(e))?;
+    if !a.json {
+        eprintln!("simulating: {}", params.replay_command());
+    }
+    let report = scenario::run(&params).map_err(|e| anyhow!(e))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).context("encoding the report")?
+        );
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |x| format!("{x:.0} ms"))
+}
+
+fn print_table(r: &Report) {
+    let rows = [
+        ("membership", r.membership.to_string()),
+        ("nodes", r.nodes.to_string()),
+        ("boot / scenario", format!("{} / {}", r.boot, r.scenario)),
+        (
+            "profile / duration",
+            format!("{} / {} s", r.profile, r.duration_s),
+        ),
+        ("converged at end", r.converged.to_string()),
+        (
+            "membership convergence",
+            opt_ms(r.membership_convergence_ms),
+        ),
+        ("down detected by all", opt_ms(r.detect_down_ms)),
+        ("recovery after fault", opt_ms(r.recovery_ms)),
+        ("false downs", r.false_down.to_string()),
+        ("msgs / node / s", format!("{:.2}", r.msgs_per_node_per_s)),
+        (
+            "bytes / node / s",
+            format!(
+                "{:.0} (max {:.0})",
+                r.bytes_per_node_per_s, r.bytes_per_node_per_s_max
+            ),
+        ),
+        (
+            "wall / peak RSS",
+            format!(
+                "{:.1} s / {}",
+                r.wall_s,
+                r.peak_rss_mb.map_or("-".into(), |m| format!("{m:.0} MiB"))
+            ),
+        ),
+        ("trace hash", r.trace_hash.clone()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<24} {v}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_range_parses_both_forms() {
+        assert_eq!(parse_range("0.2..2"), Ok((0.2, 2.0)));
+        assert_eq!(parse_range("1"), Ok((1.0, 1.0)));
+        assert!(parse_range("a..2").is_err());
+    }
+}
