@@ -1,59 +1,725 @@
-//! Full-mesh membership (placeholder until the core lands).
+//! Full-mesh membership: the coordinated backend's view of the cluster.
+//!
+//! Every node keeps one stream link to every other, as Erlang's `global` does, and [`Mesh`] turns
+//! link state plus a handful of messages into [`MemberEvent`]s:
+//!
+//! - A peer is **Up** once its `Hello` arrives on a link. Whoever sees a new peer introduces it to
+//!   its other Up peers (`Peers`), and whoever hears of a node it does not know dials it, so nodes
+//!   that join at the same time through different seeds still end up fully meshed.
+//! - A peer is **Down** when its link breaks, when it says `Leave`, when it stays silent for
+//!   [`Profile::mesh_heartbeat_timeout`], or when a newer generation at its address says Hello.
+//!   Lost peers are redialled with jittered exponential backoff
+//!   ([`Profile::mesh_reconnect_backoff`]) and forgotten after [`FORGET_AFTER_TIMEOUTS`] heartbeat
+//!   timeouts (seeds excepted), so crashed nodes do not pile up.
+//! - **Down is final for an identity**, as in SWIM. A node that is in fact alive but was declared
+//!   Down (a link flap, a long pause) is told so (`Down`) when it next says Hello, renews itself
+//!   into its next generation ([`Output::Renewed`]) and says Hello again, which every node accepts
+//!   as a new identity. Consumers can therefore tombstone state by generation.
+//!
+//! Invariants (the tests in `mesh/tests.rs` check them on single cores and on a small cluster):
+//! - Per identity, `Event(Up)` is emitted at most once, and `Event(Down)` only after its `Up`, at
+//!   most once. Every generation this node declared Down stays recorded, in the peer entry and,
+//!   once the entry is forgotten, in a grave of one generation number per address, so it can never
+//!   come back Up.
+//! - [`MembershipCore::members`] and [`MembershipCore::num_members`] are exactly the identities
+//!   whose `Up` was emitted and whose `Down` was not, this node excluded.
+//! - Outputs depend only on the seed and the sequence of inputs: state that is iterated lives in
+//!   `BTreeMap`s keyed by address, and backoff jitter comes from a seeded `SmallRng`.
+//! - An input the core refuses with `Err` changed no state and produced no output.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddrV4;
+use std::time::Duration;
 
-use crate::{Error, LinkEvent, MembershipCore, NodeId, Output, Profile, Time};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
-/// Full-mesh membership core.
-pub struct Mesh {
-    id: NodeId,
-}
+use crate::wire::{self, Kind, MAX_FRAME_PAYLOAD};
+use crate::{
+    Channel, Error, LinkEvent, MemberEvent, MembershipCore, NodeId, Output, Profile, Time,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// A peer that stays unreachable (or that left) for this many
+/// [`Profile::mesh_heartbeat_timeout`]s is forgotten: no more redials, no peer entry. That is
+/// 100 s on `lan`, 10 min on `wan`, 10 s on `test`: long enough to ride out a restart or a short
+/// partition, short enough that crashed nodes do not accumulate. Seeds are never forgotten while
+/// unreachable (only once they left): they are few, and redialling them at the backoff cap is
+/// what heals a partition that outlasted the window.
+pub const FORGET_AFTER_TIMEOUTS: u32 = 20;
+
+/// Most node ids one `Hello` or `Peers` message may carry; longer lists are refused while
+/// decoding, before they can cause a storm of dials. The mesh targets hundreds of nodes; this is
+/// meshreg's overall scale target.
+pub const MAX_PEERS_PER_MESSAGE: usize = 10_000;
 
 /// Timers of the mesh core.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MeshTimer {
-    /// Periodic heartbeat/timeout check.
+    /// Every [`Profile::mesh_heartbeat`] while running: heartbeats, silence checks, forgetting.
     Tick,
+    /// Redial `peer`. Stale (ignored) unless the peer still waits for this very `attempt`, so
+    /// timers of an entry that reconnected meanwhile, or was forgotten and re-created, do nothing.
+    Reconnect {
+        /// The peer's listen address.
+        peer: SocketAddrV4,
+        /// Which redial of the core's life this is (unique per core).
+        attempt: u64,
+    },
+}
+
+/// What peers say to each other: postcard inside a [`Kind::Mesh`] envelope, on streams only.
+///
+/// The variant order is the wire format: append new variants, never reorder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Msg {
+    /// First frame on every link, from both ends: who I am and whom I consider Up.
+    Hello {
+        id: NodeId,
+        #[serde(deserialize_with = "peer_list")]
+        peers: Vec<NodeId>,
+    },
+    /// Nodes that just came Up in the sender's view: dial the ones you do not know.
+    Peers {
+        #[serde(deserialize_with = "peer_list")]
+        peers: Vec<NodeId>,
+    },
+    /// Keeps an idle link's peer from timing out.
+    Heartbeat,
+    /// `id` leaves the cluster for good: Down, and do not redial it.
+    Leave { id: NodeId },
+    /// "You, `id`, are Down in my view": the receiver renews itself to come back.
+    Down { id: NodeId },
+}
+
+/// Decodes a peer list, refusing one longer than [`MAX_PEERS_PER_MESSAGE`] before allocating
+/// for it (postcard reports the announced length as the size hint).
+fn peer_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NodeId>, D::Error> {
+    struct Capped;
+    impl<'de> Visitor<'de> for Capped {
+        type Value = Vec<NodeId>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "at most {MAX_PEERS_PER_MESSAGE} node ids")
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            if let Some(len) = seq.size_hint().filter(|len| *len > MAX_PEERS_PER_MESSAGE) {
+                return Err(de::Error::invalid_length(len, &self));
+            }
+            // No capacity from the hint: decoding must not allocate more than the input holds.
+            let mut ids = Vec::new();
+            while let Some(id) = seq.next_element()? {
+                if ids.len() == MAX_PEERS_PER_MESSAGE {
+                    return Err(de::Error::invalid_length(ids.len() + 1, &self));
+                }
+                ids.push(id);
+            }
+            Ok(ids)
+        }
+    }
+    d.deserialize_seq(Capped)
+}
+
+/// Envelopes `msg` for `cluster`.
+fn frame(cluster: u32, msg: &Msg) -> Vec<u8> {
+    #[expect(
+        clippy::unwrap_used,
+        reason = "postcard only fails on maps or sequences of unknown length and on full buffers; \
+                  Msg has none of these and the buffer grows"
+    )]
+    let payload = postcard::to_allocvec(msg).unwrap();
+    wire::seal(Kind::Mesh, cluster, &payload)
+}
+
+/// Opens and decodes one stream frame; refuses anything but exactly one mesh message.
+fn decode(bytes: &[u8], cluster: u32) -> Result<Msg, Error> {
+    let (kind, payload) = wire::open(bytes, cluster, MAX_FRAME_PAYLOAD)?;
+    if kind != Kind::Mesh {
+        return Err(Error::Protocol(format!(
+            "a {kind:?} payload on a mesh stream"
+        )));
+    }
+    let (msg, rest) = postcard::take_from_bytes::<Msg>(payload)
+        .map_err(|e| Error::Protocol(format!("undecodable mesh message: {e}")))?;
+    if !rest.is_empty() {
+        return Err(Error::Protocol(format!(
+            "{} bytes after a mesh message",
+            rest.len()
+        )));
+    }
+    Ok(msg)
+}
+
+/// Where one peer address stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    /// Dialling it, or linked and waiting for its Hello, since `since`.
+    Joining { since: Time },
+    /// `id` said Hello and is a member.
+    Up { id: NodeId },
+    /// Unreachable: the [`MeshTimer::Reconnect`] with this `attempt` redials it.
+    Retrying { attempt: u64 },
+    /// The generation in `dead` left: never redialled, forgotten after the window.
+    Left,
+}
+
+/// One row of the peer table.
+#[derive(Clone, Debug)]
+struct Peer {
+    status: Status,
+    /// Newest generation heard of at this address (Hello, Leave or a peer list). A Hello from an
+    /// older one is stale, and a list naming one no newer is not news. Never below `dead`.
+    newest: Option<u32>,
+    /// Newest generation declared Down here (or that left): no generation up to it is ever Up
+    /// again in this node's view.
+    dead: Option<u32>,
+    /// The driver reported the link up, and not down since.
+    link_up: bool,
+    /// Given to `start`: kept and redialled for ever while unreachable.
+    seed: bool,
+    last_heard: Time,
+    last_sent: Time,
+    /// When it was last lost (or first heard of, if never Up): the forgetting window starts here.
+    lost_since: Time,
+    /// Next redial delay before jitter; back to the profile's first delay on every Hello.
+    backoff: Duration,
+}
+
+impl Peer {
+    fn new(now: Time, backoff: Duration, dead: Option<u32>) -> Self {
+        Self {
+            status: Status::Joining { since: now },
+            newest: dead,
+            dead,
+            link_up: false,
+            seed: false,
+            last_heard: now,
+            last_sent: now,
+            lost_since: now,
+            backoff,
+        }
+    }
+
+    /// Whether a list naming `id` at this address tells us nothing new.
+    fn knows(&self, id: NodeId) -> bool {
+        self.newest.is_some_and(|g| g >= id.generation())
+    }
+
+    /// Records that `id`, Up until now, is Down; returns the event to emit.
+    fn lose(&mut self, now: Time, id: NodeId) -> Output<MeshTimer> {
+        self.dead = self.dead.max(Some(id.generation()));
+        self.lost_since = now;
+        Output::Event(MemberEvent::Down(id))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Created, `start` not called yet: inputs are handled, but nothing ticks.
+    Idle,
+    Running,
+    /// `leave` was called: final.
+    Left,
+}
+
+/// Full-mesh membership core: every node links to every other; up/down from link state,
+/// heartbeats and a small handshake. See the [module docs](self) for protocol and invariants.
+#[derive(Clone, Debug)]
+pub struct Mesh {
+    id: NodeId,
+    cluster: u32,
+    profile: Profile,
+    rng: SmallRng,
+    phase: Phase,
+    peers: BTreeMap<SocketAddrV4, Peer>,
+    /// Forgotten addresses and the newest generation declared Down there: what keeps "Up at most
+    /// once per identity" true after the entry is gone (one number per address, not per node).
+    graves: BTreeMap<SocketAddrV4, u32>,
+    /// Source of [`MeshTimer::Reconnect`] attempt numbers.
+    next_attempt: u64,
 }
 
 impl Mesh {
-    /// A new mesh core.
-    pub fn new(id: NodeId, _cluster: u32, _profile: Profile, _seed: u64) -> Self {
-        Self { id }
+    /// A new mesh core for the node `id` of `cluster`; `seed` drives backoff jitter.
+    pub fn new(id: NodeId, cluster: u32, profile: Profile, seed: u64) -> Self {
+        Self {
+            id,
+            cluster,
+            profile,
+            rng: SmallRng::seed_from_u64(seed),
+            phase: Phase::Idle,
+            peers: BTreeMap::new(),
+            graves: BTreeMap::new(),
+            next_attempt: 0,
+        }
+    }
+
+    fn first_backoff(&self) -> Duration {
+        self.profile.mesh_reconnect_backoff().0
+    }
+
+    fn forget_after(&self) -> Duration {
+        self.profile
+            .mesh_heartbeat_timeout()
+            .saturating_mul(FORGET_AFTER_TIMEOUTS)
+    }
+
+    fn send(to: SocketAddrV4, payload: Vec<u8>) -> Output<MeshTimer> {
+        Output::Send {
+            to,
+            channel: Channel::Stream,
+            payload,
+        }
+    }
+
+    /// The entry for `addr`, created (Joining, remembering any grave) if missing.
+    fn peer_mut(&mut self, now: Time, addr: SocketAddrV4) -> &mut Peer {
+        let first = self.first_backoff();
+        let graves = &mut self.graves;
+        self.peers
+            .entry(addr)
+            .or_insert_with(|| Peer::new(now, first, graves.remove(&addr)))
+    }
+
+    fn hello(&self) -> Vec<u8> {
+        frame(
+            self.cluster,
+            &Msg::Hello {
+                id: self.id,
+                peers: self.members(),
+            },
+        )
+    }
+
+    /// Schedules the next redial of `addr` with jittered exponential backoff: the delay is drawn
+    /// from [backoff/2, backoff] so peers that lost each other at once do not redial in lockstep.
+    fn retry(&mut self, addr: SocketAddrV4, out: &mut Vec<Output<MeshTimer>>) {
+        let (_, cap) = self.profile.mesh_reconnect_backoff();
+        let Some(peer) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        let attempt = self.next_attempt;
+        self.next_attempt += 1;
+        let half = peer.backoff / 2;
+        let half_ns = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+        let after = half + Duration::from_nanos(self.rng.random_range(0..=half_ns));
+        peer.backoff = peer.backoff.saturating_mul(2).min(cap);
+        peer.status = Status::Retrying { attempt };
+        out.push(Output::SetTimer {
+            after,
+            timer: MeshTimer::Reconnect {
+                peer: addr,
+                attempt,
+            },
+        });
+    }
+
+    /// The link to `addr` is gone (or useless, and then we `close` it): an Up peer goes Down;
+    /// either way, redial later.
+    fn lost(
+        &mut self,
+        now: Time,
+        addr: SocketAddrV4,
+        close: bool,
+        out: &mut Vec<Output<MeshTimer>>,
+    ) {
+        let Some(peer) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        if let Status::Up { id } = peer.status {
+            out.push(peer.lose(now, id));
+        }
+        if close {
+            peer.link_up = false;
+            out.push(Output::Disconnect { to: addr });
+        }
+        self.retry(addr, out);
+    }
+
+    /// Drops the entry of `addr`, keeping only its grave.
+    fn forget(&mut self, addr: SocketAddrV4, out: &mut Vec<Output<MeshTimer>>) {
+        let Some(peer) = self.peers.remove(&addr) else {
+            return;
+        };
+        if peer.link_up {
+            out.push(Output::Disconnect { to: addr });
+        }
+        if let Some(dead) = peer.dead {
+            self.graves.insert(addr, dead);
+        }
+    }
+
+    /// Refuses frames that cannot be right whatever our state, before anything changes.
+    fn check(&self, from: SocketAddrV4, msg: &Msg) -> Result<(), Error> {
+        let me = self.id.addr();
+        if from == me {
+            return Err(Error::Protocol("a mesh frame from our own address".into()));
+        }
+        match msg {
+            Msg::Hello { id, .. } | Msg::Leave { id } if id.addr() != from => Err(Error::Protocol(
+                format!("{id} speaks for another address than its link's {from}"),
+            )),
+            Msg::Down { id } if id.addr() != me => Err(Error::Protocol(format!(
+                "a Down notice about {id}, not about us"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_link_up(&mut self, now: Time, addr: SocketAddrV4, out: &mut Vec<Output<MeshTimer>>) {
+        if addr == self.id.addr() {
+            return;
+        }
+        if self.phase == Phase::Left {
+            // A dial from before we left, or a peer redialling us: say goodbye rather than Hello,
+            // so it stops redialling.
+            out.push(Self::send(
+                addr,
+                frame(self.cluster, &Msg::Leave { id: self.id }),
+            ));
+            out.push(Output::Disconnect { to: addr });
+            return;
+        }
+        let hello = self.hello();
+        let peer = self.peer_mut(now, addr);
+        peer.link_up = true;
+        peer.last_sent = now;
+        if let Status::Joining { .. } | Status::Retrying { .. } = peer.status {
+            // Its Hello is due within a heartbeat timeout from now.
+            peer.status = Status::Joining { since: now };
+        }
+        // Also on a repeated Up of a live link: a second Hello is harmless.
+        out.push(Self::send(addr, hello));
+    }
+
+    fn on_link_down(&mut self, now: Time, addr: SocketAddrV4, out: &mut Vec<Output<MeshTimer>>) {
+        let Some(peer) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        peer.link_up = false;
+        match peer.status {
+            Status::Up { .. } | Status::Joining { .. } => self.lost(now, addr, false, out),
+            // Already lost (we closed it ourselves) or gone for good.
+            Status::Retrying { .. } | Status::Left => {}
+        }
+    }
+
+    fn on_connect_failed(&mut self, addr: SocketAddrV4, out: &mut Vec<Output<MeshTimer>>) {
+        let Some(peer) = self.peers.get(&addr) else {
+            return;
+        };
+        // Only a dial in progress can fail; a late failure after the link came up is noise.
+        if matches!(peer.status, Status::Joining { .. }) && !peer.link_up {
+            self.retry(addr, out);
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        now: Time,
+        x: NodeId,
+        peers: &[NodeId],
+        out: &mut Vec<Output<MeshTimer>>,
+    ) {
+        let first = self.first_backoff();
+        let cluster = self.cluster;
+        let peer = self.peer_mut(now, x.addr());
+        if peer.newest.is_some_and(|g| x.generation() < g) {
+            // A newer generation lives at this address: this one is a zombie, it will time out.
+            return;
+        }
+        if peer.dead.is_some_and(|g| x.generation() <= g) {
+            // Declared Down (or left) in our view, so never Up again: tell it, so it renews.
+            peer.last_sent = now;
+            out.push(Self::send(x.addr(), frame(cluster, &Msg::Down { id: x })));
+            return;
+        }
+        peer.newest = Some(x.generation());
+        peer.link_up = true;
+        peer.last_heard = now;
+        match peer.status {
+            Status::Up { id } if id == x => {}
+            status => {
+                if let Status::Up { id: old } = status {
+                    out.push(peer.lose(now, old));
+                }
+                peer.status = Status::Up { id: x };
+                peer.backoff = first;
+                out.push(Output::Event(MemberEvent::Up(x)));
+                self.introduce(now, x, out);
+            }
+        }
+        self.learn(now, peers, out);
+    }
+
+    /// Tells every other Up peer about `x`, which just came Up: simultaneous joiners that used
+    /// different seeds find each other this way.
+    fn introduce(&mut self, now: Time, x: NodeId, out: &mut Vec<Output<MeshTimer>>) {
+        let intro = frame(self.cluster, &Msg::Peers { peers: vec![x] });
+        for (addr, peer) in &mut self.peers {
+            if matches!(peer.status, Status::Up { .. }) && *addr != x.addr() {
+                peer.last_sent = now;
+                out.push(Self::send(*addr, intro.clone()));
+            }
+        }
+    }
+
+    /// Dials every node of `ids` we do not know: an unknown address, or a newer generation than
+    /// any we heard of at a known one. Never ourselves, never a generation we declared Down.
+    fn learn(&mut self, now: Time, ids: &[NodeId], out: &mut Vec<Output<MeshTimer>>) {
+        for &y in ids {
+            if y.addr() == self.id.addr() {
+                continue;
+            }
+            if let Some(peer) = self.peers.get_mut(&y.addr()) {
+                if peer.knows(y) {
+                    continue;
+                }
+                peer.newest = Some(y.generation());
+                match peer.status {
+                    // A dial or a Hello is already under way.
+                    Status::Joining { .. } => continue,
+                    // Our link may lead to a dead incarnation; redialling a live link only
+                    // re-sends Hello.
+                    Status::Up { .. } => {}
+                    Status::Retrying { .. } | Status::Left => {
+                        peer.status = Status::Joining { since: now };
+                    }
+                }
+            } else if self
+                .graves
+                .get(&y.addr())
+                .is_some_and(|g| *g >= y.generation())
+            {
+                continue;
+            } else {
+                self.peer_mut(now, y.addr()).newest = Some(y.generation());
+            }
+            out.push(Output::Connect { to: y.addr() });
+        }
+    }
+
+    fn on_leave(&mut self, now: Time, x: NodeId, out: &mut Vec<Output<MeshTimer>>) {
+        let Some(peer) = self.peers.get_mut(&x.addr()) else {
+            return;
+        };
+        if peer.newest.is_some_and(|g| x.generation() < g) {
+            return;
+        }
+        if let Status::Up { id } = peer.status {
+            out.push(peer.lose(now, id));
+        }
+        peer.newest = peer.newest.max(Some(x.generation()));
+        peer.dead = peer.dead.max(Some(x.generation()));
+        peer.lost_since = now;
+        peer.status = Status::Left;
+    }
+
+    /// A peer declared us Down: come back as our next generation, and say Hello on every link.
+    fn renew(&mut self, now: Time, out: &mut Vec<Output<MeshTimer>>) {
+        self.id = self.id.next_generation();
+        out.push(Output::Renewed(self.id));
+        let hello = self.hello();
+        for (addr, peer) in &mut self.peers {
+            if peer.link_up || matches!(peer.status, Status::Up { .. }) {
+                peer.last_sent = now;
+                out.push(Self::send(*addr, hello.clone()));
+            }
+        }
+    }
+
+    fn on_tick(&mut self, now: Time, out: &mut Vec<Output<MeshTimer>>) {
+        let heartbeat = self.profile.mesh_heartbeat();
+        let timeout = self.profile.mesh_heartbeat_timeout();
+        let forget_after = self.forget_after();
+        out.push(Output::SetTimer {
+            after: heartbeat,
+            timer: MeshTimer::Tick,
+        });
+        let beat = frame(self.cluster, &Msg::Heartbeat);
+        let (mut lost, mut forgotten) = (Vec::new(), Vec::new());
+        for (addr, peer) in &mut self.peers {
+            let silent = now.saturating_sub(peer.last_heard) >= timeout;
+            let gone_long = now.saturating_sub(peer.lost_since) >= forget_after;
+            match peer.status {
+                Status::Up { .. } if silent => lost.push(*addr),
+                // Any frame counts as a heartbeat: skip peers we sent to within the period.
+                Status::Up { .. } if now.saturating_sub(peer.last_sent) >= heartbeat => {
+                    peer.last_sent = now;
+                    out.push(Self::send(*addr, beat.clone()));
+                }
+                // A dial the driver never answered, or a link that never said Hello.
+                Status::Joining { since } if now.saturating_sub(since) >= timeout => {
+                    lost.push(*addr);
+                }
+                Status::Retrying { .. } if gone_long && !peer.seed => forgotten.push(*addr),
+                Status::Left if gone_long => forgotten.push(*addr),
+                _ => {}
+            }
+        }
+        for addr in lost {
+            self.lost(now, addr, true, out);
+        }
+        for addr in forgotten {
+            self.forget(addr, out);
+        }
+    }
+
+    fn on_reconnect(
+        &mut self,
+        now: Time,
+        addr: SocketAddrV4,
+        attempt: u64,
+        out: &mut Vec<Output<MeshTimer>>,
+    ) {
+        let Some(peer) = self.peers.get_mut(&addr) else {
+            return;
+        };
+        if peer.status == (Status::Retrying { attempt }) {
+            peer.status = Status::Joining { since: now };
+            out.push(Output::Connect { to: addr });
+        }
     }
 }
 
 impl MembershipCore for Mesh {
     type Timer = MeshTimer;
+
     fn id(&self) -> NodeId {
         self.id
     }
-    fn start(&mut self, _now: Time, _seeds: &[SocketAddrV4], _out: &mut Vec<Output<MeshTimer>>) {}
+
+    /// Dials every seed but ourselves and arms the tick. Calling it again only adds seeds;
+    /// after `leave` it does nothing (leaving is final).
+    fn start(&mut self, now: Time, seeds: &[SocketAddrV4], out: &mut Vec<Output<MeshTimer>>) {
+        if self.phase == Phase::Left {
+            return;
+        }
+        for &seed in seeds {
+            if seed == self.id.addr() {
+                continue;
+            }
+            let fresh = !self.peers.contains_key(&seed);
+            self.peer_mut(now, seed).seed = true;
+            if fresh {
+                out.push(Output::Connect { to: seed });
+            }
+        }
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Running;
+            out.push(Output::SetTimer {
+                after: self.profile.mesh_heartbeat(),
+                timer: MeshTimer::Tick,
+            });
+        }
+    }
+
+    /// The mesh speaks on streams only.
     fn handle_datagram(
         &mut self,
         _now: Time,
-        _from: SocketAddrV4,
+        from: SocketAddrV4,
         _bytes: &[u8],
         _out: &mut Vec<Output<MeshTimer>>,
     ) -> Result<(), Error> {
-        Ok(())
+        Err(Error::Protocol(format!(
+            "a datagram from {from}: the full mesh uses streams only"
+        )))
     }
+
     fn handle_stream(
         &mut self,
-        _now: Time,
-        _from: SocketAddrV4,
-        _bytes: &[u8],
-        _out: &mut Vec<Output<MeshTimer>>,
+        now: Time,
+        from: SocketAddrV4,
+        bytes: &[u8],
+        out: &mut Vec<Output<MeshTimer>>,
     ) -> Result<(), Error> {
+        let msg = decode(bytes, self.cluster)?;
+        self.check(from, &msg)?;
+        if self.phase == Phase::Left {
+            return Ok(());
+        }
+        // Any frame proves the peer alive; a stale Hello is filtered before it counts.
+        if !matches!(msg, Msg::Hello { .. })
+            && let Some(peer) = self.peers.get_mut(&from)
+        {
+            peer.last_heard = now;
+        }
+        match msg {
+            Msg::Hello { id, peers } => self.on_hello(now, id, &peers, out),
+            Msg::Peers { peers } => self.learn(now, &peers, out),
+            Msg::Heartbeat => {}
+            Msg::Leave { id } => self.on_leave(now, id, out),
+            Msg::Down { id } if id == self.id => self.renew(now, out),
+            // About an identity we already renewed away from.
+            Msg::Down { .. } => {}
+        }
         Ok(())
     }
-    fn handle_link(&mut self, _now: Time, _event: LinkEvent, _out: &mut Vec<Output<MeshTimer>>) {}
-    fn handle_timer(&mut self, _now: Time, _timer: MeshTimer, _out: &mut Vec<Output<MeshTimer>>) {}
-    fn leave(&mut self, _now: Time, _out: &mut Vec<Output<MeshTimer>>) {}
-    fn num_members(&self) -> usize {
-        0
+
+    fn handle_link(&mut self, now: Time, event: LinkEvent, out: &mut Vec<Output<MeshTimer>>) {
+        match event {
+            LinkEvent::Up(addr) => self.on_link_up(now, addr, out),
+            // After leaving, broken links and failed dials need nothing more.
+            _ if self.phase == Phase::Left => {}
+            LinkEvent::Down(addr) => self.on_link_down(now, addr, out),
+            LinkEvent::ConnectFailed(addr) => self.on_connect_failed(addr, out),
+        }
     }
+
+    fn handle_timer(&mut self, now: Time, timer: MeshTimer, out: &mut Vec<Output<MeshTimer>>) {
+        if self.phase == Phase::Left {
+            return;
+        }
+        match timer {
+            MeshTimer::Tick => self.on_tick(now, out),
+            MeshTimer::Reconnect { peer, attempt } => self.on_reconnect(now, peer, attempt, out),
+        }
+    }
+
+    /// Says `Leave` to every linked peer, then closes each link, then reports every member Down
+    /// (our view empties, so `members()` stays equal to the replayed events). Final: no more
+    /// ticks, redials or Hellos.
+    fn leave(&mut self, now: Time, out: &mut Vec<Output<MeshTimer>>) {
+        if self.phase == Phase::Left {
+            return;
+        }
+        self.phase = Phase::Left;
+        let bye = frame(self.cluster, &Msg::Leave { id: self.id });
+        let linked: Vec<SocketAddrV4> = (self.peers.iter())
+            .filter(|(_, p)| p.link_up || matches!(p.status, Status::Up { .. }))
+            .map(|(addr, _)| *addr)
+            .collect();
+        out.extend(linked.iter().map(|addr| Self::send(*addr, bye.clone())));
+        out.extend(linked.iter().map(|addr| Output::Disconnect { to: *addr }));
+        for peer in self.peers.values_mut() {
+            peer.link_up = false;
+            if let Status::Up { id } = peer.status {
+                out.push(peer.lose(now, id));
+                peer.status = Status::Left;
+            }
+        }
+    }
+
+    fn num_members(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|p| matches!(p.status, Status::Up { .. }))
+            .count()
+    }
+
     fn members(&self) -> Vec<NodeId> {
-        Vec::new()
+        (self.peers.values())
+            .filter_map(|p| match p.status {
+                Status::Up { id } => Some(id),
+                _ => None,
+            })
+            .collect()
     }
 }
