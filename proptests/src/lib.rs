@@ -2,8 +2,10 @@
 //!
 //! - [`sim`]: the discrete-event simulator ([`sim::Sim`]) with its network model and the
 //!   [`sim::Observer`] that tracks ground truth and convergence.
+//! - [`faults`]: random fault schedules for the property suites.
 //! - [`scenario`]: boots a cluster, injects a fault scenario, measures and reports; shared by the
 //!   `meshreg sim` CLI and the property suites in `tests/`.
 
+pub mod faults;
 pub mod scenario;
 pub mod sim;

@@ -12,7 +12,7 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
-use crate::sim::{LatencyModel, NetConfig, Sim};
+use crate::sim::{Factory, LatencyModel, NetConfig, Sim};
 
 /// Cluster id every simulated node uses.
 pub const SIM_CLUSTER: u32 = 0x4D52_5349;
@@ -279,28 +279,32 @@ fn phases(p: Profile) -> Phases {
     }
 }
 
+/// Builds SWIM cores for a cluster of about `n` nodes.
+pub fn swim_factory(profile: Profile, n: u32) -> Factory<Swim> {
+    Box::new(move |id, seed| Swim::new(id, SIM_CLUSTER, profile, n, seed))
+}
+
+/// Builds full-mesh cores.
+pub fn mesh_factory(profile: Profile) -> Factory<Mesh> {
+    Box::new(move |id, seed| Mesh::new(id, SIM_CLUSTER, profile, seed))
+}
+
 /// Runs one scenario and reports.
 pub fn run(params: &SimParams) -> Result<Report, String> {
     params.validate()?;
-    let (profile, n) = (params.profile, params.nodes);
-    match params.membership {
-        MembershipKind::Swim => Ok(run_with(
-            params,
-            Box::new(move |id, seed| Swim::new(id, SIM_CLUSTER, profile, n, seed)),
-        )),
-        MembershipKind::Mesh => Ok(run_with(
-            params,
-            Box::new(move |id, seed| Mesh::new(id, SIM_CLUSTER, profile, seed)),
-        )),
-    }
+    Ok(match params.membership {
+        MembershipKind::Swim => run_with(params, swim_factory(params.profile, params.nodes)),
+        MembershipKind::Mesh => run_with(params, mesh_factory(params.profile)),
+    })
 }
 
-fn seeds_for(i: u32) -> Vec<u32> {
+/// The seeds node `i` joins through: nodes 0, 1, 2 (those started before it).
+pub fn seeds_for(i: u32) -> Vec<u32> {
     (0..i.min(3)).collect()
 }
 
 /// Boots, injects the fault and measures, for any core.
-pub fn run_with<C>(params: &SimParams, factory: crate::sim::Factory<C>) -> Report
+pub fn run_with<C>(params: &SimParams, factory: Factory<C>) -> Report
 where
     C: MembershipCore + Send,
     C::Timer: Send,
@@ -362,10 +366,10 @@ where
         }
     }
     let mut recovery_ms = None;
-    if let Some(t0) = recovery_from {
-        if sim.run_until_or(end, |s| s.observer().converged()) {
-            recovery_ms = Some((sim.now() - t0) as f64 / MS);
-        }
+    if let Some(t0) = recovery_from
+        && sim.run_until_or(end, |s| s.observer().converged())
+    {
+        recovery_ms = Some((sim.now() - t0) as f64 / MS);
     }
     sim.run_until(end);
 

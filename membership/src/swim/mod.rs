@@ -249,7 +249,11 @@ impl Swim {
         self.round = self.round.wrapping_add(1);
         let total = self.foca.iter_membership_state().len();
         let active = self.foca.num_members();
-        let target = if total > active && self.round % self.profile.anti_entropy_down_every() == 0 {
+        let target = if total > active
+            && self
+                .round
+                .is_multiple_of(self.profile.anti_entropy_down_every())
+        {
             let k = self.rng.random_range(0..total - active);
             self.foca
                 .iter_membership_state()

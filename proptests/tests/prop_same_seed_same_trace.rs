@@ -1,0 +1,71 @@
+//! Invariant: the simulator is deterministic. The same seed and schedule give the same trace
+//! hash and the same measurements.
+
+mod common;
+
+use common::{SEC, booted, fault};
+use meshreg_membership::{MembershipCore, Profile};
+use meshreg_proptests::faults::{self, Fault};
+use meshreg_proptests::scenario::{
+    self, Boot, MembershipKind, Scenario, SimParams, mesh_factory, swim_factory,
+};
+use meshreg_proptests::sim::Factory;
+use proptest::prelude::*;
+
+fn trace<C: MembershipCore>(
+    n: u32,
+    seed: u64,
+    schedule: &[Fault],
+    factory: Factory<C>,
+) -> (u64, u64, u64) {
+    let mut sim = booted(n, seed, factory);
+    sim.run_until(2 * SEC);
+    faults::apply(&mut sim, schedule);
+    faults::heal_all(&mut sim);
+    sim.run_until(sim.now() + 5 * SEC);
+    (sim.trace_hash(), sim.stats().bytes, sim.observer().ups)
+}
+
+#[test]
+fn one_seed_twice_gives_the_same_report_for_both_memberships() {
+    for membership in [MembershipKind::Swim, MembershipKind::Mesh] {
+        let params = SimParams {
+            membership,
+            nodes: 60,
+            seed: 42,
+            duration_s: 30.0,
+            loss: 0.02,
+            reorder: 0.05,
+            duplicate: 0.01,
+            scenario: Scenario::CrashOne,
+            boot: Boot::Announce,
+            ..SimParams::default()
+        };
+        let a = scenario::run(&params).expect("valid params");
+        let b = scenario::run(&params).expect("valid params");
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "{membership}: replay with {}",
+            a.replay
+        );
+        assert_eq!(a.bytes_per_node_per_s, b.bytes_per_node_per_s);
+        assert_eq!(a.detect_down_ms, b.detect_down_ms);
+        assert_eq!(a.membership_convergence_ms, b.membership_convergence_ms);
+        let other = scenario::run(&SimParams { seed: 43, ..params }).expect("valid params");
+        assert_ne!(a.trace_hash, other.trace_hash, "the seed must matter");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn prop_same_seed_and_schedule_replay_exactly(seed in any::<u64>(), n in 4u32..12, schedule in proptest::collection::vec(fault(), 1..6)) {
+        let a = trace(n, seed, &schedule, swim_factory(Profile::Test, n));
+        let b = trace(n, seed, &schedule, swim_factory(Profile::Test, n));
+        prop_assert_eq!(a, b, "swim seed {} not reproducible", seed);
+        let a = trace(n, seed, &schedule, mesh_factory(Profile::Test));
+        let b = trace(n, seed, &schedule, mesh_factory(Profile::Test));
+        prop_assert_eq!(a, b, "mesh seed {} not reproducible", seed);
+    }
+}
