@@ -3,9 +3,12 @@
 //! Every node keeps one stream link to every other, as Erlang's `global` does, and [`Mesh`] turns
 //! link state plus a handful of messages into [`MemberEvent`]s:
 //!
-//! - A peer is **Up** once its `Hello` arrives on a link. Whoever sees a new peer introduces it to
-//!   its other Up peers (`Peers`), and whoever hears of a node it does not know dials it, so nodes
-//!   that join at the same time through different seeds still end up fully meshed.
+//! - A peer is **Up** once its `Hello` arrives on a link. A `Hello` lists the sender's members
+//!   (once per identity), and whoever hears of a node it does not know dials it. A new peer is
+//!   introduced (`Peers`) only to the Up peers that list could not name (those Up since it was
+//!   sent), so nodes joining at once through different seeds still end up fully meshed, at a
+//!   cost linear in concurrent joiners.
+//! - [`MembershipCore::preseed`] loads a converged view at once, to start in steady state.
 //! - A peer is **Down** when its link breaks, when it says `Leave`, when it stays silent for
 //!   [`Profile::mesh_heartbeat_timeout`], or when a newer generation at its address says Hello.
 //!   Lost peers are redialled with jittered exponential backoff
@@ -161,8 +164,8 @@ fn decode(bytes: &[u8], cluster: u32) -> Result<Msg, Error> {
 enum Status {
     /// Dialling it, or linked and waiting for its Hello, since `since`.
     Joining { since: Time },
-    /// `id` said Hello and is a member.
-    Up { id: NodeId },
+    /// `id` said Hello and is a member, since the [`Mesh::clock`] stamp `since`.
+    Up { id: NodeId, since: u64 },
     /// Unreachable: the [`MeshTimer::Reconnect`] with this `attempt` redials it.
     Retrying { attempt: u64 },
     /// The generation in `dead` left: never redialled, forgotten after the window.
@@ -183,6 +186,11 @@ struct Peer {
     link_up: bool,
     /// Given to `start`: kept and redialled for ever while unreachable.
     seed: bool,
+    /// The identity there has our member list: our Hellos to it carry none. Cleared when the
+    /// link breaks (the next may reach a new process) or a newer generation shows up.
+    told: bool,
+    /// [`Mesh::clock`] stamp of our last list sent on the current link (see `introduce`).
+    listed: Option<u64>,
     last_heard: Time,
     last_sent: Time,
     /// When it was last lost (or first heard of, if never Up): the forgetting window starts here.
@@ -199,6 +207,8 @@ impl Peer {
             dead,
             link_up: false,
             seed: false,
+            told: false,
+            listed: None,
             last_heard: now,
             last_sent: now,
             lost_since: now,
@@ -216,6 +226,20 @@ impl Peer {
         self.dead = self.dead.max(Some(id.generation()));
         self.lost_since = now;
         Output::Event(MemberEvent::Down(id))
+    }
+
+    /// The link is gone: whoever answers the next one may be a new process without our list.
+    fn unlink(&mut self) {
+        self.link_up = false;
+        self.told = false;
+        self.listed = None;
+    }
+
+    fn up_id(&self) -> Option<NodeId> {
+        match self.status {
+            Status::Up { id, .. } => Some(id),
+            _ => None,
+        }
     }
 }
 
@@ -243,6 +267,9 @@ pub struct Mesh {
     graves: BTreeMap<SocketAddrV4, u32>,
     /// Source of [`MeshTimer::Reconnect`] attempt numbers.
     next_attempt: u64,
+    /// Logical clock stamping Ups and lists sent, so [`Mesh::introduce`] orders them exactly,
+    /// even within one instant.
+    clock: u64,
 }
 
 impl Mesh {
@@ -257,6 +284,24 @@ impl Mesh {
             peers: BTreeMap::new(),
             graves: BTreeMap::new(),
             next_attempt: 0,
+            clock: 0,
+        }
+    }
+
+    /// The next [`Mesh::clock`] stamp.
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Enters `Running` (once) and arms the periodic tick.
+    fn run(&mut self, out: &mut Vec<Output<MeshTimer>>) {
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Running;
+            out.push(Output::SetTimer {
+                after: self.profile.mesh_heartbeat(),
+                timer: MeshTimer::Tick,
+            });
         }
     }
 
@@ -287,14 +332,19 @@ impl Mesh {
             .or_insert_with(|| Peer::new(now, first, graves.remove(&addr)))
     }
 
-    fn hello(&self) -> Vec<u8> {
-        frame(
-            self.cluster,
-            &Msg::Hello {
-                id: self.id,
-                peers: self.members(),
-            },
-        )
+    /// Our Hello to the known peer `addr`: it names our members unless the identity there was
+    /// already told them, and a list sent is stamped for [`Mesh::introduce`].
+    fn hello_to(&mut self, now: Time, addr: SocketAddrV4) -> Output<MeshTimer> {
+        let told = self.peers.get(&addr).is_some_and(|p| p.told);
+        let peers = if told { Vec::new() } else { self.members() };
+        let stamp = self.tick();
+        if let Some(peer) = self.peers.get_mut(&addr) {
+            peer.last_sent = now;
+            peer.listed = if told { peer.listed } else { Some(stamp) };
+            peer.told = true;
+        }
+        let hello = frame(self.cluster, &Msg::Hello { id: self.id, peers });
+        Self::send(addr, hello)
     }
 
     /// Schedules the next redial of `addr` with jittered exponential backoff: the delay is drawn
@@ -332,11 +382,11 @@ impl Mesh {
         let Some(peer) = self.peers.get_mut(&addr) else {
             return;
         };
-        if let Status::Up { id } = peer.status {
+        if let Some(id) = peer.up_id() {
             out.push(peer.lose(now, id));
         }
         if close {
-            peer.link_up = false;
+            peer.unlink();
             out.push(Output::Disconnect { to: addr });
         }
         self.retry(addr, out);
@@ -353,6 +403,14 @@ impl Mesh {
         if let Some(dead) = peer.dead {
             self.graves.insert(addr, dead);
         }
+    }
+
+    /// Peers we have a link to or consider Up: the ones to greet or say goodbye to.
+    fn linked(&self) -> Vec<SocketAddrV4> {
+        (self.peers.iter())
+            .filter(|(_, p)| p.link_up || matches!(p.status, Status::Up { .. }))
+            .map(|(addr, _)| *addr)
+            .collect()
     }
 
     /// Refuses frames that cannot be right whatever our state, before anything changes.
@@ -386,23 +444,22 @@ impl Mesh {
             out.push(Output::Disconnect { to: addr });
             return;
         }
-        let hello = self.hello();
         let peer = self.peer_mut(now, addr);
         peer.link_up = true;
-        peer.last_sent = now;
         if let Status::Joining { .. } | Status::Retrying { .. } = peer.status {
             // Its Hello is due within a heartbeat timeout from now.
             peer.status = Status::Joining { since: now };
         }
-        // Also on a repeated Up of a live link: a second Hello is harmless.
-        out.push(Self::send(addr, hello));
+        // Also on a repeated Up of a live link (both ends dialled): a second Hello is harmless,
+        // and without a list once the peer has ours.
+        out.push(self.hello_to(now, addr));
     }
 
     fn on_link_down(&mut self, now: Time, addr: SocketAddrV4, out: &mut Vec<Output<MeshTimer>>) {
         let Some(peer) = self.peers.get_mut(&addr) else {
             return;
         };
-        peer.link_up = false;
+        peer.unlink();
         match peer.status {
             Status::Up { .. } | Status::Joining { .. } => self.lost(now, addr, false, out),
             // Already lost (we closed it ourselves) or gone for good.
@@ -429,6 +486,7 @@ impl Mesh {
     ) {
         let first = self.first_backoff();
         let cluster = self.cluster;
+        let since = self.tick();
         let peer = self.peer_mut(now, x.addr());
         if peer.newest.is_some_and(|g| x.generation() < g) {
             // A newer generation lives at this address: this one is a zombie, it will time out.
@@ -443,27 +501,45 @@ impl Mesh {
         peer.newest = Some(x.generation());
         peer.link_up = true;
         peer.last_heard = now;
-        match peer.status {
-            Status::Up { id } if id == x => {}
-            status => {
-                if let Status::Up { id: old } = status {
+        match peer.up_id() {
+            // Already a member (a repeated Hello): nothing new to report or introduce.
+            Some(id) if id == x => {}
+            old => {
+                if let Some(old) = old {
                     out.push(peer.lose(now, old));
+                    // No link break seen: `old` renewed (and has our list) or restarted (and has
+                    // not). Our list again is right either way, and one message.
+                    peer.told = false;
                 }
-                peer.status = Status::Up { id: x };
+                peer.status = Status::Up { id: x, since };
                 peer.backoff = first;
                 out.push(Output::Event(MemberEvent::Up(x)));
-                self.introduce(now, x, out);
+                match peer.listed.filter(|_| peer.told) {
+                    Some(listed) => self.introduce(now, x, listed, out),
+                    // Its Hello overtook our link report, or a new generation: our list, naming
+                    // every peer Up here, is one message where introductions would be many.
+                    None => out.push(self.hello_to(now, x.addr())),
+                }
             }
         }
         self.learn(now, peers, out);
     }
 
-    /// Tells every other Up peer about `x`, which just came Up: simultaneous joiners that used
-    /// different seeds find each other this way.
-    fn introduce(&mut self, now: Time, x: NodeId, out: &mut Vec<Output<MeshTimer>>) {
+    /// Tells the Up peers that may not know `x` about it: `x` just came Up, and our list went
+    /// to it (over its current link) at stamp `listed`.
+    ///
+    /// Invariant: of any two peers Up here, the one that came Up later was either named to the
+    /// other in our list or introduced to it, so they end up linked (each dials what it hears
+    /// of). Why: a peer Up (as this identity) since before `listed` was in that list, and `x`
+    /// dials it itself; only the ones Up since need `Peers { [x] }`. A peer that comes Up
+    /// without our list gets it instead; peers coming Up after `x` get their own turn.
+    fn introduce(&mut self, now: Time, x: NodeId, listed: u64, out: &mut Vec<Output<MeshTimer>>) {
         let intro = frame(self.cluster, &Msg::Peers { peers: vec![x] });
         for (addr, peer) in &mut self.peers {
-            if matches!(peer.status, Status::Up { .. }) && *addr != x.addr() {
+            let Status::Up { since, .. } = peer.status else {
+                continue;
+            };
+            if *addr != x.addr() && since > listed {
                 peer.last_sent = now;
                 out.push(Self::send(*addr, intro.clone()));
             }
@@ -486,8 +562,8 @@ impl Mesh {
                     // A dial or a Hello is already under way.
                     Status::Joining { .. } => continue,
                     // Our link may lead to a dead incarnation; redialling a live link only
-                    // re-sends Hello.
-                    Status::Up { .. } => {}
+                    // re-sends Hello, with our list for the newer one.
+                    Status::Up { .. } => peer.told = false,
                     Status::Retrying { .. } | Status::Left => {
                         peer.status = Status::Joining { since: now };
                     }
@@ -512,7 +588,7 @@ impl Mesh {
         if peer.newest.is_some_and(|g| x.generation() < g) {
             return;
         }
-        if let Status::Up { id } = peer.status {
+        if let Some(id) = peer.up_id() {
             out.push(peer.lose(now, id));
         }
         peer.newest = peer.newest.max(Some(x.generation()));
@@ -525,12 +601,10 @@ impl Mesh {
     fn renew(&mut self, now: Time, out: &mut Vec<Output<MeshTimer>>) {
         self.id = self.id.next_generation();
         out.push(Output::Renewed(self.id));
-        let hello = self.hello();
-        for (addr, peer) in &mut self.peers {
-            if peer.link_up || matches!(peer.status, Status::Up { .. }) {
-                peer.last_sent = now;
-                out.push(Self::send(*addr, hello.clone()));
-            }
+        let linked = self.linked();
+        // Our list is the same as before: peers told it under our old identity still have it.
+        for addr in linked {
+            out.push(self.hello_to(now, addr));
         }
     }
 
@@ -611,13 +685,40 @@ impl MembershipCore for Mesh {
                 out.push(Output::Connect { to: seed });
             }
         }
-        if self.phase == Phase::Idle {
-            self.phase = Phase::Running;
-            out.push(Output::SetTimer {
-                after: self.profile.mesh_heartbeat(),
-                timer: MeshTimer::Tick,
-            });
+        self.run(out);
+    }
+
+    /// Loads `members` (but ourselves, known addresses and generations declared Down) as a
+    /// converged view: each is Up at once, in address order, and already has our list. Then
+    /// dials each (both ends dial, so a link may be reported twice) and arms the tick like
+    /// `start`. Members are not seeds: they are forgotten like any peer. No-op after `leave`.
+    fn preseed(&mut self, now: Time, members: &[NodeId], out: &mut Vec<Output<MeshTimer>>) {
+        if self.phase == Phase::Left {
+            return;
         }
+        let mut view: BTreeMap<SocketAddrV4, NodeId> = BTreeMap::new();
+        for &m in members {
+            let addr = m.addr();
+            let dead = self.graves.get(&addr).is_some_and(|g| *g >= m.generation());
+            let newer = view
+                .get(&addr)
+                .is_none_or(|id| id.generation() < m.generation());
+            if addr != self.id.addr() && !dead && !self.peers.contains_key(&addr) && newer {
+                view.insert(addr, m);
+            }
+        }
+        // Listed after every member came Up: no introductions among them (see `introduce`).
+        let (since, listed) = (self.tick(), self.tick());
+        for &id in view.values() {
+            let peer = self.peer_mut(now, id.addr());
+            peer.status = Status::Up { id, since };
+            peer.newest = Some(id.generation());
+            peer.told = true;
+            peer.listed = Some(listed);
+            out.push(Output::Event(MemberEvent::Up(id)));
+        }
+        out.extend(view.keys().map(|&to| Output::Connect { to }));
+        self.run(out);
     }
 
     /// The mesh speaks on streams only.
@@ -692,15 +793,12 @@ impl MembershipCore for Mesh {
         }
         self.phase = Phase::Left;
         let bye = frame(self.cluster, &Msg::Leave { id: self.id });
-        let linked: Vec<SocketAddrV4> = (self.peers.iter())
-            .filter(|(_, p)| p.link_up || matches!(p.status, Status::Up { .. }))
-            .map(|(addr, _)| *addr)
-            .collect();
+        let linked = self.linked();
         out.extend(linked.iter().map(|addr| Self::send(*addr, bye.clone())));
         out.extend(linked.iter().map(|addr| Output::Disconnect { to: *addr }));
         for peer in self.peers.values_mut() {
-            peer.link_up = false;
-            if let Status::Up { id } = peer.status {
+            peer.unlink();
+            if let Some(id) = peer.up_id() {
                 out.push(peer.lose(now, id));
                 peer.status = Status::Left;
             }
@@ -715,11 +813,6 @@ impl MembershipCore for Mesh {
     }
 
     fn members(&self) -> Vec<NodeId> {
-        (self.peers.values())
-            .filter_map(|p| match p.status {
-                Status::Up { id } => Some(id),
-                _ => None,
-            })
-            .collect()
+        self.peers.values().filter_map(Peer::up_id).collect()
     }
 }

@@ -125,6 +125,146 @@ fn start_dials_every_seed_but_itself_and_arms_the_tick() {
     assert_eq!(m.num_members(), 0);
 }
 
+/// Node 0 preseeded with nodes 1, 2 (generation 1) and 3 (generation 2).
+fn preseeded() -> Mesh {
+    let mut m = mesh(0);
+    m.preseed(
+        ms(0),
+        &[node(2, 1), node(0, 1), node(1, 1), node(3, 2), node(1, 1)],
+        &mut Vec::new(),
+    );
+    m
+}
+
+#[test]
+fn preseed_loads_the_view_at_once_dials_every_member_and_arms_the_tick() {
+    let mut m = mesh(0);
+    let mut out = Vec::new();
+    // Unordered, with ourselves and a duplicate: Up once each, in address order.
+    m.preseed(
+        ms(0),
+        &[node(2, 1), node(0, 1), node(1, 1), node(3, 2), node(1, 1)],
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        vec![
+            up(node(1, 1)),
+            up(node(2, 1)),
+            up(node(3, 2)),
+            Output::Connect { to: addr(1) },
+            Output::Connect { to: addr(2) },
+            Output::Connect { to: addr(3) },
+            Output::SetTimer {
+                after: PROFILE.mesh_heartbeat(),
+                timer: MeshTimer::Tick
+            },
+        ]
+    );
+    assert_eq!(m.members(), vec![node(1, 1), node(2, 1), node(3, 2)]);
+    // Known members are not loaded again, nor is the tick armed twice.
+    let mut out = Vec::new();
+    m.preseed(ms(1), &[node(1, 1), node(2, 1)], &mut out);
+    assert_eq!(out, vec![]);
+}
+
+#[test]
+fn preseeded_links_say_hello_without_lists_and_change_nothing() {
+    let mut m = preseeded();
+    let ours = hello(node(0, 1), &[]);
+    // Both ends dialled, so the link is reported twice: two Hellos, neither with a list.
+    for t in [1, 2] {
+        assert_eq!(
+            link(&mut m, ms(t), LinkEvent::Up(addr(1))),
+            vec![send(addr(1), &ours)]
+        );
+    }
+    // The member's own Hellos (without a list too) are neither a new Up nor an introduction.
+    for t in [3, 4] {
+        assert_eq!(
+            recv(&mut m, ms(t), addr(1), &hello(node(1, 1), &[])),
+            vec![]
+        );
+    }
+    assert_eq!(m.members(), vec![node(1, 1), node(2, 1), node(3, 2)]);
+    // Each member was sent a frame within the period or gets a heartbeat.
+    link(&mut m, ms(5), LinkEvent::Up(addr(2)));
+    let hb = PROFILE.mesh_heartbeat();
+    assert_eq!(
+        timer(&mut m, hb + ms(4), MeshTimer::Tick),
+        vec![
+            Output::SetTimer {
+                after: hb,
+                timer: MeshTimer::Tick
+            },
+            send(addr(1), &Msg::Heartbeat),
+            send(addr(3), &Msg::Heartbeat),
+        ]
+    );
+}
+
+#[test]
+fn a_renewed_preseeded_member_gets_our_list_and_later_joiners_are_introduced_to_it() {
+    let mut m = preseeded();
+    link(&mut m, ms(1), LinkEvent::Up(addr(2)));
+    // A joiner links: our list to it names the snapshot's members.
+    assert_eq!(
+        link(&mut m, ms(1), LinkEvent::Up(addr(4))),
+        vec![send(
+            addr(4),
+            &hello(node(0, 1), &[node(1, 1), node(2, 1), node(3, 2)])
+        )]
+    );
+    // The new generation gets our list, not introductions to every member.
+    assert_eq!(
+        recv(&mut m, ms(2), addr(2), &hello(node(2, 2), &[])),
+        vec![
+            down(node(2, 1)),
+            up(node(2, 2)),
+            send(
+                addr(2),
+                &hello(node(0, 1), &[node(1, 1), node(2, 2), node(3, 2)])
+            )
+        ]
+    );
+    // The joiner's list named 2's old generation only: the new one is told of the joiner.
+    assert_eq!(
+        recv(&mut m, ms(3), addr(4), &hello(node(4, 1), &[])),
+        vec![
+            up(node(4, 1)),
+            send(
+                addr(2),
+                &Msg::Peers {
+                    peers: vec![node(4, 1)]
+                }
+            )
+        ]
+    );
+}
+
+#[test]
+fn preseed_skips_generations_declared_down_and_members_are_not_seeds() {
+    let window = PROFILE.mesh_heartbeat_timeout() * FORGET_AFTER_TIMEOUTS;
+    let mut m = mesh(0);
+    m.preseed(ms(0), &[node(1, 1)], &mut Vec::new());
+    // It never answers: Down at the timeout, then forgotten like any non-seed.
+    let now = fail_dials(&mut m, ms(0), window * 2);
+    assert!(!m.peers.contains_key(&addr(1)));
+    assert_eq!(m.graves.get(&addr(1)), Some(&1));
+    // A snapshot naming the dead identity does not bring it back; a newer one comes Up.
+    let mut out = Vec::new();
+    m.preseed(now, &[node(1, 1)], &mut out);
+    assert_eq!(out, vec![]);
+    m.preseed(now, &[node(1, 2)], &mut out);
+    assert_eq!(out, vec![up(node(1, 2)), Output::Connect { to: addr(1) }]);
+    // After leaving, preseed does nothing.
+    let mut left = mesh(0);
+    left.leave(ms(0), &mut Vec::new());
+    let mut out = Vec::new();
+    left.preseed(ms(0), &[node(1, 1)], &mut out);
+    assert_eq!(out, vec![]);
+}
+
 #[test]
 fn two_nodes_handshake_and_see_each_other_up() {
     let mut a = mesh(0);
@@ -154,11 +294,11 @@ fn two_nodes_handshake_and_see_each_other_up() {
     assert_eq!((a.members(), a.num_members()), (vec![node(1, 1)], 1));
     assert_eq!((b.members(), b.num_members()), (vec![node(0, 1)], 1));
 
-    // A repeated Up (the driver's answer to a redundant Connect) only re-sends Hello, now
-    // listing the peer, and a repeated Hello changes nothing.
+    // A repeated Up (the driver's answer to a redundant Connect) only re-sends Hello, without
+    // a list since the peer has ours, and a repeated Hello changes nothing.
     assert_eq!(
         link(&mut a, ms(3), LinkEvent::Up(addr(1))),
-        vec![send(addr(1), &hello(node(0, 1), &[node(1, 1)]))]
+        vec![send(addr(1), &hello(node(0, 1), &[]))]
     );
     assert_eq!(
         recv(&mut a, ms(3), addr(1), &hello(node(1, 1), &[node(0, 1)])),
@@ -168,26 +308,90 @@ fn two_nodes_handshake_and_see_each_other_up() {
 }
 
 #[test]
-fn a_new_peer_is_introduced_to_the_others_and_its_unknown_peers_are_dialled() {
+fn a_new_peer_hears_of_our_members_in_our_hello_not_by_introduction() {
     let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
-    link(&mut m, ms(5), LinkEvent::Up(addr(3)));
+    // Our Hello names 1 and 2, so 3 dials them itself: nobody needs an introduction.
+    assert_eq!(
+        link(&mut m, ms(5), LinkEvent::Up(addr(3))),
+        vec![send(addr(3), &hello(node(0, 1), &[node(1, 1), node(2, 1)]))]
+    );
     let out = recv(
         &mut m,
         ms(5),
         addr(3),
         &hello(node(3, 1), &[node(0, 1), node(1, 1), node(4, 1)]),
     );
-    let intro = Msg::Peers {
-        peers: vec![node(3, 1)],
-    };
+    assert_eq!(out, vec![up(node(3, 1)), Output::Connect { to: addr(4) }]);
+}
+
+#[test]
+fn joiners_whose_hellos_predate_each_others_up_are_introduced_once() {
+    let mut m = with_up(0, &[node(1, 1)]);
+    // Both joiners link before either says Hello: our Hellos to them name only node 1.
+    let ours = hello(node(0, 1), &[node(1, 1)]);
     assert_eq!(
-        out,
+        link(&mut m, ms(5), LinkEvent::Up(addr(2))),
+        vec![send(addr(2), &ours)]
+    );
+    assert_eq!(
+        link(&mut m, ms(5), LinkEvent::Up(addr(3))),
+        vec![send(addr(3), &ours)]
+    );
+    // 2 comes Up: 1 was in our list to it, 3 is not Up yet.
+    assert_eq!(
+        recv(&mut m, ms(6), addr(2), &hello(node(2, 1), &[])),
+        vec![up(node(2, 1))]
+    );
+    // 3 comes Up: 2 came Up after our list to 3 left, so 2 is told of 3 (and dials it); 1 is
+    // not, 3 dials it from our list.
+    assert_eq!(
+        recv(&mut m, ms(7), addr(3), &hello(node(3, 1), &[])),
         vec![
             up(node(3, 1)),
-            send(addr(1), &intro),
-            send(addr(2), &intro),
-            Output::Connect { to: addr(4) }
+            send(
+                addr(2),
+                &Msg::Peers {
+                    peers: vec![node(3, 1)]
+                }
+            )
         ]
+    );
+}
+
+#[test]
+fn a_hello_before_our_list_went_out_is_answered_with_our_list() {
+    let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
+    // Its Hello overtook the driver's link report: it has no list from us, so it gets one
+    // (naming every Up peer) rather than an introduction to each.
+    assert_eq!(
+        recv(&mut m, ms(5), addr(3), &hello(node(3, 1), &[])),
+        vec![
+            up(node(3, 1)),
+            send(
+                addr(3),
+                &hello(node(0, 1), &[node(1, 1), node(2, 1), node(3, 1)])
+            )
+        ]
+    );
+    // The late link report finds it told.
+    assert_eq!(
+        link(&mut m, ms(5), LinkEvent::Up(addr(3))),
+        vec![send(addr(3), &hello(node(0, 1), &[]))]
+    );
+}
+
+#[test]
+fn a_broken_link_makes_the_next_hello_carry_our_list_again() {
+    let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
+    link(&mut m, ms(5), LinkEvent::Down(addr(1)));
+    // Whoever answers the new link may be a new process: it gets our list.
+    assert_eq!(
+        link(&mut m, ms(6), LinkEvent::Up(addr(1))),
+        vec![send(addr(1), &hello(node(0, 1), &[node(2, 1)]))]
+    );
+    assert_eq!(
+        link(&mut m, ms(6), LinkEvent::Up(addr(1))),
+        vec![send(addr(1), &hello(node(0, 1), &[]))]
     );
 }
 
@@ -376,14 +580,20 @@ fn a_successful_hello_resets_the_backoff() {
 fn newer_generation_replaces_the_older_with_down_then_up() {
     let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
     let out = recv(&mut m, ms(5), addr(1), &hello(node(1, 2), &[]));
-    let intro = Msg::Peers {
-        peers: vec![node(1, 2)],
-    };
+    // Renewed or restarted, the new identity gets our list (one message), no introductions.
     assert_eq!(
         out,
-        vec![down(node(1, 1)), up(node(1, 2)), send(addr(2), &intro)]
+        vec![
+            down(node(1, 1)),
+            up(node(1, 2)),
+            send(addr(1), &hello(node(0, 1), &[node(1, 2), node(2, 1)]))
+        ]
     );
     assert_eq!(m.members(), vec![node(1, 2), node(2, 1)]);
+    assert_eq!(
+        link(&mut m, ms(6), LinkEvent::Up(addr(1))),
+        vec![send(addr(1), &hello(node(0, 1), &[]))]
+    );
 }
 
 #[test]
@@ -429,7 +639,8 @@ fn node_told_it_is_down_renews_and_says_hello_again() {
     let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
     link(&mut m, ms(1), LinkEvent::Up(addr(3))); // linked, no Hello yet
     let out = recv(&mut m, ms(5), addr(1), &Msg::Down { id: node(0, 1) });
-    let hi = hello(node(0, 2), &[node(1, 1), node(2, 1)]);
+    // All three links carried our list already, and it did not change: Hellos without one.
+    let hi = hello(node(0, 2), &[]);
     assert_eq!(
         out,
         vec![
@@ -824,6 +1035,7 @@ fn fire_due(m: &mut Mesh, now: Time, pending: &mut Vec<(Time, MeshTimer)>, log: 
 proptest! {
     #[test]
     fn prop_any_input_sequence_keeps_the_event_invariants(
+        preseeded in any::<bool>(),
         inputs in proptest::collection::vec(input(), 0..80),
     ) {
         let mut m = mesh(0);
@@ -831,7 +1043,13 @@ proptest! {
         let mut pending = Vec::new();
         let mut now = ms(0);
         let mut out = Vec::new();
-        m.start(now, &[addr(1), addr(2)], &mut out);
+        if preseeded {
+            m.preseed(now, &[node(1, 1), node(3, 2)], &mut out);
+        } else {
+            m.start(now, &[addr(1), addr(2)], &mut out);
+        }
+        log.apply(&out);
+        log.check(&m);
         for input in inputs {
             for o in out.drain(..) {
                 if let Output::SetTimer { after, timer } = o {
@@ -880,6 +1098,9 @@ struct Cluster {
     now: Time,
     seq: u64,
     trace: Vec<String>,
+    /// Introductions sent, and node ids carried in Hello lists, cluster-wide.
+    intros: usize,
+    listed_ids: usize,
 }
 
 impl Cluster {
@@ -891,9 +1112,32 @@ impl Cluster {
             now: ms(0),
             seq: 0,
             trace: Vec::new(),
+            intros: 0,
+            listed_ids: 0,
         };
         for i in 0..n {
             c.boot(i, 1, &seeds(i));
+        }
+        c
+    }
+
+    /// `n` nodes started with [`MembershipCore::preseed`] as one converged cluster.
+    fn preseeded(n: u32) -> Self {
+        let mut c = Self::new(0, |_| vec![]);
+        let members: Vec<NodeId> = (0..n).map(|i| node(i, 1)).collect();
+        for i in 0..n {
+            let mesh = Mesh::new(node(i, 1), CLUSTER, PROFILE, 1000 + u64::from(i));
+            let slot = Slot {
+                mesh,
+                alive: true,
+                incarnation: 0,
+                log: EventLog::default(),
+                renewed: Vec::new(),
+            };
+            c.slots.insert(addr(i), slot);
+        }
+        for i in 0..n {
+            c.apply(addr(i), |m, now, out| m.preseed(now, &members, out));
         }
         c
     }
@@ -963,6 +1207,11 @@ impl Cluster {
         for o in out {
             match o {
                 Output::Send { to, payload, .. } => {
+                    match decode(&payload, CLUSTER) {
+                        Ok(Msg::Peers { .. }) => self.intros += 1,
+                        Ok(Msg::Hello { peers, .. }) => self.listed_ids += peers.len(),
+                        _ => {}
+                    }
                     if self.alive(to) && self.links.insert(Self::pair(at, to)) {
                         // Opened on demand.
                         self.push(ms(0), at, Delivery::Link(LinkEvent::Up(to)));
@@ -1063,6 +1312,37 @@ fn five_nodes_joining_through_a_chain_of_seeds_form_a_full_mesh() {
 fn five_nodes_joining_through_one_seed_form_a_full_mesh() {
     let mut c = Cluster::new(5, |i| if i == 0 { vec![] } else { vec![0] });
     c.run_until(ms(1_000));
+    c.assert_full_mesh();
+}
+
+#[test]
+fn two_joiners_whose_hellos_from_the_seed_predate_each_others_up_link() {
+    // Both link to the seed before either says Hello, so the seed's Hellos name neither: only
+    // the introduction of the later one to the earlier one can link them.
+    let mut c = Cluster::new(3, |i| if i == 0 { vec![] } else { vec![0] });
+    c.run_until(ms(1_000));
+    c.assert_full_mesh();
+    assert_eq!(c.intros, 1);
+}
+
+#[test]
+fn a_preseeded_cluster_is_a_full_mesh_at_once_and_stays_quiet() {
+    let mut c = Cluster::preseeded(5);
+    c.assert_full_mesh();
+    c.run_until(ms(1_000));
+    c.assert_full_mesh();
+    assert!(
+        c.slots
+            .values()
+            .all(|s| s.renewed.is_empty() && s.log.ever_up.len() == 4)
+    );
+    assert_eq!((c.intros, c.listed_ids), (0, 0));
+    // Faults work as after a join: a crash is seen at once, a restart rejoins everywhere.
+    c.crash(4);
+    c.run_until(c.now + ms(100));
+    c.assert_full_mesh();
+    c.boot(4, 2, &[0]);
+    c.run_until(c.now + ms(1_000));
     c.assert_full_mesh();
 }
 
