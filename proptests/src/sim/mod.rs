@@ -467,7 +467,12 @@ impl<C: MembershipCore> Sim<C> {
                 }
             }
             What::Link { life: l, event, .. } => {
-                if l != life {
+                // A Down about a connection that was since replaced by a new one (the peer
+                // restarted and redialled before the reset arrived) belongs to the old
+                // connection: a real transport reports it against that connection, not the peer.
+                let superseded = matches!(event, LinkEvent::Down(a)
+                    if self.index_of(a).is_some_and(|j| self.links[idx].contains(&j)));
+                if l != life || superseded {
                     self.out = out;
                     return;
                 }
