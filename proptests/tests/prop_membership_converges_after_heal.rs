@@ -49,15 +49,15 @@ fn check<C: MembershipCore>(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn prop_swim_converges_after_heal(seed in any::<u64>(), n in 4u32..20, schedule in proptest::collection::vec(fault(), 1..10)) {
+    fn prop_swim_converges_after_heal(seed in any::<u64>(), n in 4u32..32, schedule in proptest::collection::vec(fault(), 1..10)) {
         check("swim", n, seed, &schedule, swim_factory(Profile::Test, n))?;
     }
 
     #[test]
-    fn prop_mesh_converges_after_heal(seed in any::<u64>(), n in 4u32..20, schedule in proptest::collection::vec(fault(), 1..10)) {
+    fn prop_mesh_converges_after_heal(seed in any::<u64>(), n in 4u32..32, schedule in proptest::collection::vec(fault(), 1..10)) {
         check("mesh", n, seed, &schedule, mesh_factory(Profile::Test))?;
     }
 }
