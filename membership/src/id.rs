@@ -57,8 +57,9 @@ impl NodeId {
     }
 }
 
-/// SplitMix64 finaliser: a cheap, well-distributed, platform-independent 64-bit mix.
-pub(crate) const fn mix64(mut z: u64) -> u64 {
+/// SplitMix64 finaliser: a cheap, well-distributed, platform-independent 64-bit mix (digests,
+/// per-instance seeds, trace hashes).
+pub const fn mix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

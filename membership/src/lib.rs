@@ -24,7 +24,7 @@ pub mod swim;
 pub mod wire;
 
 pub use crate::core::{Channel, Error, LinkEvent, MemberEvent, MembershipCore, Output, Time};
-pub use id::{NodeId, loopback_addr, loopback_index};
+pub use id::{NodeId, loopback_addr, loopback_index, mix64};
 pub use mesh::Mesh;
 pub use profile::{Profile, UnknownProfile};
 pub use swim::Swim;

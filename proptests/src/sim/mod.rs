@@ -17,7 +17,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use meshreg_membership::{
-    Channel, LinkEvent, MembershipCore, NodeId, Output, loopback_addr, loopback_index,
+    Channel, LinkEvent, MembershipCore, NodeId, Output, loopback_addr, loopback_index, mix64,
 };
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -125,11 +125,9 @@ pub struct Sim<C: MembershipCore> {
     out: Vec<Output<C::Timer>>,
 }
 
+/// Folds `v` into the running hash `h`.
 fn mix(h: u64, v: u64) -> u64 {
-    let mut z = (h ^ v).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    mix64(h ^ v)
 }
 
 fn ns(d: Duration) -> u64 {

@@ -1,5 +1,6 @@
 //! The simulated network: latency, loss, duplication, reordering and partitions.
 
+use meshreg_membership::mix64;
 use rand::RngExt;
 use rand::rngs::SmallRng;
 
@@ -98,19 +99,12 @@ impl NetConfig {
         match self.latency_model {
             LatencyModel::Uniform => rng.random_range(lo..=hi),
             LatencyModel::PerLink => {
-                let h = splitmix(seed ^ (u64::from(a) << 32 | u64::from(b)));
+                let h = mix64(seed ^ (u64::from(a) << 32 | u64::from(b)));
                 let base = lo + h % (hi - lo + 1);
                 base + rng.random_range(0..=base / 10)
             }
         }
     }
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
