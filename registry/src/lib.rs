@@ -3,6 +3,8 @@
 //! This crate grows with the process-groups and session-manager work; today it holds the
 //! identifiers every registry shares.
 
+pub mod groups;
+
 use meshreg_membership::NodeId;
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,165 @@
+//! The private storage of [`GroupTable`](super::GroupTable): one `Record` per membership
+//! occurrence, and lists of record handles that make every read a slice walk.
+//!
+//! ```text
+//! scope_index: ScopeName -> scope (Vec index; scopes are never removed)
+//!   Scope.groups: GroupName -> group handle        (lookup only)
+//!   Scope.list:   [group handle]                   (which_groups order)
+//! Group.members:  [record handle]  every occurrence, cluster-wide
+//! Group.local:    [record handle]  occurrences of the owner node's pids
+//! node_index: NodeId -> node handle
+//!   NodeSlot.records: [record handle]              (memberships_of_node, remove_node)
+//!   NodeSlot.pids:    serial -> newest record of that pid, chained by Record.next_of_pid
+//! Record: serial, node, group, and its position in each list above (O(1) swap_remove)
+//! ```
+//!
+//! Architecture Invariant (positions): for every live record `r`,
+//! `group.members[r.pos_in_group] == r`, `node.records[r.pos_in_node] == r`, and if `r.node` is
+//! the owner slot, `group.local[r.pos_in_local] == r`. Every removal is a `swap_remove` that
+//! rewrites the position of the one record it moved.
+//!
+//! Architecture Invariant (chains): the records of one pid form one chain from
+//! `NodeSlot.pids[serial]`, newest join first; a pid has a map entry iff it has a record; a
+//! group exists iff it has a record; a node slot (other than the owner's, slot 0) exists iff it
+//! has a record.
+
+use std::collections::HashMap;
+
+use meshreg_membership::NodeId;
+
+use super::name::{GroupName, ScopeName};
+use super::slab::{NIL, Slab};
+
+/// The owner node's slot: created with the table and never freed, so "is this record local" is
+/// one integer comparison.
+pub(super) const OWNER_SLOT: u32 = 0;
+
+/// One scope: a lookup map and an ordered list of its groups. An empty scope costs this struct
+/// plus its name and its index entry (about 150 bytes): hundreds of scopes are cheap.
+pub(super) struct Scope {
+    pub(super) name: ScopeName,
+    pub(super) groups: HashMap<GroupName, u32>,
+    pub(super) list: Vec<u32>,
+}
+
+/// One non-empty group.
+pub(super) struct Group {
+    pub(super) name: GroupName,
+    pub(super) scope: u32,
+    pub(super) pos_in_scope: u32,
+    pub(super) members: Vec<u32>,
+    pub(super) local: Vec<u32>,
+}
+
+/// Everything the table holds about one node's pids.
+pub(super) struct NodeSlot {
+    pub(super) id: NodeId,
+    pub(super) records: Vec<u32>,
+    pub(super) pids: HashMap<u64, u32>,
+}
+
+impl NodeSlot {
+    pub(super) fn new(id: NodeId) -> Self {
+        Self {
+            id,
+            records: Vec::new(),
+            pids: HashMap::new(),
+        }
+    }
+}
+
+/// One occurrence of a pid in a group: 36 bytes, all 4-byte fields (the serial is split so the
+/// record stays 4-aligned and unpadded).
+#[derive(Clone, Copy, Default)]
+pub(super) struct Record {
+    serial: [u32; 2],
+    pub(super) node: u32,
+    pub(super) group: u32,
+    pub(super) pos_in_group: u32,
+    /// Meaningful only when `node == OWNER_SLOT`.
+    pub(super) pos_in_local: u32,
+    pub(super) pos_in_node: u32,
+    /// The next older record of the same pid, or `NIL`.
+    pub(super) next_of_pid: u32,
+    /// Handle in the metadata slab, or `NIL` for no metadata.
+    pub(super) meta: u32,
+}
+
+impl Record {
+    pub(super) fn new(serial: u64, node: u32, group: u32) -> Self {
+        Self {
+            serial: [serial as u32, (serial >> 32) as u32],
+            node,
+            group,
+            pos_in_group: NIL,
+            pos_in_local: NIL,
+            pos_in_node: NIL,
+            next_of_pid: NIL,
+            meta: NIL,
+        }
+    }
+
+    pub(super) fn serial(&self) -> u64 {
+        u64::from(self.serial[0]) | (u64::from(self.serial[1]) << 32)
+    }
+}
+
+/// Which list position of a record a `remove_at` must rewrite.
+#[derive(Clone, Copy)]
+pub(super) enum Pos {
+    Group,
+    Local,
+    Node,
+}
+
+impl Pos {
+    fn of(self, record: &mut Record) -> &mut u32 {
+        match self {
+            Self::Group => &mut record.pos_in_group,
+            Self::Local => &mut record.pos_in_local,
+            Self::Node => &mut record.pos_in_node,
+        }
+    }
+}
+
+/// `u32` view of a list length; lists hold record handles, so they are shorter than 2^32.
+pub(super) fn pos_u32(len: usize) -> u32 {
+    u32::try_from(len).expect("a list of record handles is shorter than 2^32")
+}
+
+/// Appends `id` to `list`, records where it went, O(1) amortised.
+pub(super) fn push_at(list: &mut Vec<u32>, id: u32, records: &mut Slab<Record>, pos: Pos) {
+    *pos.of(records.get_mut(id)) = pos_u32(list.len());
+    list.push(id);
+}
+
+/// Removes the entry at `at` by moving the last entry into it (O(1)), rewrites the moved record's
+/// position, and gives memory back once the list is a quarter full.
+pub(super) fn remove_at(list: &mut Vec<u32>, at: u32, records: &mut Slab<Record>, pos: Pos) {
+    let at = at as usize;
+    list.swap_remove(at);
+    if let Some(&moved) = list.get(at) {
+        *pos.of(records.get_mut(moved)) = pos_u32(at);
+    }
+    shrink_vec(list);
+}
+
+/// Halves a list's buffer when it is under a quarter full, and frees it when empty: a shrink
+/// needs as many removals as it copies entries, so this stays O(1) amortised, and a group that
+/// once held 10,000 members does not keep their memory.
+pub(super) fn shrink_vec<T>(list: &mut Vec<T>) {
+    if list.is_empty() {
+        *list = Vec::new();
+    } else if list.capacity() >= 16 && list.len() < list.capacity() / 4 {
+        list.shrink_to(list.capacity() / 2);
+    }
+}
+
+/// The same policy for lookup maps (std's maps never shrink by themselves).
+pub(super) fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.is_empty() {
+        *map = HashMap::new();
+    } else if map.capacity() >= 32 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.capacity() / 2);
+    }
+}

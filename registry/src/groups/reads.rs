@@ -1,0 +1,271 @@
+//! Reads of [`GroupTable`]: borrowed iterators over the materialised lists, O(1) to start and
+//! O(1) per item. Nothing is copied or hashed per member.
+//!
+//! Reads take names as `&str` (a `&ScopeName`/`&GroupName` works too), so a lookup never
+//! allocates; a name that is too long or unknown simply has no members.
+
+use std::iter::FusedIterator;
+use std::slice;
+
+use meshreg_membership::NodeId;
+
+use super::layout::Record;
+use super::name::{GroupName, ScopeName};
+use super::slab::NIL;
+use super::table::{GroupTable, live};
+use crate::Pid;
+
+/// One occurrence of a member, borrowed from the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Member<'a> {
+    /// The member.
+    pub pid: Pid,
+    /// This occurrence's metadata; empty means none.
+    pub meta: &'a [u8],
+}
+
+/// One membership, borrowed from the table (see [`GroupTable::memberships_of_node`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MembershipRef<'a> {
+    /// The scope of the group.
+    pub scope: &'a ScopeName,
+    /// The group.
+    pub group: &'a GroupName,
+    /// The member.
+    pub pid: Pid,
+    /// The membership's metadata; empty means none.
+    pub meta: &'a [u8],
+}
+
+/// The members of a group (or its local members), one item per occurrence. Exact size.
+pub struct Members<'a> {
+    ids: slice::Iter<'a, u32>,
+    table: &'a GroupTable,
+}
+
+impl<'a> Iterator for Members<'a> {
+    type Item = Member<'a>;
+
+    fn next(&mut self) -> Option<Member<'a>> {
+        self.ids.next().map(|&id| self.table.member(id))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ids.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Members<'_> {}
+impl FusedIterator for Members<'_> {}
+
+/// The groups of a scope, each once. Exact size.
+pub struct Groups<'a> {
+    ids: slice::Iter<'a, u32>,
+    table: &'a GroupTable,
+}
+
+impl<'a> Iterator for Groups<'a> {
+    type Item = &'a GroupName;
+
+    fn next(&mut self) -> Option<&'a GroupName> {
+        self.ids.next().map(|&g| &live(&self.table.groups, g).name)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ids.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Groups<'_> {}
+impl FusedIterator for Groups<'_> {}
+
+/// The groups of one pid within a scope, one item per occurrence, newest join first.
+pub struct GroupsOf<'a> {
+    next: u32,
+    scope: u32,
+    table: &'a GroupTable,
+}
+
+impl<'a> Iterator for GroupsOf<'a> {
+    type Item = &'a GroupName;
+
+    fn next(&mut self) -> Option<&'a GroupName> {
+        while self.next != NIL {
+            let record = self.table.records.get(self.next);
+            self.next = record.next_of_pid;
+            let group = live(&self.table.groups, record.group);
+            if group.scope == self.scope {
+                return Some(&group.name);
+            }
+        }
+        None
+    }
+}
+
+impl FusedIterator for GroupsOf<'_> {}
+
+/// Every membership of one node's pids. Exact size.
+pub struct NodeMemberships<'a> {
+    ids: slice::Iter<'a, u32>,
+    table: &'a GroupTable,
+}
+
+impl<'a> Iterator for NodeMemberships<'a> {
+    type Item = MembershipRef<'a>;
+
+    fn next(&mut self) -> Option<MembershipRef<'a>> {
+        let table = self.table;
+        self.ids.next().map(|&id| {
+            let record = table.records.get(id);
+            let group = live(&table.groups, record.group);
+            let member = table.member_of(record);
+            MembershipRef {
+                scope: &table.scopes[group.scope as usize].name,
+                group: &group.name,
+                pid: member.pid,
+                meta: member.meta,
+            }
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ids.size_hint()
+    }
+}
+
+impl ExactSizeIterator for NodeMemberships<'_> {}
+impl FusedIterator for NodeMemberships<'_> {}
+
+impl GroupTable {
+    /// Every occurrence of every member of `group` in `scope`, cluster-wide: a pid joined `k`
+    /// times appears `k` times. Empty for an unknown scope or group. O(1) + O(1) per item.
+    pub fn members(&self, scope: impl AsRef<str>, group: impl AsRef<str>) -> Members<'_> {
+        let ids = self
+            .find_group(scope.as_ref(), group.as_ref())
+            .map_or(&[][..], |g| &live(&self.groups, g).members[..]);
+        Members {
+            ids: ids.iter(),
+            table: self,
+        }
+    }
+
+    /// Like [`members`](Self::members), but only the owner node's pids. O(1) + O(1) per item.
+    pub fn local_members(&self, scope: impl AsRef<str>, group: impl AsRef<str>) -> Members<'_> {
+        let ids = self
+            .find_group(scope.as_ref(), group.as_ref())
+            .map_or(&[][..], |g| &live(&self.groups, g).local[..]);
+        Members {
+            ids: ids.iter(),
+            table: self,
+        }
+    }
+
+    /// Whether `pid` has at least one occurrence in `group` of `scope`. O(m), m = memberships of
+    /// `pid`.
+    pub fn is_member(&self, scope: impl AsRef<str>, group: impl AsRef<str>, pid: Pid) -> bool {
+        self.occurrences(scope, group, pid) > 0
+    }
+
+    /// How many times `pid` is in `group` of `scope`. O(m), m = memberships of `pid`.
+    pub fn occurrences(&self, scope: impl AsRef<str>, group: impl AsRef<str>, pid: Pid) -> usize {
+        let Some(g) = self.find_group(scope.as_ref(), group.as_ref()) else {
+            return 0;
+        };
+        self.chain(pid)
+            .filter(|&id| self.records.get(id).group == g)
+            .count()
+    }
+
+    /// The non-empty groups of `scope`, each once (pg's `which_groups/1`). O(1) + O(1) per item.
+    pub fn which_groups(&self, scope: impl AsRef<str>) -> Groups<'_> {
+        let ids = self
+            .scope_index
+            .get(scope.as_ref())
+            .map_or(&[][..], |&s| &self.scopes[s as usize].list[..]);
+        Groups {
+            ids: ids.iter(),
+            table: self,
+        }
+    }
+
+    /// The groups of `scope` that `pid` is in, one item per occurrence, newest join first.
+    /// O(m), m = memberships of `pid` in all scopes.
+    pub fn which_groups_of(&self, scope: impl AsRef<str>, pid: Pid) -> GroupsOf<'_> {
+        let scope = self.scope_index.get(scope.as_ref()).copied();
+        let head = match scope {
+            Some(_) => self.chain_head(pid),
+            None => NIL,
+        };
+        GroupsOf {
+            next: head,
+            scope: scope.unwrap_or(NIL),
+            table: self,
+        }
+    }
+
+    /// Every membership of `node`'s pids, in all scopes. The gossip backend's view of one
+    /// owner's set. O(1) + O(1) per item.
+    pub fn memberships_of_node(&self, node: NodeId) -> NodeMemberships<'_> {
+        let ids = self
+            .node_index
+            .get(&node)
+            .map_or(&[][..], |&n| &live(&self.nodes, n).records[..]);
+        NodeMemberships {
+            ids: ids.iter(),
+            table: self,
+        }
+    }
+
+    /// The scopes used so far (a scope, once created, stays), in creation order.
+    pub fn scopes(&self) -> impl ExactSizeIterator<Item = &ScopeName> {
+        self.scopes.iter().map(|scope| &scope.name)
+    }
+
+    /// Number of membership occurrences held, all scopes and nodes.
+    pub fn membership_count(&self) -> usize {
+        self.memberships
+    }
+
+    /// Number of non-empty groups, all scopes.
+    pub fn group_count(&self) -> usize {
+        self.scopes.iter().map(|scope| scope.list.len()).sum()
+    }
+
+    fn member(&self, id: u32) -> Member<'_> {
+        self.member_of(self.records.get(id))
+    }
+
+    fn member_of(&self, record: &Record) -> Member<'_> {
+        Member {
+            pid: Pid {
+                node: live(&self.nodes, record.node).id,
+                serial: record.serial(),
+            },
+            meta: if record.meta == NIL {
+                &[]
+            } else {
+                self.metas.get(record.meta)
+            },
+        }
+    }
+
+    fn chain_head(&self, pid: Pid) -> u32 {
+        self.node_index
+            .get(&pid.node)
+            .and_then(|&n| live(&self.nodes, n).pids.get(&pid.serial))
+            .copied()
+            .unwrap_or(NIL)
+    }
+
+    /// The records of `pid`, newest first.
+    fn chain(&self, pid: Pid) -> impl Iterator<Item = u32> + '_ {
+        let mut next = self.chain_head(pid);
+        std::iter::from_fn(move || {
+            (next != NIL).then(|| {
+                let id = next;
+                next = self.records.get(id).next_of_pid;
+                id
+            })
+        })
+    }
+}

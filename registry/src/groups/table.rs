@@ -1,0 +1,452 @@
+//! [`GroupTable`]: construction, joins and every kind of removal.
+
+use std::collections::HashMap;
+use std::mem;
+
+use meshreg_membership::NodeId;
+
+use super::error::GroupError;
+use super::event::{EventKind, GroupEvent, Membership};
+use super::layout::{
+    Group, NodeSlot, OWNER_SLOT, Pos, Record, Scope, pos_u32, push_at, remove_at, shrink_map,
+    shrink_vec,
+};
+use super::name::{GroupName, ScopeName};
+use super::slab::{NIL, Slab};
+use crate::Pid;
+
+/// Default cap on one membership's metadata, in bytes.
+pub const DEFAULT_META_CAP_BYTES: usize = 512;
+
+/// Settings of a [`GroupTable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupTableConfig {
+    /// Largest metadata accepted per membership, in bytes ([`DEFAULT_META_CAP_BYTES`] by
+    /// default). Larger values are refused with [`GroupError::MetaTooLarge`].
+    pub meta_cap_bytes: usize,
+}
+
+impl Default for GroupTableConfig {
+    fn default() -> Self {
+        Self {
+            meta_cap_bytes: DEFAULT_META_CAP_BYTES,
+        }
+    }
+}
+
+/// The group table of one node: every scope, group and membership it knows, cluster-wide, with
+/// the owner node's own memberships also listed apart.
+///
+/// Sans-IO and single-threaded: methods change the table and append [`GroupEvent`]s, which the
+/// caller collects with [`drain_events`](Self::drain_events). The table accepts pids of any
+/// node (it holds replicas too); "only local pids may join" is enforced by the backends.
+///
+/// Costs, with `m` = the memberships held by the pid concerned (typically 1 to a few), never the
+/// size of the group:
+/// - `join`: O(1) amortised; `leave`, `is_member`, `occurrences`, `which_groups_of`: O(m);
+/// - `members`, `local_members`, `which_groups`, `memberships_of_node`: O(1), then O(1) per
+///   item, borrowing the materialised lists (nothing copied, nothing hashed per member);
+/// - `remove_pid`: O(m); `remove_node`, `replace_node`: O(that node's memberships).
+///
+/// Order: every list is changed only by appends and by `swap_remove` (the last entry moves into
+/// the hole), so the order of `members`, `local_members`, `which_groups` and
+/// `memberships_of_node` is a function of the sequence of operations alone: tables of different
+/// owners given the same sequence list members in the same order. It is not join order.
+pub struct GroupTable {
+    pub(super) owner: NodeId,
+    pub(super) meta_cap_bytes: usize,
+    pub(super) scope_index: HashMap<ScopeName, u32>,
+    /// Never shrinks: a scope, once used, keeps its (small) slot so handles stay valid.
+    pub(super) scopes: Vec<Scope>,
+    pub(super) groups: Slab<Option<Group>>,
+    pub(super) records: Slab<Record>,
+    /// Metadata of the records that have some; an empty box marks a free slot.
+    pub(super) metas: Slab<Box<[u8]>>,
+    pub(super) node_index: HashMap<NodeId, u32>,
+    pub(super) nodes: Slab<Option<NodeSlot>>,
+    pub(super) memberships: usize,
+    pub(super) events: Vec<GroupEvent>,
+}
+
+/// The live value behind a handle; a dead handle here is a bug in the table.
+pub(super) fn live<T>(slab: &Slab<Option<T>>, id: u32) -> &T {
+    slab.get(id).as_ref().expect("handle of a live slot")
+}
+
+pub(super) fn live_mut<T>(slab: &mut Slab<Option<T>>, id: u32) -> &mut T {
+    slab.get_mut(id).as_mut().expect("handle of a live slot")
+}
+
+impl GroupTable {
+    /// An empty table owned by `owner` (whose pids are "local"), with the default config.
+    pub fn new(owner: NodeId) -> Self {
+        Self::with_config(owner, GroupTableConfig::default())
+    }
+
+    /// An empty table owned by `owner` with `config`.
+    pub fn with_config(owner: NodeId, config: GroupTableConfig) -> Self {
+        let mut nodes = Slab::new();
+        let owner_slot = nodes.insert(Some(NodeSlot::new(owner)));
+        debug_assert_eq!(owner_slot, OWNER_SLOT);
+        let mut node_index = HashMap::new();
+        node_index.insert(owner, OWNER_SLOT);
+        Self {
+            owner,
+            meta_cap_bytes: config.meta_cap_bytes,
+            scope_index: HashMap::new(),
+            scopes: Vec::new(),
+            groups: Slab::new(),
+            records: Slab::new(),
+            metas: Slab::new(),
+            node_index,
+            nodes,
+            memberships: 0,
+            events: Vec::new(),
+        }
+    }
+
+    /// The node whose pids are local to this table.
+    pub fn owner(&self) -> NodeId {
+        self.owner
+    }
+
+    /// The configured metadata cap, in bytes.
+    pub fn meta_cap_bytes(&self) -> usize {
+        self.meta_cap_bytes
+    }
+
+    /// Adds one occurrence of `pid` to `group` of `scope` with `meta` (empty for none), creating
+    /// the scope and the group on first use. A pid joined `k` times is listed `k` times.
+    ///
+    /// Emits one `Joined`. O(1) amortised. Refuses metadata over the cap, unchanged.
+    pub fn join(
+        &mut self,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        meta: &[u8],
+    ) -> Result<(), GroupError> {
+        self.check_meta(meta.len())?;
+        let meta: Box<[u8]> = meta.into();
+        self.insert(scope, group, pid, meta.clone());
+        self.push_event(EventKind::Joined, scope.clone(), group.clone(), pid, meta);
+        Ok(())
+    }
+
+    /// Removes one occurrence of `pid` from `group` of `scope`: the one joined most recently.
+    /// The group disappears with its last member.
+    ///
+    /// Emits one `Left`. O(m), m = memberships of `pid`. [`GroupError::NotJoined`] when `pid`
+    /// has no occurrence there (unknown scope or group included), unchanged.
+    pub fn leave(
+        &mut self,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+    ) -> Result<(), GroupError> {
+        let found = self
+            .find_group(scope.as_str(), group.as_str())
+            .and_then(|g| {
+                let n = *self.node_index.get(&pid.node)?;
+                let (prev, id) = self.find_in_chain(n, pid.serial, g)?;
+                Some((n, prev, id))
+            });
+        let Some((n, prev, id)) = found else {
+            return Err(GroupError::NotJoined {
+                scope: scope.clone(),
+                group: group.clone(),
+                pid,
+            });
+        };
+        self.unlink(n, pid.serial, prev, id);
+        let removed = self.detach(id, true);
+        self.release_node_if_empty(n);
+        self.events.push(GroupEvent {
+            kind: EventKind::Left,
+            membership: removed,
+        });
+        Ok(())
+    }
+
+    /// A process ended: removes every occurrence of `pid` in every scope and returns them, newest
+    /// join first (empty if it had none).
+    ///
+    /// Emits one `Left` per occurrence, in the returned order. O(m).
+    pub fn remove_pid(&mut self, pid: Pid) -> Vec<Membership> {
+        let Some(&n) = self.node_index.get(&pid.node) else {
+            return Vec::new();
+        };
+        let pids = &mut live_mut(&mut self.nodes, n).pids;
+        let Some(mut id) = pids.remove(&pid.serial) else {
+            return Vec::new();
+        };
+        shrink_map(pids);
+        let mut removed = Vec::new();
+        while id != NIL {
+            let next = self.records.get(id).next_of_pid;
+            let membership = self.detach(id, true);
+            self.events.push(GroupEvent {
+                kind: EventKind::Left,
+                membership: membership.clone(),
+            });
+            removed.push(membership);
+            id = next;
+        }
+        self.release_node_if_empty(n);
+        removed
+    }
+
+    /// A node went down: removes every membership of its pids and returns them, in
+    /// [`memberships_of_node`](Self::memberships_of_node) order (empty if it had none).
+    ///
+    /// Emits one `Left` per occurrence, in the returned order. O(that node's memberships).
+    pub fn remove_node(&mut self, node: NodeId) -> Vec<Membership> {
+        let Some(&n) = self.node_index.get(&node) else {
+            return Vec::new();
+        };
+        let slot = live_mut(&mut self.nodes, n);
+        let records = mem::take(&mut slot.records);
+        // Dropping the whole pid index at once: no chain needs unlinking record by record.
+        slot.pids = HashMap::new();
+        let mut removed = Vec::with_capacity(records.len());
+        for id in records {
+            let membership = self.detach(id, false);
+            self.events.push(GroupEvent {
+                kind: EventKind::Left,
+                membership: membership.clone(),
+            });
+            removed.push(membership);
+        }
+        self.release_node_if_empty(n);
+        removed
+    }
+
+    /// Takes the events produced since the last call, oldest first (the buffer's memory goes
+    /// with them). Callers drain after each batch of operations: undrained events are held, not
+    /// dropped, and count in [`heap_bytes`](Self::heap_bytes).
+    pub fn drain_events(&mut self) -> Vec<GroupEvent> {
+        mem::take(&mut self.events)
+    }
+
+    /// The events produced since the last drain, oldest first.
+    pub fn pending_events(&self) -> &[GroupEvent] {
+        &self.events
+    }
+
+    pub(super) fn check_meta(&self, len: usize) -> Result<(), GroupError> {
+        if len > self.meta_cap_bytes {
+            return Err(GroupError::MetaTooLarge {
+                len,
+                cap: self.meta_cap_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    pub(super) fn push_event(
+        &mut self,
+        kind: EventKind,
+        scope: ScopeName,
+        group: GroupName,
+        pid: Pid,
+        meta: Box<[u8]>,
+    ) {
+        self.events.push(GroupEvent {
+            kind,
+            membership: Membership {
+                scope,
+                group,
+                pid,
+                meta,
+            },
+        });
+    }
+
+    pub(super) fn find_group(&self, scope: &str, group: &str) -> Option<u32> {
+        let s = *self.scope_index.get(scope)?;
+        self.scopes[s as usize].groups.get(group).copied()
+    }
+
+    /// The newest record of pid (`n`, `serial`) in group `g`, with its predecessor in the pid's
+    /// chain (`NIL` if it is the head).
+    pub(super) fn find_in_chain(&self, n: u32, serial: u64, g: u32) -> Option<(u32, u32)> {
+        let mut prev = NIL;
+        let mut id = *live(&self.nodes, n).pids.get(&serial)?;
+        while id != NIL {
+            let record = self.records.get(id);
+            if record.group == g {
+                return Some((prev, id));
+            }
+            prev = id;
+            id = record.next_of_pid;
+        }
+        None
+    }
+
+    /// Adds one record; no validation, no event. O(1) amortised.
+    pub(super) fn insert(
+        &mut self,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        meta: Box<[u8]>,
+    ) {
+        let s = self.scope_slot(scope);
+        let g = self.group_slot(s, group);
+        let n = self.node_slot(pid.node);
+        let mut record = Record::new(pid.serial, n, g);
+        if !meta.is_empty() {
+            record.meta = self.metas.insert(meta);
+        }
+        let id = self.records.insert(record);
+        let grp = live_mut(&mut self.groups, g);
+        push_at(&mut grp.members, id, &mut self.records, Pos::Group);
+        if n == OWNER_SLOT {
+            push_at(&mut grp.local, id, &mut self.records, Pos::Local);
+        }
+        let node = live_mut(&mut self.nodes, n);
+        push_at(&mut node.records, id, &mut self.records, Pos::Node);
+        // The new record becomes the head of its pid's chain: newest first.
+        self.records.get_mut(id).next_of_pid = node.pids.insert(pid.serial, id).unwrap_or(NIL);
+        self.memberships += 1;
+    }
+
+    /// Unlinks record `id` (whose chain predecessor is `prev`) from the chain of pid
+    /// (`n`, `serial`).
+    pub(super) fn unlink(&mut self, n: u32, serial: u64, prev: u32, id: u32) {
+        let next = self.records.get(id).next_of_pid;
+        if prev != NIL {
+            self.records.get_mut(prev).next_of_pid = next;
+            return;
+        }
+        let pids = &mut live_mut(&mut self.nodes, n).pids;
+        if next == NIL {
+            pids.remove(&serial);
+            shrink_map(pids);
+        } else {
+            pids.insert(serial, next);
+        }
+    }
+
+    /// Removes record `id` from its group's lists (and from its node's list when `from_node`),
+    /// frees it and its metadata, deletes the group if it became empty, and returns what it was.
+    /// The caller has already unlinked it from its pid chain (or dropped the whole chain).
+    pub(super) fn detach(&mut self, id: u32, from_node: bool) -> Membership {
+        let record = *self.records.get(id);
+        let group = live_mut(&mut self.groups, record.group);
+        remove_at(
+            &mut group.members,
+            record.pos_in_group,
+            &mut self.records,
+            Pos::Group,
+        );
+        if record.node == OWNER_SLOT {
+            remove_at(
+                &mut group.local,
+                record.pos_in_local,
+                &mut self.records,
+                Pos::Local,
+            );
+        }
+        let group_name = group.name.clone();
+        let scope = group.scope;
+        let group_is_empty = group.members.is_empty();
+        let node = live_mut(&mut self.nodes, record.node);
+        if from_node {
+            remove_at(
+                &mut node.records,
+                record.pos_in_node,
+                &mut self.records,
+                Pos::Node,
+            );
+        }
+        let pid = Pid {
+            node: node.id,
+            serial: record.serial(),
+        };
+        let meta = if record.meta == NIL {
+            Box::default()
+        } else {
+            self.metas.remove(record.meta)
+        };
+        self.records.remove(id);
+        self.memberships -= 1;
+        if group_is_empty {
+            self.drop_group(record.group);
+        }
+        Membership {
+            scope: self.scopes[scope as usize].name.clone(),
+            group: group_name,
+            pid,
+            meta,
+        }
+    }
+
+    fn scope_slot(&mut self, scope: &ScopeName) -> u32 {
+        if let Some(&s) = self.scope_index.get(scope.as_str()) {
+            return s;
+        }
+        let s = pos_u32(self.scopes.len());
+        self.scopes.push(Scope {
+            name: scope.clone(),
+            groups: HashMap::new(),
+            list: Vec::new(),
+        });
+        self.scope_index.insert(scope.clone(), s);
+        s
+    }
+
+    fn group_slot(&mut self, s: u32, group: &GroupName) -> u32 {
+        let scope = &mut self.scopes[s as usize];
+        if let Some(&g) = scope.groups.get(group.as_str()) {
+            return g;
+        }
+        let g = self.groups.insert(Some(Group {
+            name: group.clone(),
+            scope: s,
+            pos_in_scope: pos_u32(scope.list.len()),
+            members: Vec::new(),
+            local: Vec::new(),
+        }));
+        scope.list.push(g);
+        scope.groups.insert(group.clone(), g);
+        g
+    }
+
+    fn node_slot(&mut self, node: NodeId) -> u32 {
+        if let Some(&n) = self.node_index.get(&node) {
+            return n;
+        }
+        let n = self.nodes.insert(Some(NodeSlot::new(node)));
+        self.node_index.insert(node, n);
+        n
+    }
+
+    /// Deletes group `g`, which has no member left: a group with no members does not exist.
+    fn drop_group(&mut self, g: u32) {
+        let group = self.groups.remove(g).expect("handle of a live group");
+        let scope = &mut self.scopes[group.scope as usize];
+        scope.groups.remove(group.name.as_str());
+        shrink_map(&mut scope.groups);
+        let at = group.pos_in_scope as usize;
+        scope.list.swap_remove(at);
+        if let Some(&moved) = scope.list.get(at) {
+            live_mut(&mut self.groups, moved).pos_in_scope = pos_u32(at);
+        }
+        shrink_vec(&mut scope.list);
+    }
+
+    /// Frees node slot `n` once it holds nothing (the owner's slot is kept).
+    pub(super) fn release_node_if_empty(&mut self, n: u32) {
+        if n == OWNER_SLOT || !live(&self.nodes, n).records.is_empty() {
+            return;
+        }
+        let slot = self.nodes.remove(n).expect("handle of a live node");
+        debug_assert!(
+            slot.pids.is_empty(),
+            "a node without records has no pid chains"
+        );
+        self.node_index.remove(&slot.id);
+        shrink_map(&mut self.node_index);
+    }
+}
