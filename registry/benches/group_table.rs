@@ -1,0 +1,89 @@
+//! Local group-table operations, one core: `cargo bench -p meshreg-registry --bench group_table`.
+//!
+//! - `join_leave/1g_10k`: one join plus one leave of a fresh local pid on a group that holds
+//!   10,000 members, counted as two operations (target: >= 1,000,000 ops/s).
+//! - `members/1g_10k`: borrow the 10,000-member list (no copy) and walk every member.
+//! - `join/10kg_100k`: 100,000 joins spread over 10,000 groups into an empty table (the Erlang
+//!   `pg` anchor is 80k joins/s on this machine).
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use meshreg_membership::{NodeId, loopback_addr};
+use meshreg_registry::Pid;
+use meshreg_registry::groups::{GroupName, GroupTable, ScopeName};
+
+fn me() -> NodeId {
+    NodeId::new(loopback_addr(0, 7000), 1)
+}
+
+fn pid(serial: u64) -> Pid {
+    Pid { node: me(), serial }
+}
+
+fn table_with(scope: &ScopeName, group: &GroupName, members: u64) -> GroupTable {
+    let mut t = GroupTable::new(me());
+    for s in 0..members {
+        t.join(scope, group, pid(s), &[]).expect("valid join");
+    }
+    t.drain_events();
+    t
+}
+
+fn bench(c: &mut Criterion) {
+    let scope = ScopeName::new("services").expect("name");
+    let group = GroupName::new("svc").expect("name");
+
+    let mut g = c.benchmark_group("join_leave");
+    g.throughput(Throughput::Elements(2));
+    let mut t = table_with(&scope, &group, 10_000);
+    let mut serial = 1_000_000u64;
+    g.bench_function("1g_10k", |b| {
+        b.iter(|| {
+            serial += 1;
+            t.join(&scope, &group, pid(serial), &[])
+                .expect("valid join");
+            t.leave(&scope, &group, pid(serial)).expect("joined");
+            // Monitor events are drained by the backend in real use; keep the queue bounded.
+            if serial.is_multiple_of(1024) {
+                t.drain_events();
+            }
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("members");
+    g.throughput(Throughput::Elements(10_000));
+    let t = table_with(&scope, &group, 10_000);
+    g.bench_function("1g_10k", |b| {
+        b.iter(|| {
+            let m = t.members(black_box("services"), black_box("svc"));
+            black_box(m.map(|x| x.pid.serial).sum::<u64>())
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("join");
+    g.throughput(Throughput::Elements(100_000));
+    g.sample_size(10);
+    let groups: Vec<GroupName> = (0..10_000)
+        .map(|i| GroupName::new(&format!("g{i}")).expect("name"))
+        .collect();
+    g.bench_function("10kg_100k", |b| {
+        b.iter_batched(
+            || GroupTable::new(me()),
+            |mut t| {
+                for i in 0..100_000u64 {
+                    t.join(&scope, &groups[(i % 10_000) as usize], pid(i), &[])
+                        .expect("valid join");
+                }
+                t
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
