@@ -38,6 +38,10 @@ pub enum Kind {
     AntiEntropy = 2,
     /// A full-mesh membership message (hello, heartbeat, peer list).
     Mesh = 3,
+    /// A gossip-backend group message (deltas, digests, owner state).
+    Groups = 4,
+    /// A coordinated-backend group message (boss requests, applies, acks, recovery).
+    Boss = 5,
 }
 
 impl Kind {
@@ -46,6 +50,8 @@ impl Kind {
             1 => Some(Self::Swim),
             2 => Some(Self::AntiEntropy),
             3 => Some(Self::Mesh),
+            4 => Some(Self::Groups),
+            5 => Some(Self::Boss),
             _ => None,
         }
     }

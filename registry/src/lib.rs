@@ -3,7 +3,10 @@
 //! This crate grows with the process-groups and session-manager work; today it holds the
 //! identifiers every registry shares.
 
+pub mod core;
 pub mod groups;
+
+pub use crate::core::{CallError, MessageError, RegistryOutput, RequestId};
 
 use meshreg_membership::NodeId;
 use serde::{Deserialize, Serialize};

@@ -426,7 +426,9 @@ impl MembershipCore for Swim {
                 self.handle_sync(msg, out);
                 Ok(())
             }
-            Kind::Mesh => Err(Error::Protocol("mesh message on a SWIM node".into())),
+            other => Err(Error::Protocol(format!(
+                "{other:?} datagram on a SWIM membership core"
+            ))),
         }
     }
 
@@ -444,8 +446,8 @@ impl MembershipCore for Swim {
                 self.handle_sync(msg, out);
                 Ok(())
             }
-            Kind::Swim | Kind::Mesh => Err(Error::Protocol(format!(
-                "unexpected {kind:?} frame on a SWIM stream"
+            other => Err(Error::Protocol(format!(
+                "unexpected {other:?} frame on a SWIM stream"
             ))),
         }
     }

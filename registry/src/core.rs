@@ -1,0 +1,108 @@
+//! What the discovery backends share with their drivers: outputs, request ids, errors.
+//!
+//! A backend core (`crdt::GossipGroups`, `coordinated::CoordinatedGroups`) is sans-IO like the
+//! membership cores: the driver feeds `(now, input)` and carries out the [`RegistryOutput`]s.
+//! Membership is an input: the driver forwards every [`MemberEvent`] its membership core emits,
+//! so a backend never guesses liveness itself.
+//!
+//! [`MemberEvent`]: meshreg_membership::MemberEvent
+
+use std::fmt;
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use meshreg_membership::Channel;
+use meshreg_membership::wire::WireError;
+
+use crate::groups::GroupError;
+
+/// Identifies one `join`/`leave` call of the local node until it completes.
+pub type RequestId = u64;
+
+/// What a registry core asks its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryOutput<T> {
+    /// Send enveloped bytes to the node at `to`.
+    Send {
+        /// Destination address.
+        to: SocketAddrV4,
+        /// Datagram or stream.
+        channel: Channel,
+        /// Enveloped bytes ([`Kind::Groups`] or [`Kind::Boss`]).
+        ///
+        /// [`Kind::Groups`]: meshreg_membership::wire::Kind::Groups
+        /// [`Kind::Boss`]: meshreg_membership::wire::Kind::Boss
+        payload: Vec<u8>,
+    },
+    /// Call `handle_timer(timer)` after `after`. Every timer must be delivered.
+    SetTimer {
+        /// Delay from the `now` of the call that produced it.
+        after: Duration,
+        /// The timer to hand back.
+        timer: T,
+    },
+    /// The local call `req` finished. Coordinated: applied on every live node. Gossip: applied
+    /// locally (other nodes follow by gossip).
+    Completed {
+        /// The request.
+        req: RequestId,
+        /// Its result.
+        result: Result<(), CallError>,
+    },
+}
+
+/// Why a `join`/`leave` call failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallError {
+    /// The caller's mistake (remote pid, over-cap metadata, not joined): nothing changed.
+    Group(GroupError),
+    /// The cluster could not order the call now (boss unreachable, fenced, changing): nothing
+    /// changed; retrying is safe.
+    Unavailable(String),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Group(e) => write!(f, "{e}"),
+            Self::Unavailable(why) => write!(f, "unavailable, nothing changed, retry: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// A message a backend refused. The peer is at fault; it was dropped, counted, and changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageError {
+    /// Envelope problem.
+    Wire(WireError),
+    /// The payload did not decode.
+    Malformed(String),
+    /// From a node that is not a live member in this node's view.
+    NotAMember(SocketAddrV4),
+    /// About an owner generation older than one known (or declared Down).
+    StaleGeneration,
+    /// A coordinated message of an older boss epoch.
+    StaleEpoch,
+}
+
+impl fmt::Display for MessageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Wire(e) => write!(f, "dropped: {e}"),
+            Self::Malformed(e) => write!(f, "dropped: malformed message: {e}"),
+            Self::NotAMember(a) => write!(f, "dropped: message from non-member {a}"),
+            Self::StaleGeneration => write!(f, "dropped: message about an old generation"),
+            Self::StaleEpoch => write!(f, "dropped: message of an old boss epoch"),
+        }
+    }
+}
+
+impl std::error::Error for MessageError {}
+
+impl From<WireError> for MessageError {
+    fn from(e: WireError) -> Self {
+        Self::Wire(e)
+    }
+}
