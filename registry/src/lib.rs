@@ -1,7 +1,10 @@
 //! Sans-IO registries for meshreg: process groups and the session manager.
 //!
-//! This crate grows with the process-groups and session-manager work; today it holds the
-//! identifiers every registry shares.
+//! - [`Pid`]: a process (node + serial).
+//! - [`groups`]: the group table both discovery backends build on ([`groups::GroupTable`]):
+//!   scopes, groups, multi-join members with metadata, O(1) borrowed reads, ordered events.
+//! - [`core`](mod@crate::core): what the discovery backends share with their drivers
+//!   ([`RegistryOutput`], [`CallError`], [`MessageError`]).
 
 pub mod core;
 pub mod groups;

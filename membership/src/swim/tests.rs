@@ -222,3 +222,56 @@ proptest! {
         let _ = a.handle_stream(Time::ZERO, id(1).addr(), &framed, &mut out);
     }
 }
+
+#[test]
+fn a_node_alone_reannounces_to_its_seeds_each_anti_entropy_round() {
+    let mut a = node(1);
+    let seed = loopback_addr(0, 7946);
+    a.start(Time::ZERO, &[seed], &mut Vec::new());
+    // Nobody answered: the next round announces and pulls again instead of gossiping.
+    let mut out = Vec::new();
+    a.handle_timer(Time::from_secs(1), SwimTimer::AntiEntropy, &mut out);
+    let sends: Vec<(SocketAddrV4, Channel)> = out
+        .iter()
+        .filter_map(|o| {
+            if let Output::Send { to, channel, .. } = o {
+                Some((*to, *channel))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(
+        sends,
+        vec![(seed, Channel::Datagram), (seed, Channel::Stream)]
+    );
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::SetTimer {
+            timer: SwimTimer::AntiEntropy,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_member_declared_down_renews_its_generation() {
+    let mut a = node(0);
+    a.preseed(Time::ZERO, &[id(1)], &mut Vec::new());
+    // A peer says our identity is Down: foca renews, the digest follows, the driver is told.
+    let push = SyncMsg::Push {
+        from: id(1),
+        want: 0,
+        members: vec![Member::new(id(0), 0, State::Down)],
+    };
+    let mut out = Vec::new();
+    a.handle_stream(Time::ZERO, id(1).addr(), &push.encode(CLUSTER), &mut out)
+        .expect("ok");
+    let renewed = id(0).next_generation();
+    assert!(out.contains(&Output::Renewed(renewed)), "{out:?}");
+    assert_eq!(a.id(), renewed);
+    let mut fresh = Digest::default();
+    fresh.add(&renewed);
+    fresh.add(&id(1));
+    assert_eq!(a.digest(), &fresh);
+}
