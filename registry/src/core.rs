@@ -11,10 +11,11 @@ use std::fmt;
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use meshreg_membership::Channel;
 use meshreg_membership::wire::WireError;
+use meshreg_membership::{Channel, MemberEvent, Time};
 
-use crate::groups::GroupError;
+use crate::Pid;
+use crate::groups::{GroupError, GroupEvent, GroupName, GroupTable, ScopeName};
 
 /// Identifies one `join`/`leave` call of the local node until it completes.
 pub type RequestId = u64;
@@ -105,4 +106,77 @@ impl From<WireError> for MessageError {
     fn from(e: WireError) -> Self {
         Self::Wire(e)
     }
+}
+
+/// A discovery backend: the group table plus the protocol that keeps it in step across nodes.
+/// Implemented by the gossip and the coordinated backends; driven by the node runtime and the
+/// simulator alike.
+pub trait RegistryCore {
+    /// The backend's timer payload.
+    type Timer: Clone + fmt::Debug;
+
+    /// What this node knows: local reads go here.
+    fn table(&self) -> &GroupTable;
+
+    /// Table changes since the last drain, in order (for monitors).
+    fn drain_events(&mut self) -> Vec<GroupEvent>;
+
+    /// Arms periodic timers.
+    fn start(&mut self, now: Time, out: &mut Vec<RegistryOutput<Self::Timer>>);
+
+    /// A membership change reported by this node's membership core.
+    fn member_event(
+        &mut self,
+        now: Time,
+        event: MemberEvent,
+        out: &mut Vec<RegistryOutput<Self::Timer>>,
+    );
+
+    /// Joins local `pid` to `group` in `scope`; completes with [`RegistryOutput::Completed`].
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one flat call mirroring the public API"
+    )]
+    fn join(
+        &mut self,
+        now: Time,
+        req: RequestId,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        meta: &[u8],
+        out: &mut Vec<RegistryOutput<Self::Timer>>,
+    );
+
+    /// Removes one occurrence of local `pid` from `group`; completes like `join`.
+    fn leave(
+        &mut self,
+        now: Time,
+        req: RequestId,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        out: &mut Vec<RegistryOutput<Self::Timer>>,
+    );
+
+    /// Local `pid` ended: it leaves every group.
+    fn process_exit(&mut self, now: Time, pid: Pid, out: &mut Vec<RegistryOutput<Self::Timer>>);
+
+    /// A backend message arrived (envelope kind `Groups` or `Boss`).
+    fn handle_message(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        channel: Channel,
+        bytes: &[u8],
+        out: &mut Vec<RegistryOutput<Self::Timer>>,
+    ) -> Result<(), MessageError>;
+
+    /// A timer set earlier fired.
+    fn handle_timer(
+        &mut self,
+        now: Time,
+        timer: Self::Timer,
+        out: &mut Vec<RegistryOutput<Self::Timer>>,
+    );
 }

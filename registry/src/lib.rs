@@ -9,7 +9,7 @@
 pub mod core;
 pub mod groups;
 
-pub use crate::core::{CallError, MessageError, RegistryOutput, RequestId};
+pub use crate::core::{CallError, MessageError, RegistryCore, RegistryOutput, RequestId};
 
 use meshreg_membership::NodeId;
 use serde::{Deserialize, Serialize};
