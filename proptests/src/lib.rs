@@ -2,6 +2,7 @@
 //!
 //! - [`sim`]: the discrete-event simulator ([`sim::Sim`]) with its network model and the
 //!   [`sim::Observer`] that tracks ground truth and convergence.
+//! - [`stack`]: a simulated node running a membership core and a discovery backend together.
 //! - [`faults`]: random fault schedules for the property suites.
 //! - [`scenario`]: boots a cluster, injects a fault scenario, measures and reports; shared by the
 //!   `meshreg sim` CLI and the property suites in `tests/`.
@@ -9,3 +10,4 @@
 pub mod faults;
 pub mod scenario;
 pub mod sim;
+pub mod stack;

@@ -207,6 +207,36 @@ impl<C: MembershipCore> Sim<C> {
         self.slots[i as usize].core.as_ref()
     }
 
+    /// The core of node `i`, mutably (to drain logs a core keeps; to call it, use
+    /// [`Sim::invoke`] so its outputs are carried out).
+    pub fn core_mut(&mut self, i: u32) -> Option<&mut C> {
+        self.slots[i as usize].core.as_mut()
+    }
+
+    /// Calls into node `i`'s core at the current virtual time (a local API call such as a group
+    /// join) and carries out the outputs. False if the node is not running or is paused.
+    pub fn invoke(
+        &mut self,
+        i: u32,
+        f: impl FnOnce(&mut C, Duration, &mut Vec<Output<C::Timer>>),
+    ) -> bool {
+        let idx = i as usize;
+        if self.slots[idx].paused_until > self.now {
+            return false;
+        }
+        let now = Duration::from_nanos(self.now);
+        let mut out = std::mem::take(&mut self.out);
+        let Some(core) = self.slots[idx].core.as_mut() else {
+            self.out = out;
+            return false;
+        };
+        f(core, now, &mut out);
+        self.trace = mix(self.trace, 0x1F ^ u64::from(i) ^ self.now << 8);
+        self.apply_outputs_from(i, &mut out, 0);
+        self.out = out;
+        true
+    }
+
     /// A hash of everything that happened so far: same seed and schedule, same hash.
     pub fn trace_hash(&self) -> u64 {
         self.trace
