@@ -178,7 +178,8 @@ impl SimParams {
         Ok(())
     }
 
-    fn net(&self) -> NetConfig {
+    /// The simulator's network model for these parameters.
+    pub fn net_config(&self) -> NetConfig {
         NetConfig {
             latency_min_ns: (self.latency_ms.0 * MS) as u64,
             latency_max_ns: (self.latency_ms.1 * MS) as u64,
@@ -313,7 +314,7 @@ where
     let n = params.nodes;
     let end = (params.duration_s * SEC as f64) as u64;
     let ph = phases(params.profile);
-    let mut sim = Sim::new(n, params.seed, params.net(), factory);
+    let mut sim = Sim::new(n, params.seed, params.net_config(), factory);
     let mut rng = SmallRng::seed_from_u64(params.seed ^ 0x5CE4_A210);
 
     match params.boot {
@@ -373,7 +374,32 @@ where
     }
     sim.run_until(end);
 
-    let secs = params.duration_s;
+    let times = Times {
+        membership_convergence_ms,
+        detect_down_ms,
+        recovery_ms,
+    };
+    report(params, &sim, started, times)
+}
+
+/// The virtual-time measurements of a run.
+pub struct Times {
+    /// See [`Report::membership_convergence_ms`].
+    pub membership_convergence_ms: Option<f64>,
+    /// See [`Report::detect_down_ms`].
+    pub detect_down_ms: Option<f64>,
+    /// See [`Report::recovery_ms`].
+    pub recovery_ms: Option<f64>,
+}
+
+/// Builds the membership report of a finished run.
+pub fn report<C: MembershipCore>(
+    params: &SimParams,
+    sim: &Sim<C>,
+    started: Instant,
+    t: Times,
+) -> Report {
+    let (n, secs) = (params.nodes, params.duration_s);
     let st = sim.stats();
     let per_node = |x: u64| x as f64 / f64::from(n) / secs;
     Report {
@@ -381,8 +407,8 @@ where
         nodes: n,
         seed: params.seed,
         converged: sim.observer().converged(),
-        membership_convergence_ms,
-        detect_down_ms,
+        membership_convergence_ms: t.membership_convergence_ms,
+        detect_down_ms: t.detect_down_ms,
         false_down: sim.observer().false_down,
         msgs_per_node_per_s: per_node(st.msgs),
         bytes_per_node_per_s: per_node(st.bytes),
@@ -393,7 +419,7 @@ where
         boot: params.boot,
         scenario: params.scenario,
         duration_s: secs,
-        recovery_ms,
+        recovery_ms: t.recovery_ms,
         refused: st.refused,
         trace_hash: format!("{:016x}", sim.trace_hash()),
         replay: params.replay_command(),

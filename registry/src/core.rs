@@ -118,6 +118,11 @@ pub trait RegistryCore {
     /// What this node knows: local reads go here.
     fn table(&self) -> &GroupTable;
 
+    /// Heap bytes this backend holds (table plus protocol bookkeeping).
+    fn heap_bytes(&self) -> usize {
+        self.table().heap_bytes()
+    }
+
     /// Table changes since the last drain, in order (for monitors).
     fn drain_events(&mut self) -> Vec<GroupEvent>;
 

@@ -31,6 +31,11 @@ pub const SIM_PORT: u16 = 7946;
 /// How long a connect to an unreachable (partitioned) peer takes to fail.
 const CONNECT_TIMEOUT_NS: u64 = 1_000_000_000;
 
+/// The simulator index of a node identity (its address), if it is a simulated address.
+pub fn index_of_node(id: &NodeId) -> Option<u32> {
+    loopback_index(id.addr()).filter(|_| id.addr().port() == SIM_PORT)
+}
+
 /// Builds the core of node `id`; `seed` is that instance's own seed.
 pub type Factory<C> = Box<dyn Fn(NodeId, u64) -> C + Sync>;
 
@@ -104,6 +109,10 @@ pub struct Stats {
     pub refused: u64,
     /// Events processed by the loop.
     pub events: u64,
+    /// Messages sent per envelope kind (index = the kind byte; 0 = no envelope).
+    pub msgs_by_kind: [u64; 8],
+    /// Bytes sent per envelope kind.
+    pub bytes_by_kind: [u64; 8],
 }
 
 /// The simulator over cores of type `C`.
@@ -560,6 +569,9 @@ impl<C: MembershipCore> Sim<C> {
         self.stats.msgs += 1;
         self.stats.bytes += payload.len() as u64;
         self.stats.bytes_by_node[i as usize] += payload.len() as u64;
+        let kind = payload.get(3).map_or(0, |k| usize::from(*k).min(7));
+        self.stats.msgs_by_kind[kind] += 1;
+        self.stats.bytes_by_kind[kind] += payload.len() as u64;
         let Some(j) = self.index_of(to).filter(|j| *j != i) else {
             self.stats.dropped += 1;
             return;
