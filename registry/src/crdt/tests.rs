@@ -613,7 +613,13 @@ fn a_restarted_owner_replaces_the_old_generations_entries() {
 
 #[test]
 fn nodes_converge_under_random_datagram_loss() {
-    let mut net = Net::new(5, 7);
+    for seed in 7..15 {
+        converge_under_loss(seed);
+    }
+}
+
+fn converge_under_loss(seed: u64) {
+    let mut net = Net::new(5, seed);
     net.loss = 0.3;
     for round in 0..4u64 {
         for i in 0..5 {
@@ -623,7 +629,7 @@ fn nodes_converge_under_random_datagram_loss() {
         net.run_for(Duration::from_millis(100));
     }
     net.run_for(Duration::from_secs(5));
-    assert!(net.agree(&ALL));
+    assert!(net.agree(&ALL), "seed {seed}");
     let total: usize = (0..3).map(|g| net.members(0, &format!("g{g}"))).sum();
     assert_eq!(total, 20 - 4);
 }
@@ -688,4 +694,22 @@ fn memory_per_membership_at_1000_owners_is_under_100_bytes() {
         "heap per membership at 1,000 owners x 20: table {table:.1} B, table + bookkeeping {total:.1} B"
     );
     assert!(total <= 100.0, "{total:.1} B per membership");
+}
+
+proptest::proptest! {
+    #[test]
+    fn prop_hostile_bytes_from_a_member_never_panic_nor_touch_our_own_memberships(
+        bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)
+    ) {
+        let peer = id(1, 1);
+        let mut g = GossipGroups::new(id(0, 1), CLUSTER, Profile::Test, 1);
+        let mut out = Out::new();
+        g.member_event(Time::ZERO, MemberEvent::Up(peer), &mut out);
+        for framed in [bytes.clone(), wire::seal(Kind::Groups, CLUSTER, &bytes)] {
+            for channel in [Channel::Datagram, Channel::Stream] {
+                let _ = g.handle_message(Time::ZERO, peer.addr(), channel, &framed, &mut out);
+            }
+        }
+        proptest::prop_assert_eq!(g.table().memberships_of_node(id(0, 1)).len(), 0);
+    }
 }
