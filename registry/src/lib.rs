@@ -7,6 +7,7 @@
 //!   ([`RegistryOutput`], [`CallError`], [`MessageError`]).
 
 pub mod core;
+pub mod crdt;
 pub mod groups;
 
 pub use crate::core::{CallError, MessageError, RegistryCore, RegistryOutput, RequestId};

@@ -1,0 +1,170 @@
+//! The retransmit queue of gossiped deltas: each delta goes out a bounded number of times,
+//! least-sent first, packed into one datagram per round (SWIM/memberlist's broadcast queue).
+
+use std::net::SocketAddrV4;
+
+use super::wire::{Delta, encoded_len};
+
+/// Deltas held for retransmission at most; beyond it the most-sent one is dropped (counted:
+/// anti-entropy repairs whatever a peer then misses).
+pub const QUEUE_CAP: usize = 4_096;
+
+struct Pending {
+    delta: Delta,
+    /// Encoded size in postcard, computed once.
+    len: usize,
+    /// Datagrams that carried it so far.
+    sent: u32,
+}
+
+/// Deltas waiting to be (re)transmitted. Order of the items is the order of `push` and of
+/// `retain` only, so a round's content is a function of the inputs (determinism).
+#[derive(Default)]
+pub struct BroadcastQueue {
+    items: Vec<Pending>,
+}
+
+/// Number of transmissions of each delta: `4 * ceil(log10(n + 1))` for a cluster of `n` nodes
+/// (memberlist's retransmit multiplier; foca uses the same shape), i.e. 4 per decimal digit.
+pub fn max_transmissions(n: usize) -> u32 {
+    let digits = n.max(1).ilog10() + 1;
+    4 * digits
+}
+
+impl BroadcastQueue {
+    /// Queues `delta` for dissemination. Returns how many deltas were dropped for room (0 or 1).
+    pub fn push(&mut self, delta: Delta) -> u64 {
+        let mut dropped = 0;
+        if self.items.len() >= QUEUE_CAP {
+            // The most-sent delta has reached the most peers already.
+            if let Some(at) = (0..self.items.len()).max_by_key(|&i| (self.items[i].sent, i)) {
+                self.items.remove(at);
+                dropped = 1;
+            }
+        }
+        let len = encoded_len(&delta);
+        self.items.push(Pending {
+            delta,
+            len,
+            sent: 0,
+        });
+        dropped
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Number of deltas waiting.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// The deltas of one round: least-sent first while they fit in `budget` bytes; each taken
+    /// delta counts `copies` transmissions and leaves the queue after `max_tx`. A delta larger
+    /// than `budget` alone can never be gossiped: it leaves at once (second value: how many),
+    /// and anti-entropy carries it instead.
+    pub fn take_round(&mut self, budget: usize, copies: u32, max_tx: u32) -> (Vec<Delta>, u64) {
+        let mut order: Vec<usize> = (0..self.items.len()).collect();
+        order.sort_by_key(|&i| self.items[i].sent);
+        let mut used = 0;
+        let mut taken = Vec::new();
+        let mut too_large = 0;
+        for i in order {
+            let item = &mut self.items[i];
+            if item.len > budget {
+                item.sent = u32::MAX;
+                too_large += 1;
+                continue;
+            }
+            if used + item.len > budget {
+                continue;
+            }
+            used += item.len;
+            item.sent = item.sent.saturating_add(copies);
+            taken.push(item.delta.clone());
+        }
+        self.items.retain(|item| item.sent < max_tx);
+        (taken, too_large)
+    }
+
+    /// Drops the deltas of every generation up to `generation` of the owner at `addr` (it went
+    /// Down: peers would refuse them anyway).
+    pub fn purge(&mut self, addr: SocketAddrV4, generation: u32) {
+        self.items.retain(|item| {
+            let owner = item.delta.dot.actor;
+            owner.addr() != addr || owner.generation() > generation
+        });
+    }
+
+    /// Heap bytes: the buffer and each delta's metadata (names are shared with the table).
+    pub fn heap_bytes(&self) -> usize {
+        let metas: usize = self
+            .items
+            .iter()
+            .map(|item| match &item.delta.op {
+                super::wire::Op::Join { meta, .. } | super::wire::Op::Leave { meta, .. } => {
+                    meta.len()
+                }
+                super::wire::Op::Exit { .. } => 0,
+            })
+            .sum();
+        self.items.capacity() * std::mem::size_of::<Pending>() + metas
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::wire::Op;
+    use crdts::Dot;
+    use meshreg_membership::{NodeId, loopback_addr};
+
+    fn delta(version: u64) -> Delta {
+        Delta {
+            dot: Dot::new(NodeId::new(loopback_addr(1, 7000), 1), version),
+            op: Op::Exit { serial: version },
+        }
+    }
+
+    #[test]
+    fn transmissions_grow_with_the_digits_of_the_cluster_size() {
+        assert_eq!(max_transmissions(5), 4);
+        assert_eq!(max_transmissions(10), 8);
+        assert_eq!(max_transmissions(1_000), 16);
+        assert_eq!(max_transmissions(10_000), 20);
+    }
+
+    #[test]
+    fn each_delta_leaves_after_max_tx_copies_least_sent_first() {
+        let mut q = BroadcastQueue::default();
+        q.push(delta(1));
+        let (round, _) = q.take_round(1_000, 3, 4);
+        assert_eq!(round, vec![delta(1)]);
+        q.push(delta(2));
+        // delta(2) was never sent: it goes first.
+        let (round, _) = q.take_round(1_000, 3, 4);
+        assert_eq!(round, vec![delta(2), delta(1)]);
+        assert_eq!(q.len(), 1, "delta(1) reached 6 >= 4 copies");
+        let (round, _) = q.take_round(1_000, 3, 4);
+        assert_eq!(round, vec![delta(2)]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_round_fills_one_budget_and_the_rest_waits() {
+        let mut q = BroadcastQueue::default();
+        for v in 1..=10 {
+            q.push(delta(v));
+        }
+        let one = encoded_len(&delta(1));
+        let (round, too_large) = q.take_round(3 * one, 1, 4);
+        assert_eq!(round.len(), 3);
+        assert_eq!(too_large, 0);
+        assert_eq!(q.len(), 10);
+        let (_, too_large) = q.take_round(one - 1, 1, 4);
+        assert_eq!(too_large, 10);
+        assert!(q.is_empty());
+    }
+}
