@@ -472,3 +472,93 @@ where
     g.convergence_ms = conv_at;
     (membership, g)
 }
+
+/// Which discovery backend runs (membership follows: gossip on SWIM, coordinated on the mesh).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Boss-node coordinated groups over the full mesh.
+    Coordinated,
+    /// CRDT gossip groups over SWIM.
+    Gossip,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "coordinated" => Ok(Self::Coordinated),
+            "gossip" => Ok(Self::Gossip),
+            _ => Err(format!(
+                "unknown backend {s:?} (expected coordinated or gossip)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Coordinated => "coordinated",
+            Self::Gossip => "gossip",
+        })
+    }
+}
+
+/// One object with every field of a group run: membership figures, `backend`, group figures.
+/// `converged` is true only if membership converged *and* every live node's table equals the
+/// reference model.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupRun {
+    /// Membership figures.
+    #[serde(flatten)]
+    pub membership: crate::scenario::Report,
+    /// The backend.
+    pub backend: Backend,
+    /// Group figures.
+    #[serde(flatten)]
+    pub groups: GroupReport,
+}
+
+/// Runs a group workload on `backend`.
+pub fn run(
+    params: &crate::scenario::SimParams,
+    w: &Workload,
+    backend: Backend,
+) -> Result<GroupRun, String> {
+    use crate::scenario::{MembershipKind, SIM_CLUSTER};
+    use meshreg_membership::{Swim, wire::Kind};
+    use meshreg_registry::crdt::GossipGroups;
+    params.validate()?;
+    w.validate()?;
+    let (profile, n) = (params.profile, params.nodes);
+    let (mut membership, groups) = match backend {
+        Backend::Gossip => {
+            if params.membership != MembershipKind::Swim {
+                return Err("--backend gossip runs on --membership swim".into());
+            }
+            let factory: crate::sim::Factory<Stack<Swim, GossipGroups>> =
+                Box::new(move |id, seed| {
+                    Stack::new(
+                        Swim::new(id, SIM_CLUSTER, profile, n, seed),
+                        GossipGroups::new(
+                            id,
+                            SIM_CLUSTER,
+                            profile,
+                            meshreg_membership::mix64(seed),
+                        ),
+                    )
+                });
+            run_groups_with(params, w, factory, &[Kind::Groups as usize])
+        }
+        Backend::Coordinated => {
+            return Err("the coordinated backend is not in the simulator yet".into());
+        }
+    };
+    membership.converged &= groups.groups_converged;
+    Ok(GroupRun {
+        membership,
+        backend,
+        groups,
+    })
+}

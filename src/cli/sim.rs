@@ -3,6 +3,7 @@
 use anyhow::{Context, anyhow};
 use clap::Args;
 use meshreg_membership::Profile;
+use meshreg_proptests::groups::{self, Backend, GroupReport, Workload};
 use meshreg_proptests::scenario::{self, Boot, MembershipKind, Report, Scenario, SimParams};
 use meshreg_proptests::sim::LatencyModel;
 
@@ -49,6 +50,25 @@ pub struct SimArgs {
     /// Threads used to build preseeded nodes (the event loop itself is single-threaded).
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Run a process-group workload on this backend (membership follows: gossip runs on swim,
+    /// coordinated on mesh). Without it, only membership is simulated.
+    #[arg(long, value_parser = parse::<Backend>)]
+    backend: Option<Backend>,
+    /// Group workload: number of scopes.
+    #[arg(long, default_value_t = 10)]
+    scopes: u32,
+    /// Group workload: groups per scope.
+    #[arg(long, default_value_t = 100)]
+    groups: u32,
+    /// Group workload: joins to issue (each a fresh local process on a random live node).
+    #[arg(long, default_value_t = 20_000)]
+    joins: u32,
+    /// Group workload: leaves to issue after the joins (of completed joins).
+    #[arg(long, default_value_t = 0)]
+    leaves: u32,
+    /// Group workload: operations per second, cluster-wide.
+    #[arg(long, default_value_t = 2_000.0)]
+    join_rate: f64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -87,8 +107,13 @@ fn parse_range(s: &str) -> Result<(f64, f64), String> {
 
 /// Runs `meshreg sim`.
 pub fn run(a: SimArgs) -> anyhow::Result<()> {
+    let membership = match a.backend {
+        Some(Backend::Gossip) => MembershipKind::Swim,
+        Some(Backend::Coordinated) => MembershipKind::Mesh,
+        None => a.membership,
+    };
     let params = SimParams {
-        membership: a.membership,
+        membership,
         nodes: a.nodes,
         seed: a.seed,
         duration_s: a.duration_s,
@@ -106,6 +131,27 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
     if !a.json {
         eprintln!("simulating: {}", params.replay_command());
     }
+    if let Some(backend) = a.backend {
+        let w = Workload {
+            scopes: a.scopes,
+            groups: a.groups,
+            joins: a.joins,
+            leaves: a.leaves,
+            join_rate: a.join_rate,
+        };
+        w.validate().map_err(|e| anyhow!(e))?;
+        let run = groups::run(&params, &w, backend).map_err(|e| anyhow!(e))?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::to_string(&run).context("encoding the report")?
+            );
+        } else {
+            print_table(&run.membership);
+            print_groups(backend, &run.groups);
+        }
+        return Ok(());
+    }
     let report = scenario::run(&params).map_err(|e| anyhow!(e))?;
     if a.json {
         println!(
@@ -119,7 +165,50 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
 }
 
 fn opt_ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".to_owned(), |x| format!("{x:.0} ms"))
+    v.map_or_else(
+        || "-".to_owned(),
+        |x| {
+            if x < 10.0 {
+                format!("{x:.2} ms")
+            } else {
+                format!("{x:.0} ms")
+            }
+        },
+    )
+}
+
+fn print_groups(backend: Backend, g: &GroupReport) {
+    let rows = [
+        ("backend", backend.to_string()),
+        ("joins (ok)", format!("{} ({})", g.joins, g.joins_ok)),
+        ("tables converged", g.groups_converged.to_string()),
+        ("group convergence", opt_ms(g.convergence_ms)),
+        (
+            "join visible p50 / p99",
+            format!(
+                "{} / {}",
+                opt_ms(g.join_visible_ms_p50),
+                opt_ms(g.join_visible_ms_p99)
+            ),
+        ),
+        ("joins never visible", g.joins_not_visible.to_string()),
+        (
+            "msgs / bytes per join",
+            format!("{:.1} / {:.0}", g.msgs_per_join, g.bytes_per_join),
+        ),
+        (
+            "registry bytes/node/s",
+            format!("{:.0}", g.registry_bytes_per_node_per_s),
+        ),
+        (
+            "bytes per membership",
+            g.memory_bytes_per_membership
+                .map_or("-".into(), |b| format!("{b:.1}")),
+        ),
+    ];
+    for (k, v) in rows {
+        println!("{k:<24} {v}");
+    }
 }
 
 fn print_table(r: &Report) {
