@@ -55,6 +55,8 @@ struct Recovery {
 struct InFlight {
     seq: u64,
     origin: Origin,
+    /// The op was a leave of a non-member: answered `NotJoined`.
+    refused: bool,
     waiting: BTreeSet<NodeId>,
 }
 
@@ -214,7 +216,7 @@ impl CoordinatedGroups {
         let others = self.others();
         let r = self.replica(key);
         let seq = r.seq;
-        if r.recent.contains(&origin) {
+        if let Some(&(_, refused)) = r.recent.iter().find(|(o, _)| *o == origin) {
             let term = self.terms.get_mut(key).expect("serving term");
             if term.inflight.iter().any(|f| f.origin == origin) {
                 return; // answered when its acks are in
@@ -223,18 +225,15 @@ impl CoordinatedGroups {
                 .into_iter()
                 .filter(|n| term.acked.get(n).is_none_or(|&a| a < seq))
                 .collect();
-            self.await_acks(now, key, seq, origin, waiting, out);
+            self.await_acks(now, key, (seq, refused), origin, waiting, out);
             return;
         }
-        if let Op::Leave { scope, group, pid } = &op
-            && !self.table.is_member(scope, group, *pid)
-        {
-            self.reply_done(now, origin, Some(Refusal::NotJoined), out);
-            return;
-        }
+        // A leave of a non-member is ordered like any op (a no-op everywhere) so that its
+        // refusal is remembered in the dedupe window: a late duplicate then gets the same
+        // answer instead of applying after the requester was told `NotJoined`.
         let epoch = self.terms.get(key).expect("serving term").epoch;
         let seq = seq + 1;
-        self.apply_next(key, epoch, origin, op.clone());
+        let refused = self.apply_next(key, epoch, origin, op.clone());
         let apply = Message::Apply {
             epoch,
             seq,
@@ -244,26 +243,29 @@ impl CoordinatedGroups {
         for &n in &others {
             self.send(n, &apply, out);
         }
-        self.await_acks(now, key, seq, origin, others.into_iter().collect(), out);
+        let waiting = others.into_iter().collect();
+        self.await_acks(now, key, (seq, refused), origin, waiting, out);
     }
 
+    /// Answers `origin` once every node in `waiting` holds `seq` (`refused`: `NotJoined`).
     fn await_acks(
         &mut self,
         now: Time,
         key: &Key,
-        seq: u64,
+        (seq, refused): (u64, bool),
         origin: Origin,
         waiting: BTreeSet<NodeId>,
         out: &mut Out,
     ) {
         if waiting.is_empty() {
-            self.reply_done(now, origin, None, out);
+            self.reply_done(now, origin, refused.then_some(Refusal::NotJoined), out);
             return;
         }
         let term = self.terms.get_mut(key).expect("serving term");
         term.inflight.push(InFlight {
             seq,
             origin,
+            refused,
             waiting,
         });
     }
@@ -311,7 +313,8 @@ impl CoordinatedGroups {
             term.inflight.drain(..).partition(|f| f.waiting.is_empty());
         term.inflight = rest;
         for f in done {
-            self.reply_done(now, f.origin, None, out);
+            let refused = f.refused.then_some(Refusal::NotJoined);
+            self.reply_done(now, f.origin, refused, out);
         }
     }
 
@@ -414,8 +417,11 @@ impl CoordinatedGroups {
         }
     }
 
-    /// An old boss says this node should recover `key` now.
+    /// A replica says `key` was written and this node is its boss: recover it now (or, if
+    /// this node's view does not agree yet, when it wins the partition).
     pub(super) fn boss_handoff(&mut self, now: Time, key: Key, out: &mut Out) {
+        let r = self.replica(&key);
+        r.hinted = true;
         if self.boss_of(&key.0, key.1) == self.me {
             self.start_term(now, &key, VecDeque::new(), out);
         }
@@ -468,8 +474,8 @@ impl CoordinatedGroups {
         }
     }
 
-    /// Drops terms this node lost (handing written partitions off), starts terms it won for
-    /// partitions it knows were written.
+    /// Drops terms this node lost, then hands written partitions whose boss changed to their
+    /// new boss (starting the terms this node won).
     pub(super) fn terms_on_view_change(&mut self, now: Time, out: &mut Out) {
         let lost: Vec<Key> = self
             .terms
@@ -479,7 +485,6 @@ impl CoordinatedGroups {
             .collect();
         for key in lost {
             let term = self.terms.remove(&key).expect("listed");
-            let boss = self.boss_of(&key.0, key.1);
             for (from, ticket, _) in term.queued {
                 if from != self.me {
                     let nack = Message::Nack {
@@ -491,24 +496,38 @@ impl CoordinatedGroups {
                     self.send(from, &nack, out);
                 }
             }
-            if self.replica(&key).seq > 0 {
+        }
+        self.hand_off_moved(now, out);
+    }
+
+    /// Every written partition whose boss changed in this node's view: start the term if this
+    /// node won it, else tell the new boss (`Handoff`) that it holds written state. Sent by
+    /// every replica, not only the old boss, because the old boss may be the node that went
+    /// Down, and a node that just came Up knows no partition at all.
+    fn hand_off_moved(&mut self, now: Time, out: &mut Out) {
+        let mut moved = Vec::new();
+        let live: Vec<NodeId> = self.live.values().copied().collect();
+        for (key, r) in &mut self.replicas {
+            if !r.written() {
+                continue;
+            }
+            let boss = super::placement::boss_of(key.0.as_str(), key.1, live.iter().copied())
+                .unwrap_or(self.me);
+            if r.view_boss != Some(boss) {
+                r.view_boss = Some(boss);
+                moved.push((key.clone(), boss));
+            }
+        }
+        for (key, boss) in moved {
+            if boss == self.me {
+                self.start_term(now, &key, VecDeque::new(), out);
+            } else {
                 let msg = Message::Handoff {
                     scope: key.0.clone(),
                     partition: key.1,
                 };
                 self.send(boss, &msg, out);
             }
-        }
-        let won: Vec<Key> = self
-            .replicas
-            .iter()
-            .filter(|(k, r)| {
-                r.seq > 0 && !self.terms.contains_key(*k) && self.boss_of(&k.0, k.1) == self.me
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in won {
-            self.start_term(now, &key, VecDeque::new(), out);
         }
     }
 }

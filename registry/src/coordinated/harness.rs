@@ -206,6 +206,10 @@ impl Cluster {
             }
         }
         self.delivered += 1;
+        if std::env::var("TRACE").is_ok() {
+            let msg = message::decode(&bytes, CLUSTER, usize::MAX).unwrap();
+            eprintln!("{from}->{to}: {msg:?}");
+        }
         let addr = self.nodes[from].me().addr();
         let mut out = Vec::new();
         // Refusals (a message from a node the receiver already sees Down) are expected.
@@ -255,6 +259,9 @@ impl Cluster {
 
     /// Node `i` crashes: its queued messages vanish, everyone else sees it Down.
     pub fn crash(&mut self, i: usize) {
+        if std::env::var("TRACE").is_ok() {
+            eprintln!("CRASH {i}");
+        }
         self.alive[i] = false;
         self.queue.retain(|(from, to, _)| *from != i && *to != i);
         let id = self.nodes[i].me();

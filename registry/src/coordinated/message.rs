@@ -96,8 +96,11 @@ pub struct PartitionState {
     pub written_epoch: u64,
     /// Last applied sequence number (0: nothing applied).
     pub seq: u64,
-    /// Origins of the most recently applied ops, oldest first (the replicated dedupe window).
-    pub recent: Vec<Origin>,
+    /// Origins of the most recently applied ops, oldest first, each with whether it was
+    /// refused (a leave of a non-member): the replicated dedupe window. Refusals are ordered
+    /// and remembered too, so a late duplicate of a refused leave cannot apply after the
+    /// requester was told `NotJoined`.
+    pub recent: Vec<(Origin, bool)>,
     /// The partition's memberships.
     pub entries: Vec<Entry>,
 }
@@ -226,8 +229,8 @@ pub enum Message {
         /// The state to adopt.
         state: PartitionState,
     },
-    /// Old boss -> new boss (after a node came Up and outranked it): recover this partition
-    /// now, it had writes.
+    /// Replica -> the new boss of a written partition (its boss changed in the replica's
+    /// view): recover this partition now; it holds state.
     Handoff {
         /// Scope of the partition.
         scope: ScopeName,

@@ -37,15 +37,25 @@ pub(crate) struct Replica {
     /// Last applied sequence number.
     pub(crate) seq: u64,
     /// Origins of the last applied ops, oldest first, at most `dedupe_per_partition`.
-    pub(crate) recent: VecDeque<Origin>,
+    pub(crate) recent: VecDeque<(Origin, bool)>,
     /// Applies that arrived early, by seq: `(epoch, origin, op)`.
     held: BTreeMap<u64, (u64, Origin, Op)>,
+    /// The boss of this partition in this node's view when last computed (to notice changes).
+    pub(crate) view_boss: Option<NodeId>,
+    /// Another node said this partition was written (`Handoff`): recover it when winning it,
+    /// even with no local state.
+    pub(crate) hinted: bool,
 }
 
 impl Replica {
     /// `(written_epoch, seq)`: the state written by the newest term, then the longest, wins.
     pub(crate) fn rank(&self) -> (u64, u64) {
         (self.written_epoch, self.seq)
+    }
+
+    /// Whether the partition was ever written, as far as this node knows.
+    pub(crate) fn written(&self) -> bool {
+        self.seq > 0 || self.hinted
     }
 }
 
@@ -54,30 +64,34 @@ impl CoordinatedGroups {
         self.replicas.entry(key.clone()).or_default()
     }
 
-    /// Applies `op` as the next seq of its partition, in term `epoch`. The caller checked order.
-    pub(super) fn apply_next(&mut self, key: &Key, epoch: u64, origin: Origin, op: Op) {
+    /// Applies `op` as the next seq of its partition, in term `epoch`, and returns whether it
+    /// was refused (a leave of a non-member: ordered like any op, but a no-op). The caller
+    /// checked order. Every replica holds the same state at the same seq, so all agree on the
+    /// refusal (ops on dead pids excepted: nobody waits for those).
+    pub(super) fn apply_next(&mut self, key: &Key, epoch: u64, origin: Origin, op: Op) -> bool {
+        let refused = if self.is_dead(op.pid().node) {
+            false
+        } else {
+            match op {
+                // Metadata was checked at decode (remote) or in `join` (local).
+                Op::Join {
+                    scope,
+                    group,
+                    pid,
+                    meta,
+                } => self.table.join(&scope, &group, pid, &meta).is_err(),
+                Op::Leave { scope, group, pid } => self.table.leave(&scope, &group, pid).is_err(),
+            }
+        };
         let cap = self.config.dedupe_per_partition;
         let r = self.replica(key);
         r.seq += 1;
         r.written_epoch = epoch;
-        r.recent.push_back(origin);
+        r.recent.push_back((origin, refused));
         while r.recent.len() > cap {
             r.recent.pop_front();
         }
-        if self.is_dead(op.pid().node) {
-            return;
-        }
-        match op {
-            // Metadata was checked at decode (remote) or in `join` (local).
-            Op::Join {
-                scope,
-                group,
-                pid,
-                meta,
-            } => drop(self.table.join(&scope, &group, pid, &meta)),
-            // A miss is possible only for a pid whose node went Down meanwhile.
-            Op::Leave { scope, group, pid } => drop(self.table.leave(&scope, &group, pid)),
-        }
+        refused
     }
 
     /// Whether `from` may drive `key` with `epoch`; answers the `Nack` itself otherwise.

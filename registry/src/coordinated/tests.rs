@@ -569,7 +569,7 @@ proptest! {
             state: message::PartitionState {
                 written_epoch: 1,
                 seq: 4,
-                recent: vec![(node_id(1, 1), Ticket::Exit(2))],
+                recent: vec![((node_id(1, 1), Ticket::Exit(2)), false)],
                 entries: vec![message::Entry { group: group("g"), pid: Pid { node: node_id(1, 1), serial: 3 }, meta: b"ab".to_vec().into() }],
             },
         };
@@ -582,4 +582,30 @@ proptest! {
         n.member_event(t, MemberEvent::Up(node_id(1, 1)), &mut out);
         let _ = n.handle_message(t, node_id(1, 1).addr(), Channel::Stream, &bytes, &mut out);
     }
+}
+
+/// Found by the property test: a leave refused `NotJoined` by one boss, re-sent to a new
+/// boss before the refusal arrived, must not apply later (refusals are ordered and deduped).
+#[test]
+fn a_refused_leave_re_sent_to_a_new_boss_is_not_applied_later() {
+    let mut c = Cluster::new(5, 1);
+    let l = c.leave(2, "s", "g0", 1);
+    c.crash(0);
+    c.join(2, "s", "g0", 0, b"0");
+    c.join(2, "s", "g0", 1, b"1");
+    c.crash(1);
+    c.join(2, "s", "g0", 0, b"0");
+    c.crash(4);
+    for _ in 0..6 {
+        c.step();
+    }
+    c.restart(0);
+    c.settle();
+    assert!(matches!(
+        c.completion(2, l).unwrap().result,
+        Err(CallError::Group(GroupError::NotJoined { .. }))
+    ));
+    let view = c.assert_converged();
+    let serials: Vec<u64> = view.iter().map(|(_, _, pid, _)| pid.serial).collect();
+    assert_eq!(serials, vec![0, 0, 1]);
 }
