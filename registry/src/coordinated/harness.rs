@@ -259,17 +259,23 @@ impl Cluster {
 
     /// Node `i` crashes: its queued messages vanish, everyone else sees it Down.
     pub fn crash(&mut self, i: usize) {
-        if std::env::var("TRACE").is_ok() {
-            eprintln!("CRASH {i}");
-        }
-        self.alive[i] = false;
-        self.queue.retain(|(from, to, _)| *from != i && *to != i);
-        let id = self.nodes[i].me();
+        let id = self.crash_silently(i);
         for j in 0..self.nodes.len() {
             if self.alive[j] {
                 self.member_event(j, MemberEvent::Down(id));
             }
         }
+    }
+
+    /// Node `i` crashes, but nobody has noticed yet (send the `Down`s with `member_event`):
+    /// views disagree meanwhile. Returns the dead identity.
+    pub fn crash_silently(&mut self, i: usize) -> NodeId {
+        if std::env::var("TRACE").is_ok() {
+            eprintln!("CRASH {i}");
+        }
+        self.alive[i] = false;
+        self.queue.retain(|(from, to, _)| *from != i && *to != i);
+        self.nodes[i].me()
     }
 
     /// Node `i` restarts as its next generation, empty, and every live node sees it Up.

@@ -13,11 +13,25 @@ const NODES: usize = 5;
 
 #[derive(Clone, Debug)]
 enum Step {
-    Join { node: usize, group: u8, serial: u64 },
-    Leave { node: usize, group: u8, serial: u64 },
-    Exit { node: usize, serial: u64 },
+    Join {
+        node: usize,
+        group: u8,
+        serial: u64,
+    },
+    Leave {
+        node: usize,
+        group: u8,
+        serial: u64,
+    },
+    Exit {
+        node: usize,
+        serial: u64,
+    },
     Deliver(usize),
     Crash(usize),
+    /// A crash that only nodes below the second index notice at once; the others notice at
+    /// the next `Deliver` or `Settle` (views disagree in between).
+    CrashNoticedLate(usize, usize),
     Restart(usize),
     Settle,
 }
@@ -29,6 +43,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..NODES, 0u64..3).prop_map(|(node, serial)| Step::Exit { node, serial }),
         4 => (1usize..12).prop_map(Step::Deliver),
         1 => (0..NODES).prop_map(Step::Crash),
+        1 => (0..NODES, 0..NODES).prop_map(|(n, k)| Step::CrashNoticedLate(n, k)),
         1 => (0..NODES).prop_map(Step::Restart),
         1 => Just(Step::Settle),
     ]
@@ -44,9 +59,20 @@ struct Run {
     exited: BTreeSet<(usize, u32, u64)>,
     seen: usize,
     model: Model,
+    /// `Down`s not delivered yet: (receiver, dead identity).
+    late_downs: Vec<(usize, meshreg_membership::NodeId)>,
 }
 
 impl Run {
+    fn flush_downs(&mut self) {
+        for (j, id) in std::mem::take(&mut self.late_downs) {
+            if self.c.alive[j] {
+                self.c
+                    .member_event(j, meshreg_membership::MemberEvent::Down(id));
+            }
+        }
+    }
+
     fn gen_of(&self, node: usize) -> u32 {
         self.c.nodes[node].me().generation()
     }
@@ -111,6 +137,20 @@ impl Run {
                 for _ in 0..n {
                     self.c.step();
                 }
+                self.flush_downs();
+            }
+            Step::CrashNoticedLate(node, k) => {
+                if self.c.alive[node] && self.c.live().len() > 2 && self.late_downs.is_empty() {
+                    let id = self.c.crash_silently(node);
+                    for j in self.c.live() {
+                        if j < k {
+                            self.c
+                                .member_event(j, meshreg_membership::MemberEvent::Down(id));
+                        } else {
+                            self.late_downs.push((j, id));
+                        }
+                    }
+                }
             }
             Step::Crash(node) => {
                 if self.c.alive[node] && self.c.live().len() > 2 {
@@ -118,11 +158,14 @@ impl Run {
                 }
             }
             Step::Restart(node) => {
-                if !self.c.alive[node] {
+                if !self.c.alive[node] && self.late_downs.is_empty() {
                     self.c.restart(node);
                 }
             }
-            Step::Settle => self.c.settle(),
+            Step::Settle => {
+                self.flush_downs();
+                self.c.settle();
+            }
         }
         self.absorb();
     }
@@ -167,10 +210,12 @@ proptest! {
             exited: BTreeSet::new(),
             seen: 0,
             model: Model::new(),
+            late_downs: Vec::new(),
         };
         for s in &steps {
             run.apply(s);
         }
+        run.flush_downs();
         run.c.settle();
         run.absorb();
         let view = run.c.assert_converged();
