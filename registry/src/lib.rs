@@ -6,6 +6,7 @@
 //! - [`core`](mod@crate::core): what the discovery backends share with their drivers
 //!   ([`RegistryOutput`], [`CallError`], [`MessageError`]).
 
+pub mod coordinated;
 pub mod core;
 pub mod crdt;
 pub mod groups;

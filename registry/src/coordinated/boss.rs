@@ -1,0 +1,533 @@
+//! The boss role: a [`Term`] per partition this node bosses, from recovery to ordering.
+//!
+//! Epoch rule: a node starting a term for a partition proposes `epoch = promised + 1`, where
+//! `promised` is the highest epoch it has promised or seen for that partition. Replicas promise
+//! (see `replica.rs`) only to the boss of their own view and only increasing epochs, so a term
+//! is fenced as soon as a replica promised a newer one: its next message there is answered
+//! `StaleEpoch { known }`, and the boss drops the term (and, if it is still the boss in its own
+//! view, starts a new one above `known`). A node that is no longer the boss in its own view
+//! drops its terms at once and hands written partitions off to the new boss.
+//!
+//! Recovery (before a term accepts writes): `Recover(epoch)` to every live node; each answers
+//! `State` with `(written_epoch, seq, dedupe window, memberships)`. When every node live in the
+//! boss's view answered (nodes going Down are not waited for; refusals are re-asked every
+//! `resend_interval`), the boss adopts the state of highest `(written_epoch, seq)`, sends it as
+//! `Sync` to every node that reported another, and only then serves. Requests arriving during
+//! recovery are queued in arrival order (not nacked), so a requester sees only latency.
+//!
+//! Ordering: a request becomes `Apply(epoch, seq + 1)` to every other live node and is applied
+//! locally at once; `Done` goes back when every node that was live (or came Up since, and was
+//! sent a `Sync`) acknowledged that seq. A request whose `(requester, ticket)` is in the
+//! replicated dedupe window is not applied again: it is answered once every live node is known
+//! to hold the current state.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use meshreg_membership::{NodeId, Time};
+
+use super::groups::{BossTimer, CoordinatedGroups, Key, Out};
+use super::message::{Message, NackReason, Op, Origin, PartitionState, Refusal, Refused, Ticket};
+use crate::RegistryOutput;
+
+/// One boss term of one partition.
+pub(crate) struct Term {
+    pub(crate) epoch: u64,
+    /// `Some` until every live node reported.
+    recovery: Option<Recovery>,
+    /// Requests that arrived during recovery, in arrival order.
+    queued: VecDeque<(NodeId, Ticket, Op)>,
+    /// Ops (and dedupe answers) waiting for acknowledgements, seq non-decreasing.
+    inflight: Vec<InFlight>,
+    /// Highest seq each other node is known to hold in this term.
+    acked: BTreeMap<NodeId, u64>,
+    /// Nodes that refused an Apply or Sync (their view lags): re-synced on the timer.
+    laggards: BTreeSet<NodeId>,
+    timer_armed: bool,
+}
+
+struct Recovery {
+    waiting: BTreeSet<NodeId>,
+    best: PartitionState,
+    /// `(written_epoch, seq)` each node reported.
+    reports: BTreeMap<NodeId, (u64, u64)>,
+}
+
+struct InFlight {
+    seq: u64,
+    origin: Origin,
+    /// The op was a leave of a non-member: answered `NotJoined`.
+    refused: bool,
+    waiting: BTreeSet<NodeId>,
+}
+
+impl Term {
+    /// No recovery, no queue, nothing in flight, no laggard.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.recovery.is_none()
+            && self.queued.is_empty()
+            && self.inflight.is_empty()
+            && self.laggards.is_empty()
+    }
+
+    fn has_resend_work(&self) -> bool {
+        self.recovery.is_some() || !self.laggards.is_empty()
+    }
+}
+
+impl CoordinatedGroups {
+    /// Starts a term for `key` (no-op if one runs), carrying `queued` requests over.
+    fn start_term(
+        &mut self,
+        now: Time,
+        key: &Key,
+        queued: VecDeque<(NodeId, Ticket, Op)>,
+        out: &mut Out,
+    ) {
+        if self.terms.contains_key(key) {
+            return;
+        }
+        let me = self.me;
+        let r = self.replica(key);
+        let epoch = r.epoch + 1;
+        r.epoch = epoch;
+        r.boss = Some(me);
+        let best = self.partition_state(key);
+        let waiting: BTreeSet<NodeId> = self.others().into_iter().collect();
+        for &n in &waiting {
+            let msg = Message::Recover {
+                scope: key.0.clone(),
+                partition: key.1,
+                epoch,
+            };
+            self.send(n, &msg, out);
+        }
+        let term = Term {
+            epoch,
+            recovery: Some(Recovery {
+                waiting,
+                best,
+                reports: BTreeMap::new(),
+            }),
+            queued,
+            inflight: Vec::new(),
+            acked: BTreeMap::new(),
+            laggards: BTreeSet::new(),
+            timer_armed: false,
+        };
+        self.terms.insert(key.clone(), term);
+        self.maybe_finish_recovery(now, key, out);
+        self.arm(key, out);
+    }
+
+    fn arm(&mut self, key: &Key, out: &mut Out) {
+        let after = self.config.resend_interval;
+        let Some(term) = self.terms.get_mut(key) else {
+            return;
+        };
+        if term.timer_armed || !term.has_resend_work() {
+            return;
+        }
+        term.timer_armed = true;
+        out.push(RegistryOutput::SetTimer {
+            after,
+            timer: BossTimer::Term {
+                scope: key.0.clone(),
+                partition: key.1,
+                epoch: term.epoch,
+            },
+        });
+    }
+
+    /// Re-asks the nodes recovery waits for, re-syncs laggards.
+    pub(super) fn term_timer(&mut self, _now: Time, key: Key, epoch: u64, out: &mut Out) {
+        let Some(term) = self.terms.get_mut(&key).filter(|t| t.epoch == epoch) else {
+            return;
+        };
+        term.timer_armed = false;
+        if let Some(rec) = &term.recovery {
+            for n in rec.waiting.clone() {
+                let msg = Message::Recover {
+                    scope: key.0.clone(),
+                    partition: key.1,
+                    epoch,
+                };
+                self.send(n, &msg, out);
+            }
+        } else {
+            for n in term.laggards.clone() {
+                self.send_sync(n, &key, epoch, out);
+            }
+        }
+        self.arm(&key, out);
+    }
+
+    fn send_sync(&mut self, to: NodeId, key: &Key, epoch: u64, out: &mut Out) {
+        let state = self.partition_state(key);
+        let msg = Message::Sync {
+            scope: key.0.clone(),
+            partition: key.1,
+            epoch,
+            state,
+        };
+        self.send(to, &msg, out);
+    }
+
+    /// A request for the partition of `op`, from `from` (possibly this node).
+    pub(super) fn boss_request(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        ticket: Ticket,
+        op: Op,
+        out: &mut Out,
+    ) {
+        if op.pid().node != from {
+            self.reply_done(now, (from, ticket), Some(Refusal::ForeignPid), out);
+            return;
+        }
+        let key = self.key_of(&op);
+        if self.boss_of(&key.0, key.1) != self.me {
+            // Only a remote requester can disagree about the boss (views differ).
+            if from != self.me {
+                let nack = Message::Nack {
+                    scope: key.0.clone(),
+                    partition: key.1,
+                    what: Refused::Request(ticket),
+                    reason: NackReason::NotBoss,
+                };
+                self.send(from, &nack, out);
+            }
+            return;
+        }
+        if !self.terms.contains_key(&key) {
+            // Lazy recovery: the first write to a partition this node never bossed.
+            self.start_term(now, &key, VecDeque::new(), out);
+        }
+        let term = self.terms.get_mut(&key).expect("started above");
+        if term.recovery.is_some() {
+            term.queued.push_back((from, ticket, op));
+            return;
+        }
+        self.serve(now, &key, (from, ticket), op, out);
+    }
+
+    /// Orders `op` in a serving term (or answers a duplicate).
+    fn serve(&mut self, now: Time, key: &Key, origin: Origin, op: Op, out: &mut Out) {
+        let others = self.others();
+        let r = self.replica(key);
+        let seq = r.seq;
+        if let Some(&(_, refused)) = r.recent.iter().find(|(o, _)| *o == origin) {
+            let term = self.terms.get_mut(key).expect("serving term");
+            if term.inflight.iter().any(|f| f.origin == origin) {
+                return; // answered when its acks are in
+            }
+            let waiting: BTreeSet<NodeId> = others
+                .into_iter()
+                .filter(|n| term.acked.get(n).is_none_or(|&a| a < seq))
+                .collect();
+            self.await_acks(now, key, (seq, refused), origin, waiting, out);
+            return;
+        }
+        // A leave of a non-member is ordered like any op (a no-op everywhere) so that its
+        // refusal is remembered in the dedupe window: a late duplicate then gets the same
+        // answer instead of applying after the requester was told `NotJoined`.
+        let epoch = self.terms.get(key).expect("serving term").epoch;
+        let seq = seq + 1;
+        let refused = self.apply_next(key, epoch, origin, op.clone());
+        let apply = Message::Apply {
+            epoch,
+            seq,
+            origin,
+            op,
+        };
+        for &n in &others {
+            self.send(n, &apply, out);
+        }
+        let waiting = others.into_iter().collect();
+        self.await_acks(now, key, (seq, refused), origin, waiting, out);
+    }
+
+    /// Answers `origin` once every node in `waiting` holds `seq` (`refused`: `NotJoined`).
+    fn await_acks(
+        &mut self,
+        now: Time,
+        key: &Key,
+        (seq, refused): (u64, bool),
+        origin: Origin,
+        waiting: BTreeSet<NodeId>,
+        out: &mut Out,
+    ) {
+        if waiting.is_empty() {
+            self.reply_done(now, origin, refused.then_some(Refusal::NotJoined), out);
+            return;
+        }
+        let term = self.terms.get_mut(key).expect("serving term");
+        term.inflight.push(InFlight {
+            seq,
+            origin,
+            refused,
+            waiting,
+        });
+    }
+
+    fn reply_done(&mut self, now: Time, origin: Origin, refused: Option<Refusal>, out: &mut Out) {
+        let (node, ticket) = origin;
+        if node == self.me {
+            self.requester_done(now, ticket, refused, out);
+        } else if self.live.get(&node.addr()) == Some(&node) {
+            self.send(node, &Message::Done { ticket, refused }, out);
+        }
+    }
+
+    /// `from` holds everything up to `seq` of term `epoch`.
+    pub(super) fn boss_ack(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        key: Key,
+        epoch: u64,
+        seq: u64,
+        out: &mut Out,
+    ) {
+        let current = self.replicas.get(&key).map_or(0, |r| r.seq);
+        let Some(term) = self.terms.get_mut(&key).filter(|t| t.epoch == epoch) else {
+            return;
+        };
+        let acked = term.acked.entry(from).or_insert(0);
+        *acked = (*acked).max(seq);
+        if seq >= current {
+            term.laggards.remove(&from);
+        }
+        for f in term.inflight.iter_mut().filter(|f| f.seq <= seq) {
+            f.waiting.remove(&from);
+        }
+        self.complete_ready(now, &key, out);
+    }
+
+    /// Answers every in-flight entry no longer waiting for anyone.
+    fn complete_ready(&mut self, now: Time, key: &Key, out: &mut Out) {
+        let Some(term) = self.terms.get_mut(key) else {
+            return;
+        };
+        let (done, rest): (Vec<InFlight>, Vec<InFlight>) =
+            term.inflight.drain(..).partition(|f| f.waiting.is_empty());
+        term.inflight = rest;
+        for f in done {
+            let refused = f.refused.then_some(Refusal::NotJoined);
+            self.reply_done(now, f.origin, refused, out);
+        }
+    }
+
+    /// A recovery report.
+    pub(super) fn boss_state(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        key: Key,
+        epoch: u64,
+        state: PartitionState,
+        out: &mut Out,
+    ) {
+        let Some(term) = self.terms.get_mut(&key).filter(|t| t.epoch == epoch) else {
+            return;
+        };
+        let Some(rec) = term.recovery.as_mut() else {
+            return;
+        };
+        if !rec.waiting.remove(&from) {
+            return;
+        }
+        let rank = (state.written_epoch, state.seq);
+        rec.reports.insert(from, rank);
+        if rank > (rec.best.written_epoch, rec.best.seq) {
+            rec.best = state;
+        }
+        self.maybe_finish_recovery(now, &key, out);
+    }
+
+    /// Once every live node reported: adopt the best state, sync the others, serve the queue.
+    fn maybe_finish_recovery(&mut self, now: Time, key: &Key, out: &mut Out) {
+        let Some(term) = self.terms.get_mut(key) else {
+            return;
+        };
+        if term.recovery.as_ref().is_none_or(|r| !r.waiting.is_empty()) {
+            return;
+        }
+        let rec = term.recovery.take().expect("checked above");
+        let epoch = term.epoch;
+        let queued = std::mem::take(&mut term.queued);
+        let best_rank = (rec.best.written_epoch, rec.best.seq);
+        if best_rank > self.replica(key).rank() {
+            self.install_state(key, rec.best);
+        }
+        for (n, rank) in rec.reports {
+            let term = self.terms.get_mut(key).expect("term");
+            if rank == best_rank {
+                term.acked.insert(n, best_rank.1);
+            } else {
+                term.acked.insert(n, 0);
+                self.send_sync(n, key, epoch, out);
+            }
+        }
+        self.stats.recoveries += 1;
+        for (from, ticket, op) in queued {
+            if from == self.me || self.live.get(&from.addr()) == Some(&from) {
+                self.serve(now, key, (from, ticket), op, out);
+            }
+        }
+    }
+
+    /// A refusal of one of this node's boss messages (requests go to the requester role).
+    pub(super) fn on_nack(
+        &mut self,
+        now: Time,
+        from: NodeId,
+        key: Key,
+        what: Refused,
+        reason: NackReason,
+        out: &mut Out,
+    ) {
+        if let Refused::Request(_) = what {
+            self.requester_nack();
+            return;
+        }
+        self.stats.nacks_received += 1;
+        let Some(term) = self.terms.get_mut(&key) else {
+            return;
+        };
+        match reason {
+            NackReason::StaleEpoch { known } if known >= term.epoch => {
+                // Fenced: a replica promised a term at least as new. Stop; restart above it
+                // if this node is still the boss in its own view.
+                self.stats.fenced += 1;
+                let term = self.terms.remove(&key).expect("present");
+                let r = self.replica(&key);
+                r.epoch = r.epoch.max(known);
+                if self.boss_of(&key.0, key.1) == self.me {
+                    self.start_term(now, &key, term.queued, out);
+                }
+            }
+            NackReason::StaleEpoch { .. } => {}
+            NackReason::NotBoss => {
+                if term.recovery.is_none() {
+                    term.laggards.insert(from);
+                }
+                self.arm(&key, out);
+            }
+        }
+    }
+
+    /// A replica says `key` was written and this node is its boss: recover it now (or, if
+    /// this node's view does not agree yet, when it wins the partition).
+    pub(super) fn boss_handoff(&mut self, now: Time, key: Key, out: &mut Out) {
+        let r = self.replica(&key);
+        r.hinted = true;
+        if self.boss_of(&key.0, key.1) == self.me {
+            self.start_term(now, &key, VecDeque::new(), out);
+        }
+    }
+
+    /// `node` came Up: it must hear from every term this node keeps.
+    pub(super) fn bosses_on_up(&mut self, _now: Time, node: NodeId, out: &mut Out) {
+        let keys: Vec<Key> = self.terms.keys().cloned().collect();
+        for key in keys {
+            if self.boss_of(&key.0, key.1) != self.me {
+                continue; // lost to `node`: dropped by `terms_on_view_change`
+            }
+            let term = self.terms.get_mut(&key).expect("listed");
+            let epoch = term.epoch;
+            if let Some(rec) = term.recovery.as_mut() {
+                rec.waiting.insert(node);
+                let msg = Message::Recover {
+                    scope: key.0.clone(),
+                    partition: key.1,
+                    epoch,
+                };
+                self.send(node, &msg, out);
+            } else {
+                term.acked.insert(node, 0);
+                for f in &mut term.inflight {
+                    f.waiting.insert(node);
+                }
+                self.send_sync(node, &key, epoch, out);
+            }
+        }
+    }
+
+    /// `node` went Down: nothing more is awaited from it.
+    pub(super) fn bosses_on_down(&mut self, now: Time, node: NodeId, out: &mut Out) {
+        let keys: Vec<Key> = self.terms.keys().cloned().collect();
+        for key in keys {
+            let term = self.terms.get_mut(&key).expect("listed");
+            term.laggards.remove(&node);
+            term.acked.remove(&node);
+            term.queued.retain(|(from, _, _)| *from != node);
+            if let Some(rec) = term.recovery.as_mut() {
+                rec.waiting.remove(&node);
+                rec.reports.remove(&node);
+            }
+            for f in &mut term.inflight {
+                f.waiting.remove(&node);
+            }
+            self.maybe_finish_recovery(now, &key, out);
+            self.complete_ready(now, &key, out);
+        }
+    }
+
+    /// Drops terms this node lost, then hands written partitions whose boss changed to their
+    /// new boss (starting the terms this node won).
+    pub(super) fn terms_on_view_change(&mut self, now: Time, out: &mut Out) {
+        let lost: Vec<Key> = self
+            .terms
+            .keys()
+            .filter(|k| self.boss_of(&k.0, k.1) != self.me)
+            .cloned()
+            .collect();
+        for key in lost {
+            let term = self.terms.remove(&key).expect("listed");
+            for (from, ticket, _) in term.queued {
+                if from != self.me {
+                    let nack = Message::Nack {
+                        scope: key.0.clone(),
+                        partition: key.1,
+                        what: Refused::Request(ticket),
+                        reason: NackReason::NotBoss,
+                    };
+                    self.send(from, &nack, out);
+                }
+            }
+        }
+        self.hand_off_moved(now, out);
+    }
+
+    /// Every written partition whose boss changed in this node's view: start the term if this
+    /// node won it, else tell the new boss (`Handoff`) that it holds written state. Sent by
+    /// every replica, not only the old boss, because the old boss may be the node that went
+    /// Down, and a node that just came Up knows no partition at all.
+    fn hand_off_moved(&mut self, now: Time, out: &mut Out) {
+        let mut moved = Vec::new();
+        let live: Vec<NodeId> = self.live.values().copied().collect();
+        for (key, r) in &mut self.replicas {
+            if !r.written() {
+                continue;
+            }
+            let boss = super::placement::boss_of(key.0.as_str(), key.1, live.iter().copied())
+                .unwrap_or(self.me);
+            if r.view_boss != Some(boss) {
+                r.view_boss = Some(boss);
+                moved.push((key.clone(), boss));
+            }
+        }
+        for (key, boss) in moved {
+            if boss == self.me {
+                self.start_term(now, &key, VecDeque::new(), out);
+            } else {
+                let msg = Message::Handoff {
+                    scope: key.0.clone(),
+                    partition: key.1,
+                };
+                self.send(boss, &msg, out);
+            }
+        }
+    }
+}

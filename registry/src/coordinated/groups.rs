@@ -1,0 +1,435 @@
+//! [`CoordinatedGroups`]: the node-level state machine, its inputs and the membership view.
+//!
+//! The three roles of a node live in sibling files as `impl` blocks on the same type:
+//! `requester.rs` (local calls until their `Done`), `boss.rs` (terms of the partitions this
+//! node bosses: recovery, ordering, acks) and `replica.rs` (applying a partition's ops in
+//! order). This file holds the state they share and the input dispatch.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
+
+use super::boss::Term;
+use super::message::{self, Message, Op, Ticket};
+use super::placement;
+use super::replica::Replica;
+use super::requester::Pending;
+use super::stats::BossStats;
+use crate::groups::{GroupError, GroupEvent, GroupName, GroupTable, GroupTableConfig, ScopeName};
+use crate::{CallError, MessageError, Pid, RegistryCore, RegistryOutput, RequestId};
+
+/// Default number of partitions per scope.
+pub const DEFAULT_PARTITIONS_PER_SCOPE: u16 = 256;
+
+/// A partition: its scope and index.
+pub(super) type Key = (ScopeName, u16);
+
+/// Outputs of this backend.
+pub(super) type Out = Vec<RegistryOutput<BossTimer>>;
+
+/// Timers of the coordinated backend. Stale ones (a finished call, a past term) are ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BossTimer {
+    /// The request of `ticket` got no `Done` within [`CoordinatedConfig::request_timeout`]
+    /// of its `attempt`-th sending: re-send it, or give up after
+    /// [`CoordinatedConfig::max_attempts`].
+    Retry {
+        /// The local call (or exit leave).
+        ticket: Ticket,
+        /// Which sending it guards (1-based).
+        attempt: u32,
+    },
+    /// A boss term has work left (nodes to hear from, nodes that refused): re-send.
+    Term {
+        /// Scope of the partition.
+        scope: ScopeName,
+        /// The partition.
+        partition: u16,
+        /// The term.
+        epoch: u64,
+    },
+}
+
+/// Settings of a [`CoordinatedGroups`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CoordinatedConfig {
+    /// Partitions per scope ([`DEFAULT_PARTITIONS_PER_SCOPE`]); every node must agree.
+    pub partitions_per_scope: u16,
+    /// How long a requester waits for `Done` before re-sending.
+    pub request_timeout: Duration,
+    /// Sendings of one request before it completes with [`CallError::Unavailable`].
+    pub max_attempts: u32,
+    /// How often a boss re-sends to nodes it still waits for or that refused it.
+    pub resend_interval: Duration,
+    /// Origins of applied ops remembered per partition (the replicated dedupe window).
+    pub dedupe_per_partition: usize,
+    /// The group table's settings (metadata cap).
+    pub table: GroupTableConfig,
+}
+
+impl Default for CoordinatedConfig {
+    fn default() -> Self {
+        Self {
+            partitions_per_scope: DEFAULT_PARTITIONS_PER_SCOPE,
+            request_timeout: Duration::from_millis(500),
+            max_attempts: 8,
+            resend_interval: Duration::from_millis(200),
+            dedupe_per_partition: 256,
+            table: GroupTableConfig::default(),
+        }
+    }
+}
+
+/// The coordinated discovery backend of one node (see the module docs for the protocol).
+pub struct CoordinatedGroups {
+    pub(super) me: NodeId,
+    pub(super) cluster: u32,
+    pub(super) config: CoordinatedConfig,
+    pub(super) table: GroupTable,
+    /// Live nodes in this node's view, itself included, by address (one generation each).
+    pub(super) live: BTreeMap<SocketAddrV4, NodeId>,
+    /// Highest generation declared Down per address: pids of those generations are dead, and
+    /// Applies or states carrying them are not applied (no resurrection after `remove_node`).
+    pub(super) down_gen: HashMap<SocketAddrV4, u32>,
+    /// Replica state of every partition this node has heard of.
+    pub(super) replicas: BTreeMap<Key, Replica>,
+    /// Terms of the partitions this node is (or is becoming) the boss of.
+    pub(super) terms: BTreeMap<Key, Term>,
+    /// Local calls and exit leaves waiting for their `Done`.
+    pub(super) pending: BTreeMap<Ticket, Pending>,
+    pub(super) next_exit: u64,
+    pub(super) stats: BossStats,
+}
+
+impl CoordinatedGroups {
+    /// A node `me` of `cluster` with `partitions_per_scope` partitions (256 by default) and the
+    /// default settings otherwise. It starts alone: the driver forwards `Up`s as they come.
+    pub fn new(me: NodeId, cluster: u32, partitions_per_scope: u16) -> Self {
+        let config = CoordinatedConfig {
+            partitions_per_scope,
+            ..CoordinatedConfig::default()
+        };
+        Self::with_config(me, cluster, config)
+    }
+
+    /// A node with explicit settings.
+    pub fn with_config(me: NodeId, cluster: u32, config: CoordinatedConfig) -> Self {
+        let mut live = BTreeMap::new();
+        live.insert(me.addr(), me);
+        Self {
+            me,
+            cluster,
+            config,
+            table: GroupTable::with_config(me, config.table),
+            live,
+            down_gen: HashMap::new(),
+            replicas: BTreeMap::new(),
+            terms: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            next_exit: 0,
+            stats: BossStats::default(),
+        }
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &CoordinatedConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &BossStats {
+        &self.stats
+    }
+
+    /// The partition of `group` in `scope`.
+    pub fn partition_of(&self, scope: impl AsRef<str>, group: impl AsRef<str>) -> u16 {
+        placement::partition_of(
+            scope.as_ref(),
+            group.as_ref(),
+            self.config.partitions_per_scope,
+        )
+    }
+
+    /// The boss of `(scope, partition)` in this node's view.
+    pub fn boss_of(&self, scope: impl AsRef<str>, partition: u16) -> NodeId {
+        placement::boss_of(scope.as_ref(), partition, self.live.values().copied())
+            .unwrap_or(self.me)
+    }
+
+    /// The last sequence number this node applied in `(scope, partition)` (0: none).
+    pub fn applied_seq(&self, scope: &str, partition: u16) -> u64 {
+        self.replicas
+            .iter()
+            .find(|((s, p), _)| s.as_str() == scope && *p == partition)
+            .map_or(0, |(_, r)| r.seq)
+    }
+
+    /// The epoch this node promised for `(scope, partition)` (0: none yet).
+    pub fn epoch_of(&self, scope: &str, partition: u16) -> u64 {
+        self.replicas
+            .iter()
+            .find(|((s, p), _)| s.as_str() == scope && *p == partition)
+            .map_or(0, |(_, r)| r.epoch)
+    }
+
+    /// Whether this node has nothing in flight: no pending call, no term recovering or waiting.
+    pub fn is_quiet(&self) -> bool {
+        self.pending.is_empty() && self.terms.values().all(Term::is_idle)
+    }
+
+    /// The partition key of `op`.
+    pub(super) fn key_of(&self, op: &Op) -> Key {
+        let p = self.partition_of(op.scope(), op.group());
+        (op.scope().clone(), p)
+    }
+
+    /// Whether `node`'s pids are dead: a generation declared Down at its address (or older).
+    pub(super) fn is_dead(&self, node: NodeId) -> bool {
+        self.down_gen
+            .get(&node.addr())
+            .is_some_and(|&g| node.generation() <= g)
+    }
+
+    /// Sends `msg` to `to` (never this node: local deliveries are direct calls).
+    pub(super) fn send(&mut self, to: NodeId, msg: &Message, out: &mut Out) {
+        debug_assert_ne!(to, self.me, "local deliveries are direct calls");
+        let payload = message::encode(msg, self.cluster);
+        self.stats.sent[msg.kind_index()] += 1;
+        self.stats.bytes_sent += payload.len() as u64;
+        out.push(RegistryOutput::Send {
+            to: to.addr(),
+            channel: Channel::Stream,
+            payload,
+        });
+    }
+
+    /// Live nodes other than this one, in address order.
+    pub(super) fn others(&self) -> Vec<NodeId> {
+        self.live
+            .values()
+            .copied()
+            .filter(|&n| n != self.me)
+            .collect()
+    }
+
+    fn on_up(&mut self, now: Time, node: NodeId, out: &mut Out) {
+        if node == self.me || self.is_dead(node) {
+            return;
+        }
+        match self.live.get(&node.addr()).copied() {
+            Some(known) if known == node => return,
+            // A newer generation at a known address replaces the old one: the old is Down.
+            Some(known) if known.generation() < node.generation() => self.on_down(now, known, out),
+            Some(_) => return,
+            None => {}
+        }
+        self.live.insert(node.addr(), node);
+        self.bosses_on_up(now, node, out);
+        self.view_changed(now, out);
+    }
+
+    fn on_down(&mut self, now: Time, node: NodeId, out: &mut Out) {
+        if node == self.me {
+            return;
+        }
+        let gen_down = self.down_gen.entry(node.addr()).or_insert(0);
+        *gen_down = (*gen_down).max(node.generation());
+        if self.live.get(&node.addr()) == Some(&node) {
+            self.live.remove(&node.addr());
+        }
+        // Every node sees the Down and removes the memberships itself: no message needed, and
+        // `is_dead` keeps in-flight Applies and states from re-adding them.
+        self.table.remove_node(node);
+        self.bosses_on_down(now, node, out);
+        self.view_changed(now, out);
+    }
+
+    /// After any change of the live set: drop terms lost to another node, start terms won,
+    /// re-send local requests whose boss changed.
+    fn view_changed(&mut self, now: Time, out: &mut Out) {
+        self.terms_on_view_change(now, out);
+        self.redispatch_moved(now, out);
+    }
+
+    /// Validates a local call: a local pid and (for joins) metadata under the cap.
+    fn check_call(&self, pid: Pid, meta_len: usize) -> Result<(), CallError> {
+        if pid.node != self.me {
+            return Err(CallError::Group(GroupError::ForeignPid {
+                pid,
+                node: self.me,
+            }));
+        }
+        let cap = self.table.meta_cap_bytes();
+        if meta_len > cap {
+            return Err(CallError::Group(GroupError::MetaTooLarge {
+                len: meta_len,
+                cap,
+            }));
+        }
+        Ok(())
+    }
+
+    fn dispatch_message(&mut self, now: Time, from: NodeId, msg: Message, out: &mut Out) {
+        match msg {
+            Message::Request { ticket, op } => self.boss_request(now, from, ticket, op, out),
+            Message::Apply {
+                epoch,
+                seq,
+                origin,
+                op,
+            } => self.replica_apply(from, epoch, seq, origin, op, out),
+            Message::Ack {
+                scope,
+                partition,
+                epoch,
+                seq,
+            } => self.boss_ack(now, from, (scope, partition), epoch, seq, out),
+            Message::Done { ticket, refused } => self.requester_done(now, ticket, refused, out),
+            Message::Nack {
+                scope,
+                partition,
+                what,
+                reason,
+            } => self.on_nack(now, from, (scope, partition), what, reason, out),
+            Message::Recover {
+                scope,
+                partition,
+                epoch,
+            } => self.replica_recover(from, (scope, partition), epoch, out),
+            Message::State {
+                scope,
+                partition,
+                epoch,
+                state,
+            } => self.boss_state(now, from, (scope, partition), epoch, state, out),
+            Message::Sync {
+                scope,
+                partition,
+                epoch,
+                state,
+            } => self.replica_sync(from, (scope, partition), epoch, state, out),
+            Message::Handoff { scope, partition } => {
+                self.boss_handoff(now, (scope, partition), out);
+            }
+        }
+    }
+}
+
+impl RegistryCore for CoordinatedGroups {
+    type Timer = BossTimer;
+
+    fn table(&self) -> &GroupTable {
+        &self.table
+    }
+
+    fn drain_events(&mut self) -> Vec<GroupEvent> {
+        self.table.drain_events()
+    }
+
+    /// Nothing periodic: timers are armed by work (a request, a term with laggards).
+    fn start(&mut self, _now: Time, _out: &mut Out) {}
+
+    fn member_event(&mut self, now: Time, event: MemberEvent, out: &mut Out) {
+        match event {
+            MemberEvent::Up(node) => self.on_up(now, node, out),
+            MemberEvent::Down(node) => self.on_down(now, node, out),
+        }
+    }
+
+    fn join(
+        &mut self,
+        now: Time,
+        req: RequestId,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        meta: &[u8],
+        out: &mut Out,
+    ) {
+        if let Err(e) = self.check_call(pid, meta.len()) {
+            self.complete_call(req, Err(e), out);
+            return;
+        }
+        let op = Op::Join {
+            scope: scope.clone(),
+            group: group.clone(),
+            pid,
+            meta: meta.into(),
+        };
+        self.submit(now, Ticket::Call(req), op, out);
+    }
+
+    fn leave(
+        &mut self,
+        now: Time,
+        req: RequestId,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        out: &mut Out,
+    ) {
+        if let Err(e) = self.check_call(pid, 0) {
+            self.complete_call(req, Err(e), out);
+            return;
+        }
+        let op = Op::Leave {
+            scope: scope.clone(),
+            group: group.clone(),
+            pid,
+        };
+        self.submit(now, Ticket::Call(req), op, out);
+    }
+
+    fn process_exit(&mut self, now: Time, pid: Pid, out: &mut Out) {
+        self.exit_pid(now, pid, out);
+    }
+
+    fn handle_message(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        channel: Channel,
+        bytes: &[u8],
+        out: &mut Out,
+    ) -> Result<(), MessageError> {
+        let decoded = if channel == Channel::Stream {
+            message::decode(bytes, self.cluster, self.table.meta_cap_bytes())
+        } else {
+            Err(MessageError::Malformed(
+                "boss messages travel on streams".into(),
+            ))
+        };
+        let checked = decoded.and_then(|msg| match self.live.get(&from) {
+            Some(&node) if node != self.me => Ok((node, msg)),
+            _ => Err(MessageError::NotAMember(from)),
+        });
+        match checked {
+            Ok((node, msg)) => {
+                self.dispatch_message(now, node, msg, out);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.refused += 1;
+                Err(e)
+            }
+        }
+    }
+
+    fn handle_timer(&mut self, now: Time, timer: BossTimer, out: &mut Out) {
+        match timer {
+            BossTimer::Retry { ticket, attempt } => self.retry_timer(now, ticket, attempt, out),
+            BossTimer::Term {
+                scope,
+                partition,
+                epoch,
+            } => self.term_timer(now, (scope, partition), epoch, out),
+        }
+    }
+}

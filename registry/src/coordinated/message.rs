@@ -1,0 +1,302 @@
+//! What coordinated-backend nodes say to each other: postcard inside a [`Kind::Boss`] envelope,
+//! always on [`Channel::Stream`](meshreg_membership::Channel::Stream) (reliable FIFO per peer).
+//!
+//! Decoding is bounded: the envelope caps the frame at [`MAX_FRAME_PAYLOAD`], names are capped
+//! by their own deserialisers, serde preallocates at most a cautious size hint, and
+//! [`decode`] then checks the counts and metadata sizes before anything reaches the table.
+
+use meshreg_membership::NodeId;
+use meshreg_membership::wire::{self, Kind, MAX_FRAME_PAYLOAD};
+use serde::{Deserialize, Serialize};
+
+use crate::groups::{GroupName, ScopeName};
+use crate::{MessageError, Pid, RequestId};
+
+/// Most memberships one `State`/`Sync` message may carry.
+pub const MAX_STATE_ENTRIES: usize = 1_000_000;
+/// Most dedupe entries one `State`/`Sync` message may carry.
+pub const MAX_DEDUPE_ENTRIES: usize = 65_536;
+
+/// Who asked for an op: a call of the driver, or a leave this node issued itself because a
+/// process ended. Requesters number both kinds independently, so the kind is part of the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Ticket {
+    /// A driver call (`join`/`leave`) with the driver's request id.
+    Call(RequestId),
+    /// A leave issued by `process_exit`, numbered by the requester.
+    Exit(u64),
+}
+
+/// The idempotence key of an op: `(requester identity with generation, ticket)`.
+pub type Origin = (NodeId, Ticket);
+
+/// One group change, as ordered by a boss.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Add one occurrence of `pid` with `meta`.
+    Join {
+        /// Scope of the group.
+        scope: ScopeName,
+        /// The group.
+        group: GroupName,
+        /// The member (lives on the requester).
+        pid: Pid,
+        /// Metadata, at most the table's cap.
+        meta: Box<[u8]>,
+    },
+    /// Remove one occurrence of `pid`.
+    Leave {
+        /// Scope of the group.
+        scope: ScopeName,
+        /// The group.
+        group: GroupName,
+        /// The member (lives on the requester).
+        pid: Pid,
+    },
+}
+
+impl Op {
+    /// The scope the op is about.
+    pub fn scope(&self) -> &ScopeName {
+        match self {
+            Self::Join { scope, .. } | Self::Leave { scope, .. } => scope,
+        }
+    }
+
+    /// The group the op is about.
+    pub fn group(&self) -> &GroupName {
+        match self {
+            Self::Join { group, .. } | Self::Leave { group, .. } => group,
+        }
+    }
+
+    /// The member the op is about.
+    pub fn pid(&self) -> Pid {
+        match self {
+            Self::Join { pid, .. } | Self::Leave { pid, .. } => *pid,
+        }
+    }
+}
+
+/// One membership of a partition in a state transfer.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Entry {
+    /// The group (the scope is the message's).
+    pub group: GroupName,
+    /// The member.
+    pub pid: Pid,
+    /// Its metadata.
+    pub meta: Box<[u8]>,
+}
+
+/// Everything a replica holds about one partition: what recovery collects and `Sync` pushes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// Epoch of the boss term that wrote the last applied op (0: never written).
+    pub written_epoch: u64,
+    /// Last applied sequence number (0: nothing applied).
+    pub seq: u64,
+    /// Origins of the most recently applied ops, oldest first, each with whether it was
+    /// refused (a leave of a non-member): the replicated dedupe window. Refusals are ordered
+    /// and remembered too, so a late duplicate of a refused leave cannot apply after the
+    /// requester was told `NotJoined`.
+    pub recent: Vec<(Origin, bool)>,
+    /// The partition's memberships.
+    pub entries: Vec<Entry>,
+}
+
+/// Why a node refused a boss message or a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NackReason {
+    /// The sender is not the boss of the partition in this node's view (or, for a request, the
+    /// receiver is not).
+    NotBoss,
+    /// The message's epoch is older than the epoch this node promised.
+    StaleEpoch {
+        /// The epoch this node knows.
+        known: u64,
+    },
+}
+
+/// Why a boss refused an op (the caller's fault; nothing changed). The requester rebuilds the
+/// full [`GroupError`](crate::groups::GroupError) from its own copy of the op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// A leave of a pid that is not in the group.
+    NotJoined,
+    /// The pid does not live on the requester.
+    ForeignPid,
+}
+
+/// What a `Nack` refuses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refused {
+    /// A `Request` with this ticket.
+    Request(Ticket),
+    /// An `Apply` of this epoch and sequence number.
+    Apply {
+        /// Its epoch.
+        epoch: u64,
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A `Recover` (or `Sync`) of this epoch.
+    Recover {
+        /// Its epoch.
+        epoch: u64,
+    },
+}
+
+/// A coordinated-backend message. `scope`/`partition` name the partition concerned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Requester -> boss: order `op` (idempotent per `(requester, ticket)`).
+    Request {
+        /// The requester's key for the call.
+        ticket: Ticket,
+        /// The change.
+        op: Op,
+    },
+    /// Boss -> every live node: apply `op` as number `seq` of the partition in term `epoch`.
+    Apply {
+        /// The boss term.
+        epoch: u64,
+        /// Position in the partition's order (the previous op is `seq - 1`).
+        seq: u64,
+        /// Who asked, for the replicated dedupe window.
+        origin: Origin,
+        /// The change (its scope and group give the partition).
+        op: Op,
+    },
+    /// Node -> boss: everything up to `seq` is applied (cumulative).
+    Ack {
+        /// Scope of the partition.
+        scope: ScopeName,
+        /// The partition.
+        partition: u16,
+        /// The boss term acknowledged.
+        epoch: u64,
+        /// Highest applied sequence number.
+        seq: u64,
+    },
+    /// Boss -> requester: the op of `ticket` is applied on every live node (or refused).
+    Done {
+        /// The requester's key.
+        ticket: Ticket,
+        /// `None` if applied; the refusal otherwise (state unchanged).
+        refused: Option<Refusal>,
+    },
+    /// Refusal of a request or of a boss message.
+    Nack {
+        /// Scope of the partition.
+        scope: ScopeName,
+        /// The partition.
+        partition: u16,
+        /// What is refused.
+        what: Refused,
+        /// Why.
+        reason: NackReason,
+    },
+    /// New boss -> every live node: promise term `epoch` and report the partition's state.
+    Recover {
+        /// Scope of the partition.
+        scope: ScopeName,
+        /// The partition.
+        partition: u16,
+        /// The proposed term.
+        epoch: u64,
+    },
+    /// Node -> recovering boss: the promise, with this node's state of the partition.
+    State {
+        /// Scope of the partition.
+        scope: ScopeName,
+        /// The partition.
+        partition: u16,
+        /// The term promised.
+        epoch: u64,
+        /// The state.
+        state: PartitionState,
+    },
+    /// Boss -> a node that is behind or new: make the partition exactly `state`, in term
+    /// `epoch`. Answered by an `Ack`.
+    Sync {
+        /// Scope of the partition.
+        scope: ScopeName,
+        /// The partition.
+        partition: u16,
+        /// The boss term.
+        epoch: u64,
+        /// The state to adopt.
+        state: PartitionState,
+    },
+    /// Replica -> the new boss of a written partition (its boss changed in the replica's
+    /// view): recover this partition now; it holds state.
+    Handoff {
+        /// Scope of the partition.
+        scope: ScopeName,
+        /// The partition.
+        partition: u16,
+    },
+}
+
+impl Message {
+    /// Index of the message's kind in [`BossStats::sent`](super::BossStats::sent).
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Self::Request { .. } => 0,
+            Self::Apply { .. } => 1,
+            Self::Ack { .. } => 2,
+            Self::Done { .. } => 3,
+            Self::Nack { .. } => 4,
+            Self::Recover { .. } => 5,
+            Self::State { .. } => 6,
+            Self::Sync { .. } => 7,
+            Self::Handoff { .. } => 8,
+        }
+    }
+}
+
+/// Names of the message kinds, in [`Message::kind_index`] order.
+pub const KIND_NAMES: [&str; 9] = [
+    "request", "apply", "ack", "done", "nack", "recover", "state", "sync", "handoff",
+];
+
+/// Envelopes `msg` for `cluster`.
+pub fn encode(msg: &Message, cluster: u32) -> Vec<u8> {
+    let body = postcard::to_allocvec(msg).expect("in-memory postcard encoding cannot fail");
+    wire::seal(Kind::Boss, cluster, &body)
+}
+
+/// Opens and decodes one frame, refusing anything over the caps (`meta_cap_bytes` is the
+/// table's metadata cap).
+pub fn decode(bytes: &[u8], cluster: u32, meta_cap_bytes: usize) -> Result<Message, MessageError> {
+    let (kind, body) = wire::open(bytes, cluster, MAX_FRAME_PAYLOAD)?;
+    if kind != Kind::Boss {
+        return Err(MessageError::Malformed(format!(
+            "{kind:?} frame given to the boss backend"
+        )));
+    }
+    let msg: Message =
+        postcard::from_bytes(body).map_err(|e| MessageError::Malformed(e.to_string()))?;
+    let too_big = |len: usize| len > meta_cap_bytes;
+    let bad = match &msg {
+        Message::Request {
+            op: Op::Join { meta, .. },
+            ..
+        }
+        | Message::Apply {
+            op: Op::Join { meta, .. },
+            ..
+        } => too_big(meta.len()),
+        Message::State { state, .. } | Message::Sync { state, .. } => {
+            state.entries.len() > MAX_STATE_ENTRIES
+                || state.recent.len() > MAX_DEDUPE_ENTRIES
+                || state.entries.iter().any(|e| too_big(e.meta.len()))
+        }
+        _ => false,
+    };
+    if bad {
+        return Err(MessageError::Malformed("over a cap".into()));
+    }
+    Ok(msg)
+}

@@ -1,0 +1,47 @@
+//! The coordinated discovery backend: group writes serialised per partition by a boss node and
+//! applied on every live node before the call returns (the Erlang `global` shape, one lock
+//! holder per partition), over the full-mesh membership.
+//!
+//! [`CoordinatedGroups`] is sans-IO: the driver feeds `(now, input)` and carries out the
+//! [`RegistryOutput`](crate::RegistryOutput)s; every message is a [`Message`] (postcard in a
+//! `Kind::Boss` envelope, on streams).
+//!
+//! - Placement (`placement.rs`): `(scope, group)` -> partition by a stable hash; the boss of
+//!   a partition is the live node with the highest rendezvous weight.
+//! - Requester (`requester.rs`): a local `join`/`leave` goes to the boss as `Request`, is
+//!   retried on a timer or when the boss changes, and completes on `Done`.
+//! - Boss (`boss.rs`): per partition a [`term`](BossTimer::Term) with an epoch; recovers the
+//!   partition from every live node before serving, orders ops by `seq`, sends `Apply` to
+//!   every live node and answers `Done` once all acknowledged.
+//! - Replica (`replica.rs`): applies a partition's ops strictly in seq order, accepts boss
+//!   messages only from its view's boss with a current epoch, reports/replaces state.
+//!
+//! Architecture Invariants:
+//! - Read-your-write: when `Completed(Ok)` is emitted, every node that was live in the boss's
+//!   view (and every node that came Up meanwhile) has applied the op. A completed `leave` is
+//!   therefore never undone: any later recovery adopts a state at least as new.
+//! - Each op is applied at most once per partition history: `(requester, ticket)` is kept in a
+//!   replicated dedupe window, so retries after a boss failure are safe.
+//! - A Down node's memberships are removed by every node on its Down, and ops on pids of a
+//!   generation declared Down never reach the table again.
+//! - Iteration order of all state is `BTreeMap` order: outputs depend only on the inputs.
+
+mod boss;
+mod groups;
+pub mod message;
+mod placement;
+mod replica;
+mod requester;
+mod stats;
+
+pub use groups::{BossTimer, CoordinatedConfig, CoordinatedGroups, DEFAULT_PARTITIONS_PER_SCOPE};
+pub use message::{Message, NackReason, Op, PartitionState, Refusal, Refused, Ticket};
+pub use placement::{boss_of, partition_of};
+pub use stats::BossStats;
+
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod prop_tests;
+#[cfg(test)]
+mod tests;

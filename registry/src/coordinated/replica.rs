@@ -1,0 +1,315 @@
+//! The replica role: every node applies each partition's ops in sequence order, promises boss
+//! terms, and reports or replaces its partition state for recovery.
+//!
+//! Acceptance rule (the fence): a node accepts `Apply`, `Sync` and `Recover` for a partition
+//! only from the node that is that partition's boss in its own view, and only with an epoch
+//! not older than the one it promised:
+//! - `Recover(e)` needs `e > promised`, or `e == promised` from the same boss (a re-send);
+//!   accepting is the promise: older terms are refused from then on.
+//! - `Apply(e)` / `Sync(e)` need `e >= promised` (a higher one is adopted: a node that came Up
+//!   after a recovery learns the term from its `Sync`).
+//!
+//! Otherwise the node answers `Nack { NotBoss | StaleEpoch { known } }` and changes nothing.
+//!
+//! Order: `seq` of a partition is applied strictly in order. An early Apply is held (FIFO
+//! links make that rare: it takes a boss change); a duplicate is re-acknowledged, not applied.
+//! Ops on pids of nodes declared Down still advance `seq` but do not touch the table, so an
+//! in-flight join cannot re-add a dead node's member after `remove_node`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use meshreg_membership::NodeId;
+
+use super::groups::{CoordinatedGroups, Key, Out};
+use super::message::{Entry, Message, NackReason, Op, Origin, PartitionState, Refused};
+use super::placement;
+use crate::groups::{GroupTable, ScopeName};
+
+/// What one node knows of one partition.
+#[derive(Default)]
+pub(crate) struct Replica {
+    /// Highest epoch promised or accepted.
+    pub(crate) epoch: u64,
+    /// The boss of `epoch` (`None` before any).
+    pub(crate) boss: Option<NodeId>,
+    /// Epoch of the term that wrote the last applied op.
+    pub(crate) written_epoch: u64,
+    /// Last applied sequence number.
+    pub(crate) seq: u64,
+    /// Origins of the last applied ops, oldest first, at most `dedupe_per_partition`.
+    pub(crate) recent: VecDeque<(Origin, bool)>,
+    /// Applies that arrived early, by seq: `(epoch, origin, op)`.
+    held: BTreeMap<u64, (u64, Origin, Op)>,
+    /// The boss of this partition in this node's view when last computed (to notice changes).
+    pub(crate) view_boss: Option<NodeId>,
+    /// Another node said this partition was written (`Handoff`): recover it when winning it,
+    /// even with no local state.
+    pub(crate) hinted: bool,
+}
+
+impl Replica {
+    /// `(written_epoch, seq)`: the state written by the newest term, then the longest, wins.
+    pub(crate) fn rank(&self) -> (u64, u64) {
+        (self.written_epoch, self.seq)
+    }
+
+    /// Whether the partition was ever written, as far as this node knows.
+    pub(crate) fn written(&self) -> bool {
+        self.seq > 0 || self.hinted
+    }
+}
+
+impl CoordinatedGroups {
+    pub(super) fn replica(&mut self, key: &Key) -> &mut Replica {
+        self.replicas.entry(key.clone()).or_default()
+    }
+
+    /// Applies `op` as the next seq of its partition, in term `epoch`, and returns whether it
+    /// was refused (a leave of a non-member: ordered like any op, but a no-op). The caller
+    /// checked order. Every replica holds the same state at the same seq, so all agree on the
+    /// refusal (ops on dead pids excepted: nobody waits for those).
+    pub(super) fn apply_next(&mut self, key: &Key, epoch: u64, origin: Origin, op: Op) -> bool {
+        let refused = if self.is_dead(op.pid().node) {
+            false
+        } else {
+            match op {
+                // Metadata was checked at decode (remote) or in `join` (local).
+                Op::Join {
+                    scope,
+                    group,
+                    pid,
+                    meta,
+                } => self.table.join(&scope, &group, pid, &meta).is_err(),
+                Op::Leave { scope, group, pid } => self.table.leave(&scope, &group, pid).is_err(),
+            }
+        };
+        let cap = self.config.dedupe_per_partition;
+        let r = self.replica(key);
+        r.seq += 1;
+        r.written_epoch = epoch;
+        r.recent.push_back((origin, refused));
+        while r.recent.len() > cap {
+            r.recent.pop_front();
+        }
+        refused
+    }
+
+    /// Whether `from` may drive `key` with `epoch`; answers the `Nack` itself otherwise.
+    fn accepts(
+        &mut self,
+        from: NodeId,
+        key: &Key,
+        epoch: u64,
+        what: Refused,
+        out: &mut Out,
+    ) -> bool {
+        let reason = if self.boss_of(&key.0, key.1) != from {
+            Some(NackReason::NotBoss)
+        } else {
+            let known = self.replica(key).epoch;
+            (epoch < known).then_some(NackReason::StaleEpoch { known })
+        };
+        let Some(reason) = reason else {
+            return true;
+        };
+        let nack = Message::Nack {
+            scope: key.0.clone(),
+            partition: key.1,
+            what,
+            reason,
+        };
+        self.send(from, &nack, out);
+        false
+    }
+
+    /// Adopts term `epoch` of `boss` (not older than the promised one); drops held Applies of
+    /// older terms, which that term may have ordered differently.
+    fn adopt_term(&mut self, key: &Key, epoch: u64, boss: NodeId) {
+        let r = self.replica(key);
+        if epoch > r.epoch {
+            r.held.retain(|_, (e, _, _)| *e >= epoch);
+        }
+        r.epoch = epoch;
+        r.boss = Some(boss);
+    }
+
+    pub(super) fn replica_apply(
+        &mut self,
+        from: NodeId,
+        epoch: u64,
+        seq: u64,
+        origin: Origin,
+        op: Op,
+        out: &mut Out,
+    ) {
+        let key = self.key_of(&op);
+        if !self.accepts(from, &key, epoch, Refused::Apply { epoch, seq }, out) {
+            return;
+        }
+        self.adopt_term(&key, epoch, from);
+        let r = self.replica(&key);
+        if seq > r.seq {
+            r.held.insert(seq, (epoch, origin, op));
+        }
+        self.drain_held(&key);
+        self.ack(from, &key, epoch, out);
+    }
+
+    fn drain_held(&mut self, key: &Key) {
+        loop {
+            let r = self.replica(key);
+            let next = r.seq + 1;
+            r.held.retain(|&s, _| s >= next);
+            let Some((epoch, origin, op)) = r.held.remove(&next) else {
+                return;
+            };
+            self.apply_next(key, epoch, origin, op);
+        }
+    }
+
+    fn ack(&mut self, boss: NodeId, key: &Key, epoch: u64, out: &mut Out) {
+        let seq = self.replica(key).seq;
+        let ack = Message::Ack {
+            scope: key.0.clone(),
+            partition: key.1,
+            epoch,
+            seq,
+        };
+        self.send(boss, &ack, out);
+    }
+
+    pub(super) fn replica_recover(&mut self, from: NodeId, key: Key, epoch: u64, out: &mut Out) {
+        let r = self.replica(&key);
+        let resend = epoch == r.epoch && r.boss == Some(from);
+        let (what, promised) = (Refused::Recover { epoch }, r.epoch);
+        if !resend && epoch <= promised {
+            let nack = Message::Nack {
+                scope: key.0.clone(),
+                partition: key.1,
+                what,
+                reason: NackReason::StaleEpoch { known: promised },
+            };
+            self.send(from, &nack, out);
+            return;
+        }
+        if !self.accepts(from, &key, epoch, what, out) {
+            return;
+        }
+        self.adopt_term(&key, epoch, from);
+        let state = self.partition_state(&key);
+        let msg = Message::State {
+            scope: key.0,
+            partition: key.1,
+            epoch,
+            state,
+        };
+        self.send(from, &msg, out);
+    }
+
+    pub(super) fn replica_sync(
+        &mut self,
+        from: NodeId,
+        key: Key,
+        epoch: u64,
+        state: PartitionState,
+        out: &mut Out,
+    ) {
+        if !self.accepts(from, &key, epoch, Refused::Recover { epoch }, out) {
+            return;
+        }
+        self.adopt_term(&key, epoch, from);
+        self.install_state(&key, state);
+        self.drain_held(&key);
+        self.ack(from, &key, epoch, out);
+    }
+
+    /// This node's state of `key`: seq, dedupe window and memberships.
+    pub(super) fn partition_state(&mut self, key: &Key) -> PartitionState {
+        let parts = self.config.partitions_per_scope;
+        let entries = partition_entries(&self.table, &key.0, key.1, parts);
+        let r = self.replica(key);
+        PartitionState {
+            written_epoch: r.written_epoch,
+            seq: r.seq,
+            recent: r.recent.iter().copied().collect(),
+            entries,
+        }
+    }
+
+    /// Makes this node's partition exactly `state` (dead nodes' memberships left out).
+    pub(super) fn install_state(&mut self, key: &Key, state: PartitionState) {
+        let parts = self.config.partitions_per_scope;
+        let wanted: Vec<Entry> = state
+            .entries
+            .into_iter()
+            .filter(|e| !self.is_dead(e.pid.node))
+            .collect();
+        replace_partition(&mut self.table, &key.0, key.1, parts, wanted);
+        let r = self.replica(key);
+        r.seq = state.seq;
+        r.written_epoch = state.written_epoch;
+        r.recent = state.recent.into();
+    }
+}
+
+/// The memberships of partition `p` of `scope` in `table`, sorted (so states compare by value).
+pub(super) fn partition_entries(
+    table: &GroupTable,
+    scope: &ScopeName,
+    p: u16,
+    parts: u16,
+) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for group in table.which_groups(scope) {
+        if placement::partition_of(scope.as_str(), group.as_str(), parts) != p {
+            continue;
+        }
+        for m in table.members(scope, group) {
+            entries.push(Entry {
+                group: group.clone(),
+                pid: m.pid,
+                meta: m.meta.into(),
+            });
+        }
+    }
+    entries.sort();
+    entries
+}
+
+/// Makes partition `p` of `scope` hold exactly `wanted` (a multiset), touching only the
+/// `(group, pid)` pairs that differ: those lose all their occurrences and get the wanted ones
+/// back, so unchanged memberships produce no event. O(partition memberships).
+fn replace_partition(
+    table: &mut GroupTable,
+    scope: &ScopeName,
+    p: u16,
+    parts: u16,
+    mut wanted: Vec<Entry>,
+) {
+    wanted.sort();
+    let have = partition_entries(table, scope, p, parts);
+    let pairs = |v: &[Entry]| -> BTreeMap<(crate::groups::GroupName, crate::Pid), Vec<Box<[u8]>>> {
+        let mut m: BTreeMap<_, Vec<Box<[u8]>>> = BTreeMap::new();
+        for e in v {
+            m.entry((e.group.clone(), e.pid))
+                .or_default()
+                .push(e.meta.clone());
+        }
+        m
+    };
+    let (have, want) = (pairs(&have), pairs(&wanted));
+    for (k, metas) in &have {
+        if want.get(k) != Some(metas) {
+            for _ in metas {
+                drop(table.leave(scope, &k.0, k.1));
+            }
+        }
+    }
+    for (k, metas) in &want {
+        if have.get(k) != Some(metas) {
+            for meta in metas {
+                drop(table.join(scope, &k.0, k.1, meta));
+            }
+        }
+    }
+}

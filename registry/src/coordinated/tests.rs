@@ -1,0 +1,611 @@
+//! Unit and small-cluster tests of the coordinated backend (harness in `harness.rs`).
+
+use std::net::SocketAddrV4;
+
+use meshreg_membership::wire::{self, Kind};
+use meshreg_membership::{Channel, MemberEvent};
+use proptest::prelude::*;
+
+use super::harness::{CLUSTER, Cluster, group, node_id, scope};
+use super::message::{self, Message, NackReason, Op, Refused, Ticket};
+use super::{CoordinatedGroups, DEFAULT_PARTITIONS_PER_SCOPE};
+use crate::groups::GroupError;
+use crate::{CallError, MessageError, Pid, RegistryCore, RegistryOutput};
+
+/// A group of scope "s" whose boss in a full view of `c` is not node `not`.
+fn group_not_bossed_by(c: &Cluster, not: usize) -> String {
+    (0..100)
+        .map(|k| format!("g{k}"))
+        .find(|g| c.boss_index(0, "s", g) != not)
+        .unwrap()
+}
+
+fn ok_everywhere(c: &Cluster, i: usize, req: u64, expected: usize) {
+    let done = c.completion(i, req).expect("completed");
+    assert_eq!(done.result, Ok(()));
+    for (&j, &k) in &done.occurrences {
+        assert_eq!(k, expected, "node {j} at the moment of Completed");
+    }
+}
+
+#[test]
+fn join_completes_only_after_every_live_node_applied_it() {
+    let mut c = Cluster::new(4, DEFAULT_PARTITIONS_PER_SCOPE);
+    let g = group_not_bossed_by(&c, 1);
+    let req = c.join(1, "s", &g, 10, b"m");
+    assert!(
+        c.completion(1, req).is_none(),
+        "not before the boss answered"
+    );
+    c.settle();
+    ok_everywhere(&c, 1, req, 1);
+    assert_eq!(c.completions.len(), 1);
+    assert_eq!(c.assert_converged().len(), 1);
+}
+
+#[test]
+fn a_join_costs_two_messages_per_other_node_plus_request_and_done() {
+    let mut c = Cluster::new(4, DEFAULT_PARTITIONS_PER_SCOPE);
+    let g = group_not_bossed_by(&c, 1);
+    c.join(1, "s", &g, 10, b"");
+    c.settle(); // first write to the partition: the boss recovers it first
+    let before: u64 = c.nodes.iter().map(|n| n.stats().messages_sent()).sum();
+    let req = c.join(1, "s", &g, 11, b"");
+    c.settle();
+    ok_everywhere(&c, 1, req, 1);
+    let after: u64 = c.nodes.iter().map(|n| n.stats().messages_sent()).sum();
+    // Request + 3 Apply + 3 Ack + Done.
+    assert_eq!(after - before, 8);
+    let boss = c.boss_index(0, "s", &g);
+    assert_eq!(c.nodes[boss].stats().sent_of("apply"), 6);
+    assert_eq!(c.nodes[boss].stats().sent_of("recover"), 3);
+}
+
+#[test]
+fn join_on_the_boss_node_needs_no_request_message() {
+    let mut c = Cluster::new(3, DEFAULT_PARTITIONS_PER_SCOPE);
+    let boss = c.boss_index(0, "s", "g");
+    let req = c.join(boss, "s", "g", 1, b"");
+    c.settle();
+    ok_everywhere(&c, boss, req, 1);
+    assert_eq!(c.nodes[boss].stats().sent_of("request"), 0);
+    assert_eq!(c.nodes[boss].stats().sent_of("done"), 0);
+}
+
+#[test]
+fn concurrent_joins_from_several_nodes_end_identical_everywhere() {
+    let mut c = Cluster::new(5, 4);
+    let mut reqs = Vec::new();
+    for round in 0..3u64 {
+        for i in 0..5 {
+            reqs.push((i, c.join(i, "s", "g", round, &[u8::try_from(i).unwrap()])));
+            reqs.push((i, c.join(i, "s", "h", round, b"")));
+        }
+    }
+    c.settle();
+    for (i, req) in reqs {
+        assert_eq!(c.completion(i, req).unwrap().result, Ok(()));
+    }
+    let view = c.assert_converged();
+    assert_eq!(view.len(), 30);
+    let node = &c.nodes[0];
+    let p = node.partition_of("s", "g");
+    for j in 1..5 {
+        assert_eq!(c.nodes[j].applied_seq("s", p), node.applied_seq("s", p));
+    }
+}
+
+#[test]
+fn leave_then_members_shows_nothing_anywhere() {
+    let mut c = Cluster::new(4, DEFAULT_PARTITIONS_PER_SCOPE);
+    c.join(2, "s", "g", 7, b"");
+    c.join(2, "s", "g", 7, b"");
+    c.settle();
+    let l1 = c.leave(2, "s", "g", 7);
+    c.settle();
+    ok_everywhere(&c, 2, l1, 1);
+    let l2 = c.leave(2, "s", "g", 7);
+    c.settle();
+    ok_everywhere(&c, 2, l2, 0);
+    for i in 0..4 {
+        assert_eq!(c.nodes[i].table().members("s", "g").len(), 0);
+    }
+    let l3 = c.leave(2, "s", "g", 7);
+    c.settle();
+    let pid = c.pid(2, 7);
+    assert_eq!(
+        c.completion(2, l3).unwrap().result,
+        Err(CallError::Group(GroupError::NotJoined {
+            scope: scope("s"),
+            group: group("g"),
+            pid
+        }))
+    );
+}
+
+#[test]
+fn bad_calls_fail_at_once_without_messages() {
+    let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
+    let mut out = Vec::new();
+    let remote = Pid {
+        node: node_id(1, 1),
+        serial: 1,
+    };
+    n.join(
+        std::time::Duration::ZERO,
+        1,
+        &scope("s"),
+        &group("g"),
+        remote,
+        b"",
+        &mut out,
+    );
+    let local = Pid {
+        node: node_id(0, 1),
+        serial: 1,
+    };
+    n.join(
+        std::time::Duration::ZERO,
+        2,
+        &scope("s"),
+        &group("g"),
+        local,
+        &[0; 513],
+        &mut out,
+    );
+    assert_eq!(
+        out,
+        vec![
+            RegistryOutput::Completed {
+                req: 1,
+                result: Err(CallError::Group(GroupError::ForeignPid {
+                    pid: remote,
+                    node: node_id(0, 1)
+                }))
+            },
+            RegistryOutput::Completed {
+                req: 2,
+                result: Err(CallError::Group(GroupError::MetaTooLarge {
+                    len: 513,
+                    cap: 512
+                }))
+            },
+        ]
+    );
+    assert_eq!(n.table().membership_count(), 0);
+    assert!(n.is_quiet());
+}
+
+#[test]
+fn a_lone_node_completes_a_join_at_once() {
+    let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
+    let mut out = Vec::new();
+    let pid = Pid {
+        node: node_id(0, 1),
+        serial: 1,
+    };
+    let t = std::time::Duration::ZERO;
+    n.join(t, 9, &scope("s"), &group("g"), pid, b"", &mut out);
+    assert!(matches!(
+        &out[..],
+        [
+            RegistryOutput::SetTimer { .. },
+            RegistryOutput::Completed {
+                req: 9,
+                result: Ok(())
+            }
+        ]
+    ));
+    assert_eq!(n.table().members("s", "g").len(), 1);
+}
+
+#[test]
+fn boss_crash_mid_apply_recovers_the_highest_seq_without_double_apply() {
+    let mut c = Cluster::new(5, DEFAULT_PARTITIONS_PER_SCOPE);
+    let requester = 0;
+    let g = group_not_bossed_by(&c, requester);
+    let boss = c.boss_index(0, "s", &g);
+    c.join(requester, "s", &g, 1, b"");
+    c.settle();
+    // The next Apply reaches only the requester and one other node; the rest is held.
+    let lucky = (0..5).find(|&i| i != boss && i != requester).unwrap();
+    c.hold = Some(Box::new(move |from, to, m| {
+        from == boss && to != requester && to != lucky && matches!(m, Message::Apply { .. })
+    }));
+    let req = c.join(requester, "s", &g, 2, b"");
+    c.run();
+    assert!(c.completion(requester, req).is_none());
+    let p = c.nodes[0].partition_of("s", &g);
+    assert_eq!(c.nodes[lucky].applied_seq("s", p), 2);
+    c.hold = None;
+    c.held.clear(); // they die with the boss
+    c.crash(boss);
+    c.settle();
+    ok_everywhere(&c, requester, req, 1);
+    let view = c.assert_converged();
+    assert_eq!(view.len(), 2, "{view:?}");
+    for i in c.live() {
+        assert_eq!(c.nodes[i].applied_seq("s", p), 2, "node {i}: applied once");
+    }
+    let new_boss = c.boss_index(requester, "s", &g);
+    assert!(c.nodes[new_boss].stats().recoveries >= 1);
+    assert!(c.nodes[requester].stats().retries >= 1);
+}
+
+#[test]
+fn boss_crash_before_any_apply_lets_the_retry_apply_once() {
+    let mut c = Cluster::new(4, DEFAULT_PARTITIONS_PER_SCOPE);
+    let g = group_not_bossed_by(&c, 0);
+    let boss = c.boss_index(0, "s", &g);
+    c.hold = Some(Box::new(move |_, to, m| {
+        to == boss && matches!(m, Message::Request { .. })
+    }));
+    let req = c.join(0, "s", &g, 1, b"");
+    c.run();
+    c.hold = None;
+    c.held.clear();
+    c.crash(boss);
+    c.settle();
+    ok_everywhere(&c, 0, req, 1);
+    c.assert_converged();
+}
+
+fn sealed(m: &Message) -> Vec<u8> {
+    message::encode(m, CLUSTER)
+}
+
+#[test]
+fn a_stale_epoch_apply_is_nacked_and_changes_nothing() {
+    let mut c = Cluster::new(2, DEFAULT_PARTITIONS_PER_SCOPE);
+    let boss = c.boss_index(0, "s", "g");
+    let other = 1 - boss;
+    c.join(boss, "s", "g", 1, b"");
+    c.settle();
+    let p = c.nodes[other].partition_of("s", "g");
+    assert_eq!(c.nodes[other].epoch_of("s", p), 1);
+    let boss_id = c.nodes[boss].me();
+    let stale = Message::Apply {
+        epoch: 0,
+        seq: 2,
+        origin: (boss_id, Ticket::Call(99)),
+        op: Op::Join {
+            scope: scope("s"),
+            group: group("g"),
+            pid: c.pid(boss, 2),
+            meta: Box::default(),
+        },
+    };
+    let mut out = Vec::new();
+    let now = c.now;
+    let r = c.nodes[other].handle_message(
+        now,
+        boss_id.addr(),
+        Channel::Stream,
+        &sealed(&stale),
+        &mut out,
+    );
+    assert_eq!(r, Ok(()));
+    let nack = Message::Nack {
+        scope: scope("s"),
+        partition: p,
+        what: Refused::Apply { epoch: 0, seq: 2 },
+        reason: NackReason::StaleEpoch { known: 1 },
+    };
+    assert_eq!(
+        out,
+        vec![RegistryOutput::Send {
+            to: boss_id.addr(),
+            channel: Channel::Stream,
+            payload: sealed(&nack)
+        }]
+    );
+    assert_eq!(c.nodes[other].applied_seq("s", p), 1);
+    assert_eq!(c.nodes[other].table().members("s", "g").len(), 1);
+}
+
+#[test]
+fn an_apply_from_a_node_that_is_not_the_boss_is_nacked() {
+    let mut c = Cluster::new(3, DEFAULT_PARTITIONS_PER_SCOPE);
+    let boss = c.boss_index(0, "s", "g");
+    let (a, b) = match boss {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    let a_id = c.nodes[a].me();
+    let m = Message::Apply {
+        epoch: 5,
+        seq: 1,
+        origin: (a_id, Ticket::Call(1)),
+        op: Op::Join {
+            scope: scope("s"),
+            group: group("g"),
+            pid: c.pid(a, 1),
+            meta: Box::default(),
+        },
+    };
+    let mut out = Vec::new();
+    let now = c.now;
+    c.nodes[b]
+        .handle_message(now, a_id.addr(), Channel::Stream, &sealed(&m), &mut out)
+        .unwrap();
+    let p = c.nodes[b].partition_of("s", "g");
+    let nack = Message::Nack {
+        scope: scope("s"),
+        partition: p,
+        what: Refused::Apply { epoch: 5, seq: 1 },
+        reason: NackReason::NotBoss,
+    };
+    assert_eq!(
+        out,
+        vec![RegistryOutput::Send {
+            to: a_id.addr(),
+            channel: Channel::Stream,
+            payload: sealed(&nack)
+        }]
+    );
+    assert_eq!(c.nodes[b].table().membership_count(), 0);
+}
+
+#[test]
+fn a_fenced_boss_restarts_its_term_above_the_known_epoch() {
+    let mut c = Cluster::new(3, DEFAULT_PARTITIONS_PER_SCOPE);
+    let boss = c.boss_index(0, "s", "g");
+    let other = (boss + 1) % 3;
+    c.join(boss, "s", "g", 1, b"");
+    c.settle();
+    let p = c.nodes[boss].partition_of("s", "g");
+    // A replica reports a newer promise than the boss's term (as after a term it missed).
+    let nack = Message::Nack {
+        scope: scope("s"),
+        partition: p,
+        what: Refused::Apply { epoch: 1, seq: 2 },
+        reason: NackReason::StaleEpoch { known: 4 },
+    };
+    let mut out = Vec::new();
+    let (now, from) = (c.now, c.nodes[other].me().addr());
+    c.nodes[boss]
+        .handle_message(now, from, Channel::Stream, &sealed(&nack), &mut out)
+        .unwrap();
+    assert_eq!(c.nodes[boss].stats().fenced, 1);
+    assert_eq!(c.nodes[boss].epoch_of("s", p), 5);
+    let recovers = out
+        .iter()
+        .filter(|o| matches!(o, RegistryOutput::Send { .. }))
+        .count();
+    assert_eq!(recovers, 2, "a new term recovers from both other nodes");
+}
+
+#[test]
+fn down_of_a_node_removes_its_memberships_everywhere() {
+    let mut c = Cluster::new(4, DEFAULT_PARTITIONS_PER_SCOPE);
+    for k in 0..5 {
+        c.join(3, "s", &format!("g{k}"), k, b"");
+        c.join(1, "s", &format!("g{k}"), k, b"");
+    }
+    c.settle();
+    c.crash(3);
+    c.settle();
+    let view = c.assert_converged();
+    assert_eq!(view.len(), 5);
+    assert!(
+        view.iter()
+            .all(|(_, _, pid, _)| pid.node == c.nodes[1].me())
+    );
+}
+
+#[test]
+fn an_in_flight_join_of_a_down_node_is_not_re_added() {
+    let mut c = Cluster::new(4, DEFAULT_PARTITIONS_PER_SCOPE);
+    let g = group_not_bossed_by(&c, 3);
+    let boss = c.boss_index(0, "s", &g);
+    let late = (0..4).find(|&i| i != boss && i != 3).unwrap();
+    c.join(3, "s", &g, 0, b""); // recovery done, partition written
+    c.settle();
+    c.hold = Some(Box::new(move |from, to, m| {
+        from == boss && to == late && matches!(m, Message::Apply { .. })
+    }));
+    c.join(3, "s", &g, 1, b"");
+    c.run();
+    c.hold = None;
+    c.crash(3);
+    c.release();
+    c.settle();
+    let view = c.assert_converged();
+    assert!(view.is_empty(), "{view:?}");
+    let p = c.nodes[late].partition_of("s", &g);
+    assert_eq!(
+        c.nodes[late].applied_seq("s", p),
+        2,
+        "seq advanced, table untouched"
+    );
+}
+
+#[test]
+fn a_restarted_node_has_no_memberships_and_receives_the_others() {
+    let mut c = Cluster::new(4, 8);
+    for k in 0..8 {
+        c.join(2, "s", &format!("g{k}"), k, b"");
+        c.join(0, "s", &format!("g{k}"), k, b"x");
+    }
+    c.settle();
+    c.crash(2);
+    c.settle();
+    c.restart(2);
+    c.settle();
+    let view = c.assert_converged();
+    assert_eq!(view.len(), 8);
+    assert!(
+        view.iter()
+            .all(|(_, _, pid, _)| pid.node == c.nodes[0].me())
+    );
+    let req = c.join(2, "s", "g0", 1, b"");
+    c.settle();
+    ok_everywhere(&c, 2, req, 1);
+}
+
+#[test]
+fn process_exit_leaves_every_group_everywhere() {
+    let mut c = Cluster::new(3, DEFAULT_PARTITIONS_PER_SCOPE);
+    for k in 0..4 {
+        c.join(1, "s", &format!("g{k}"), 5, b"");
+    }
+    c.join(1, "s", "g0", 5, b"");
+    c.join(1, "s", "g0", 6, b"");
+    c.settle();
+    c.exit(1, 5);
+    c.settle();
+    let view = c.assert_converged();
+    assert_eq!(view.len(), 1);
+    assert_eq!(view[0].2, c.pid(1, 6));
+}
+
+#[test]
+fn a_join_pending_when_its_process_exits_leaves_again() {
+    let mut c = Cluster::new(3, DEFAULT_PARTITIONS_PER_SCOPE);
+    let g = group_not_bossed_by(&c, 1);
+    let req = c.join(1, "s", &g, 5, b"");
+    c.exit(1, 5);
+    c.settle();
+    assert_eq!(c.completion(1, req).unwrap().result, Ok(()));
+    assert!(c.assert_converged().is_empty());
+}
+
+#[test]
+fn a_new_boss_after_a_node_comes_up_takes_over_with_recovery() {
+    let mut c = Cluster::new(4, 16);
+    let mut reqs = Vec::new();
+    for k in 0..16 {
+        reqs.push(c.join(0, "s", &format!("g{k}"), k, b""));
+    }
+    c.settle();
+    c.crash(3);
+    c.settle();
+    c.restart(3);
+    c.settle();
+    // Writes after the restart go to whichever node now bosses each partition.
+    for k in 0..16 {
+        let req = c.join(1, "s", &format!("g{k}"), k, b"");
+        c.settle();
+        ok_everywhere(&c, 1, req, 1);
+    }
+    assert_eq!(c.assert_converged().len(), 32);
+}
+
+#[test]
+fn messages_from_non_members_and_datagrams_are_refused() {
+    let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
+    let m = sealed(&Message::Handoff {
+        scope: scope("s"),
+        partition: 1,
+    });
+    let stranger = node_id(9, 1).addr();
+    let mut out = Vec::new();
+    let t = std::time::Duration::ZERO;
+    assert_eq!(
+        n.handle_message(t, stranger, Channel::Stream, &m, &mut out),
+        Err(MessageError::NotAMember(stranger))
+    );
+    n.member_event(t, MemberEvent::Up(node_id(9, 1)), &mut out);
+    assert!(matches!(
+        n.handle_message(t, stranger, Channel::Datagram, &m, &mut out),
+        Err(MessageError::Malformed(_))
+    ));
+    assert!(matches!(
+        n.handle_message(
+            t,
+            stranger,
+            Channel::Stream,
+            &wire::seal(Kind::Mesh, CLUSTER, b""),
+            &mut out
+        ),
+        Err(MessageError::Malformed(_))
+    ));
+    assert_eq!(n.stats().refused, 3);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn over_cap_metadata_in_an_apply_is_refused_at_decode() {
+    let m = Message::Request {
+        ticket: Ticket::Call(1),
+        op: Op::Join {
+            scope: scope("s"),
+            group: group("g"),
+            pid: Pid {
+                node: node_id(1, 1),
+                serial: 1,
+            },
+            meta: vec![0; 600].into(),
+        },
+    };
+    assert!(matches!(
+        message::decode(&sealed(&m), CLUSTER, 512),
+        Err(MessageError::Malformed(_))
+    ));
+    assert_eq!(message::decode(&sealed(&m), CLUSTER, 600), Ok(m));
+}
+
+proptest! {
+    #[test]
+    fn prop_decoding_arbitrary_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        let framed = wire::seal(Kind::Boss, CLUSTER, &body);
+        let _ = message::decode(&framed, CLUSTER, 512);
+        let _ = message::decode(&body, CLUSTER, 512);
+        let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
+        let mut out = Vec::new();
+        let t = std::time::Duration::ZERO;
+        n.member_event(t, MemberEvent::Up(node_id(1, 1)), &mut out);
+        let from: SocketAddrV4 = node_id(1, 1).addr();
+        let _ = n.handle_message(t, from, Channel::Stream, &framed, &mut out);
+    }
+
+    #[test]
+    fn prop_mutated_valid_messages_never_panic(flip in 0usize..64, byte in any::<u8>()) {
+        let m = Message::Sync {
+            scope: scope("s"),
+            partition: 3,
+            epoch: 2,
+            state: message::PartitionState {
+                written_epoch: 1,
+                seq: 4,
+                recent: vec![((node_id(1, 1), Ticket::Exit(2)), false)],
+                entries: vec![message::Entry { group: group("g"), pid: Pid { node: node_id(1, 1), serial: 3 }, meta: b"ab".to_vec().into() }],
+            },
+        };
+        let mut bytes = sealed(&m);
+        let at = wire::HEADER_LEN + flip % (bytes.len() - wire::HEADER_LEN);
+        bytes[at] = byte;
+        let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
+        let mut out = Vec::new();
+        let t = std::time::Duration::ZERO;
+        n.member_event(t, MemberEvent::Up(node_id(1, 1)), &mut out);
+        let _ = n.handle_message(t, node_id(1, 1).addr(), Channel::Stream, &bytes, &mut out);
+    }
+}
+
+/// Found by the property test: a leave refused `NotJoined` by one boss, re-sent to a new
+/// boss before the refusal arrived, must not apply later (refusals are ordered and deduped).
+#[test]
+fn a_refused_leave_re_sent_to_a_new_boss_is_not_applied_later() {
+    let mut c = Cluster::new(5, 1);
+    let l = c.leave(2, "s", "g0", 1);
+    c.crash(0);
+    c.join(2, "s", "g0", 0, b"0");
+    c.join(2, "s", "g0", 1, b"1");
+    c.crash(1);
+    c.join(2, "s", "g0", 0, b"0");
+    c.crash(4);
+    for _ in 0..6 {
+        c.step();
+    }
+    c.restart(0);
+    c.settle();
+    assert!(matches!(
+        c.completion(2, l).unwrap().result,
+        Err(CallError::Group(GroupError::NotJoined { .. }))
+    ));
+    let view = c.assert_converged();
+    let serials: Vec<u64> = view.iter().map(|(_, _, pid, _)| pid.serial).collect();
+    assert_eq!(serials, vec![0, 0, 1]);
+}
