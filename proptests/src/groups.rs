@@ -527,7 +527,8 @@ pub fn run(
     backend: Backend,
 ) -> Result<GroupRun, String> {
     use crate::scenario::{MembershipKind, SIM_CLUSTER};
-    use meshreg_membership::{Swim, wire::Kind};
+    use meshreg_membership::{Mesh, Swim, wire::Kind};
+    use meshreg_registry::coordinated::CoordinatedGroups;
     use meshreg_registry::crdt::GossipGroups;
     params.validate()?;
     w.validate()?;
@@ -552,7 +553,17 @@ pub fn run(
             run_groups_with(params, w, factory, &[Kind::Groups as usize])
         }
         Backend::Coordinated => {
-            return Err("the coordinated backend is not in the simulator yet".into());
+            if params.membership != MembershipKind::Mesh {
+                return Err("--backend coordinated runs on --membership mesh".into());
+            }
+            let factory: crate::sim::Factory<Stack<Mesh, CoordinatedGroups>> =
+                Box::new(move |id, seed| {
+                    Stack::new(
+                        Mesh::new(id, SIM_CLUSTER, profile, seed),
+                        CoordinatedGroups::new(id, SIM_CLUSTER, 256),
+                    )
+                });
+            run_groups_with(params, w, factory, &[Kind::Boss as usize])
         }
     };
     membership.converged &= groups.groups_converged;
