@@ -10,6 +10,7 @@ pub mod coordinated;
 pub mod core;
 pub mod crdt;
 pub mod groups;
+pub mod session;
 
 pub use crate::core::{CallError, MessageError, RegistryCore, RegistryOutput, RequestId};
 

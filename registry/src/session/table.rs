@@ -1,0 +1,590 @@
+//! The compact session table: key -> (pid, metadata, version).
+//!
+//! Memory is the design driver (issue 5: <= 64 bytes per session at 10 M u64-keyed sessions).
+//! A `Pid` is 24 bytes in memory (12-byte `NodeId`, 4 bytes padding, 8-byte serial), and a
+//! naive `HashMap<u64, (Pid, Vec<u8>, u64)>` entry is 64 bytes before the table's slack. Here:
+//!
+//! - the node of every pid is **interned** to a `u32` index ([`NodeInterner`]): a shard sees
+//!   few nodes and many sessions per node;
+//! - metadata lives **out of line** in a slab, referenced by a `u32` (none: no allocation);
+//! - so a [`Slot`] is 24 bytes and a u64-keyed bucket 32 bytes ([`IntMap`], open addressing,
+//!   at most 70% full). At 10 M sessions the buckets are 2^24 x 32 bytes: 53.7 bytes per
+//!   session. The figure moves with the doubling cycle: ~46 bytes right before the segments
+//!   double (11.7 M sessions), ~92 right after.
+//!
+//! Byte-string keys use std's `HashMap` (not the fast path).
+//!
+//! [`SessionTable::heap_bytes`] is exact (it mirrors hashbrown's and Vec's allocation sizes); the
+//! integration test `tests/session_memory.rs` checks it against a counting allocator.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use meshreg_membership::NodeId;
+
+use super::hash::SeededState;
+use super::int_map::{EMPTY, IntMap, Probe};
+use super::key::SessionKey;
+use super::message::{Seq, Session};
+use crate::Pid;
+
+/// Number of maps the u64 keys are split into. Why: a map grows by rehashing every entry into
+/// a table twice the size; one 10 M-entry map does that as ~7 M random DRAM writes in a single
+/// call (a pause of most of a second). A segment is 1/64 of that: its rehash mostly stays in
+/// cache and the pause is 64 times shorter.
+const SEGMENTS: usize = 64;
+
+/// Marks a slot without metadata.
+const NO_META: u32 = u32::MAX;
+
+/// One session, compactly. Invariant: `node` is a live index of the table's interner whose
+/// count includes this slot; `meta` is `NO_META` or a live slab index owned by this slot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Slot {
+    pub(crate) serial: u64,
+    pub(crate) version: Seq,
+    /// Interned node; [`EMPTY`] marks a vacant [`IntMap`] bucket.
+    pub(crate) node: u32,
+    pub(crate) meta: u32,
+}
+
+impl Slot {
+    /// The content of a vacant bucket.
+    pub(crate) const VACANT: Slot = Slot {
+        serial: 0,
+        version: 0,
+        node: EMPTY,
+        meta: NO_META,
+    };
+}
+
+/// Session storage for one shard. Knows nothing of roles or requests.
+#[derive(Debug)]
+pub(crate) struct SessionTable {
+    /// u64 keys, split into [`SEGMENTS`] maps by the top hash bits (a map indexes by the low
+    /// bits, so the two are independent).
+    ints: Box<[IntMap]>,
+    state: SeededState,
+    bytes: HashMap<Box<[u8]>, Slot, SeededState>,
+    meta: MetaSlab,
+    nodes: NodeInterner,
+}
+
+impl SessionTable {
+    pub(crate) fn new(hash_seed: u64) -> Self {
+        let state = SeededState::new(hash_seed);
+        Self {
+            ints: (0..SEGMENTS).map(|_| IntMap::new(state)).collect(),
+            state,
+            bytes: HashMap::with_hasher(state),
+            meta: MetaSlab::default(),
+            nodes: NodeInterner::new(state),
+        }
+    }
+
+    /// Number of sessions.
+    pub(crate) fn len(&self) -> usize {
+        self.ints.iter().map(IntMap::len).sum::<usize>() + self.bytes.len()
+    }
+
+    fn slot(&self, key: &SessionKey) -> Option<&Slot> {
+        match key {
+            SessionKey::U64(k) => self.ints[self.segment(*k)].get(*k),
+            SessionKey::Bytes(b) => self.bytes.get(&**b),
+        }
+    }
+
+    #[inline]
+    fn segment(&self, k: u64) -> usize {
+        segment_of_hash(self.state.hash_one(k))
+    }
+
+    fn pid_of(&self, slot: &Slot) -> Pid {
+        Pid {
+            node: self.nodes.id(slot.node),
+            serial: slot.serial,
+        }
+    }
+
+    /// The holder of `key`.
+    pub(crate) fn holder(&self, key: &SessionKey) -> Option<Pid> {
+        self.slot(key).map(|s| self.pid_of(s))
+    }
+
+    /// The session under `key`.
+    pub(crate) fn get(&self, key: &SessionKey) -> Option<Session> {
+        self.slot(key).map(|s| Session {
+            pid: self.pid_of(s),
+            metadata: self.meta.get(s.meta).into(),
+            version: s.version,
+        })
+    }
+
+    /// Make `pid` the holder of `key` with `metadata` at `version`, unless another process
+    /// holds it and `may_take(holder)` says no. Returns the previous holder (`Ok(None)`: the key
+    /// was free) or `Err(holder)` when refused, with nothing changed. One hash probe for u64
+    /// keys.
+    pub(crate) fn upsert(
+        &mut self,
+        key: &SessionKey,
+        pid: Pid,
+        metadata: &[u8],
+        version: Seq,
+        may_take: impl FnOnce(Pid) -> bool,
+    ) -> Result<Option<Pid>, Pid> {
+        let seg = match key {
+            SessionKey::U64(k) => self.segment(*k),
+            SessionKey::Bytes(_) => 0,
+        };
+        let (nodes, meta) = (&mut self.nodes, &mut self.meta);
+        let existing = match key {
+            SessionKey::U64(k) => {
+                let map = &mut self.ints[seg];
+                match map.probe(*k) {
+                    Some(Probe::Found(i)) => Some(map.at_mut(i)),
+                    probe => {
+                        let at = match probe {
+                            // The guard makes room; the index holds unless that rebuilt the map.
+                            Some(Probe::Vacant(i)) if !map.reserve_one() => i,
+                            _ => {
+                                map.reserve_one(); // the empty map, or a no-op after a rebuild
+                                let p = map.probe(*k).expect("a reserved map has a vacancy");
+                                probe_index(p)
+                            }
+                        };
+                        map.insert_at(at, *k, new_slot(nodes, meta, pid, metadata, version));
+                        return Ok(None);
+                    }
+                }
+            }
+            SessionKey::Bytes(b) => self.bytes.get_mut(&**b),
+        };
+        if let Some(slot) = existing {
+            let old = Pid {
+                node: nodes.id(slot.node),
+                serial: slot.serial,
+            };
+            if old != pid && !may_take(old) {
+                return Err(old);
+            }
+            if old.node != pid.node {
+                nodes.release(slot.node);
+                slot.node = nodes.acquire(pid.node);
+            }
+            slot.serial = pid.serial;
+            slot.version = version;
+            // Both empty is the common case: skip the slice comparison (a libc call).
+            if !(slot.meta == NO_META && metadata.is_empty()) && meta.get(slot.meta) != metadata {
+                meta.remove(slot.meta);
+                slot.meta = meta.insert(metadata);
+            }
+            return Ok(Some(old));
+        }
+        if let SessionKey::Bytes(b) = key {
+            let slot = new_slot(nodes, meta, pid, metadata, version);
+            self.bytes.insert(b.clone(), slot);
+        }
+        Ok(None)
+    }
+
+    /// Remove `key`; returns its holder.
+    pub(crate) fn remove(&mut self, key: &SessionKey) -> Option<Pid> {
+        let slot = match key {
+            SessionKey::U64(k) => {
+                let seg = self.segment(*k);
+                self.ints[seg].remove(*k)
+            }
+            SessionKey::Bytes(b) => self.bytes.remove(&**b),
+        }?;
+        let pid = self.pid_of(&slot);
+        self.meta.remove(slot.meta);
+        self.nodes.release(slot.node);
+        Some(pid)
+    }
+
+    /// Read the table memory lookups of `keys` probe first, so that later operations on them
+    /// hit the cache. Returns a value that depends on the reads (fold it into a `black_box`).
+    ///
+    /// Why: at millions of sessions the table is far larger than the caches and every probe is
+    /// a DRAM miss (~100+ ns). Probing the next keys of a pipeline back to back lets the CPU
+    /// overlap their misses instead of paying them one after another.
+    ///
+    /// Loads, unlike prefetch instructions (which safe Rust cannot emit), hold up retirement
+    /// until they complete, so the CPU overlaps only the misses that fit in its reorder window
+    /// together. Hence two passes: hash every key first, then issue the bare loads back to
+    /// back, so up to `MAX_TOUCH` misses are in flight at once.
+    pub(crate) fn touch_all<'a>(&self, keys: impl Iterator<Item = &'a SessionKey>) -> u64 {
+        let mut at = [(0usize, 0usize); MAX_TOUCH];
+        let mut n = 0;
+        let mut acc = 0;
+        for key in keys.take(MAX_TOUCH) {
+            match key {
+                SessionKey::U64(k) => {
+                    let hash = self.state.hash_one(*k);
+                    let seg = segment_of_hash(hash);
+                    if let Some(i) = self.ints[seg].home_of_hash(hash) {
+                        at[n] = (seg, i);
+                        n += 1;
+                    }
+                }
+                SessionKey::Bytes(b) => acc ^= self.bytes.get(&**b).map_or(1, |s| s.version),
+            }
+        }
+        for &(seg, i) in &at[..n] {
+            acc ^= self.ints[seg].touch_at(i);
+        }
+        acc
+    }
+
+    /// Sessions held by processes of `node`.
+    pub(crate) fn node_sessions(&self, node: &NodeId) -> u32 {
+        self.nodes.sessions(node)
+    }
+
+    /// Remove every session of `node` (`serial: None`) or of one process; returns how many.
+    ///
+    /// Cost: O(1) when the node holds nothing here (the interner counts sessions per node),
+    /// else a scan of the table. Shards hold ~sessions/1024 entries, so a scan is short; a node
+    /// that knows its process's keys sends `Unregister`s instead.
+    pub(crate) fn remove_node(&mut self, node: &NodeId, serial: Option<u64>) -> usize {
+        let Some(idx) = self.nodes.index_of(node) else {
+            return 0;
+        };
+        let before = self.len();
+        let (meta, nodes) = (&mut self.meta, &mut self.nodes);
+        let mut keep = |slot: &mut Slot| {
+            let gone = slot.node == idx && serial.is_none_or(|s| s == slot.serial);
+            if gone {
+                meta.remove(slot.meta);
+                nodes.release(slot.node);
+            }
+            !gone
+        };
+        for seg in &mut self.ints {
+            seg.retain(&mut keep);
+        }
+        self.bytes.retain(|_, slot| keep(slot));
+        before - self.len()
+    }
+
+    /// Every session, sorted by key (snapshots and tests need a deterministic order).
+    pub(crate) fn sessions(&self) -> Vec<(SessionKey, Session)> {
+        let mut all: Vec<(SessionKey, Session)> = Vec::with_capacity(self.len());
+        for (k, _) in self.ints.iter().flat_map(IntMap::iter) {
+            let key = SessionKey::U64(k);
+            if let Some(s) = self.get(&key) {
+                all.push((key, s));
+            }
+        }
+        for k in self.bytes.keys() {
+            let key = SessionKey::Bytes(k.clone());
+            if let Some(s) = self.get(&key) {
+                all.push((key, s));
+            }
+        }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Exact heap bytes owned by the table.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.ints.len() * size_of::<IntMap>()
+            + self.ints.iter().map(IntMap::heap_bytes).sum::<usize>()
+            + hash_table_bytes::<(Box<[u8]>, Slot)>(self.bytes.capacity())
+            + self.bytes.keys().map(|k| k.len()).sum::<usize>()
+            + self.meta.heap_bytes()
+            + self.nodes.heap_bytes()
+    }
+}
+
+/// The segment of a u64 key: the top bits of its hash ([`IntMap`] indexes by the low bits).
+#[inline]
+fn segment_of_hash(hash: u64) -> usize {
+    (hash >> (64 - SEGMENTS.trailing_zeros())) as usize
+}
+
+/// Most keys [`SessionTable::touch_all`] reads ahead in one call.
+pub(crate) const MAX_TOUCH: usize = 64;
+
+fn probe_index(p: Probe) -> usize {
+    match p {
+        Probe::Found(i) | Probe::Vacant(i) => i,
+    }
+}
+
+fn new_slot(
+    nodes: &mut NodeInterner,
+    meta: &mut MetaSlab,
+    pid: Pid,
+    metadata: &[u8],
+    version: Seq,
+) -> Slot {
+    Slot {
+        serial: pid.serial,
+        version,
+        node: nodes.acquire(pid.node),
+        meta: meta.insert(metadata),
+    }
+}
+
+/// Bytes hashbrown (std's `HashMap`) allocates for a table of `capacity` entries of type `T`:
+/// `buckets` entries, padded to the control-byte alignment, then one control byte per bucket
+/// plus one SIMD group of trailing control bytes. `capacity` is `HashMap::capacity()`, which is
+/// `buckets - 1` below 8 buckets and `buckets / 8 * 7` from 8 on (hashbrown's max load factor).
+pub(crate) fn hash_table_bytes<T>(capacity: usize) -> usize {
+    if capacity == 0 {
+        return 0; // the empty singleton, no allocation
+    }
+    let buckets = if capacity < 8 {
+        capacity + 1
+    } else {
+        capacity / 7 * 8
+    };
+    let ctrl_align = align_of::<T>().max(GROUP_WIDTH);
+    let ctrl_offset = (size_of::<T>() * buckets).next_multiple_of(ctrl_align);
+    ctrl_offset + buckets + GROUP_WIDTH
+}
+
+/// hashbrown's control-byte group: SSE2 on x86, NEON on aarch64, a word elsewhere.
+const GROUP_WIDTH: usize = if cfg!(all(
+    any(target_arch = "x86", target_arch = "x86_64"),
+    target_feature = "sse2"
+)) {
+    16
+} else if cfg!(all(target_arch = "aarch64", target_feature = "neon")) {
+    8
+} else {
+    size_of::<usize>()
+};
+
+/// Out-of-line metadata, indexed by `u32`. Empty metadata is never stored.
+#[derive(Debug, Default)]
+struct MetaSlab {
+    values: Vec<Box<[u8]>>,
+    free: Vec<u32>,
+}
+
+impl MetaSlab {
+    fn insert(&mut self, metadata: &[u8]) -> u32 {
+        if metadata.is_empty() {
+            return NO_META;
+        }
+        if let Some(i) = self.free.pop() {
+            self.values[i as usize] = metadata.into();
+            return i;
+        }
+        // Fewer than u32::MAX values: each is at least one byte, and a shard holds far fewer
+        // sessions than 4 G.
+        let i = u32::try_from(self.values.len()).unwrap_or(NO_META - 1);
+        self.values.push(metadata.into());
+        i
+    }
+
+    fn get(&self, i: u32) -> &[u8] {
+        if i == NO_META {
+            return &[];
+        }
+        self.values.get(i as usize).map_or(&[], |v| v)
+    }
+
+    fn remove(&mut self, i: u32) {
+        if i == NO_META {
+            return;
+        }
+        if let Some(v) = self.values.get_mut(i as usize) {
+            *v = Box::default();
+            self.free.push(i);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.values.capacity() * size_of::<Box<[u8]>>()
+            + self.values.iter().map(|v| v.len()).sum::<usize>()
+            + self.free.capacity() * size_of::<u32>()
+    }
+}
+
+/// One interned node and how many sessions of this table it holds.
+#[derive(Clone, Copy, Debug)]
+struct NodeRow {
+    id: NodeId,
+    sessions: u32,
+}
+
+/// NodeId <-> u32, with per-node session counts. An index is freed when its count reaches 0,
+/// so the interner holds only nodes with sessions (node generations churn forever).
+#[derive(Debug)]
+struct NodeInterner {
+    rows: Vec<NodeRow>,
+    index: HashMap<NodeId, u32, SeededState>,
+    free: Vec<u32>,
+    /// Last node acquired: registrations arrive in runs from one node. Invariant: when `Some`,
+    /// the index is live and maps that node.
+    last: Option<(NodeId, u32)>,
+}
+
+impl NodeInterner {
+    fn new(state: SeededState) -> Self {
+        Self {
+            rows: Vec::new(),
+            index: HashMap::with_hasher(state),
+            free: Vec::new(),
+            last: None,
+        }
+    }
+
+    fn id(&self, i: u32) -> NodeId {
+        self.rows[i as usize].id
+    }
+
+    fn index_of(&self, node: &NodeId) -> Option<u32> {
+        self.index.get(node).copied()
+    }
+
+    fn sessions(&self, node: &NodeId) -> u32 {
+        self.index_of(node)
+            .map_or(0, |i| self.rows[i as usize].sessions)
+    }
+
+    /// Count one more session of `node`; returns its index.
+    fn acquire(&mut self, node: NodeId) -> u32 {
+        let i = match self.last {
+            Some((n, i)) if n == node => i,
+            _ => {
+                let i = match self.index.get(&node) {
+                    Some(i) => *i,
+                    None => self.intern(node),
+                };
+                self.last = Some((node, i));
+                i
+            }
+        };
+        self.rows[i as usize].sessions += 1;
+        i
+    }
+
+    fn intern(&mut self, node: NodeId) -> u32 {
+        let row = NodeRow {
+            id: node,
+            sessions: 0,
+        };
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.rows[i as usize] = row;
+                i
+            }
+            None => {
+                self.rows.push(row);
+                // A shard cannot see 4 G distinct nodes at once; EMPTY is never an index.
+                u32::try_from(self.rows.len() - 1).map_or(EMPTY - 1, |i| i.min(EMPTY - 1))
+            }
+        };
+        self.index.insert(node, i);
+        i
+    }
+
+    /// Count one session less of the node at `i`, freeing the index at zero.
+    fn release(&mut self, i: u32) {
+        let row = &mut self.rows[i as usize];
+        row.sessions -= 1;
+        if row.sessions == 0 {
+            let id = row.id;
+            self.index.remove(&id);
+            self.free.push(i);
+            if self.last.is_some_and(|(_, l)| l == i) {
+                self.last = None;
+            }
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.rows.capacity() * size_of::<NodeRow>()
+            + hash_table_bytes::<(NodeId, u32)>(self.index.capacity())
+            + self.free.capacity() * size_of::<u32>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshreg_membership::loopback_addr;
+
+    fn pid(node: u32, serial: u64) -> Pid {
+        Pid {
+            node: NodeId::new(loopback_addr(node, 1), 1),
+            serial,
+        }
+    }
+
+    #[test]
+    fn a_slot_is_24_bytes() {
+        assert_eq!(size_of::<Slot>(), 24);
+    }
+
+    #[test]
+    fn set_get_remove_round_trip_with_and_without_metadata() {
+        let mut t = SessionTable::new(1);
+        assert_eq!(
+            t.upsert(&1u64.into(), pid(1, 1), b"", 1, |_| true),
+            Ok(None)
+        );
+        assert_eq!(
+            t.upsert(&"k".into(), pid(2, 2), b"meta", 2, |_| true),
+            Ok(None)
+        );
+        assert_eq!(
+            t.get(&"k".into()).map(|s| s.metadata),
+            Some(b"meta"[..].into())
+        );
+        assert_eq!(
+            t.upsert(&"k".into(), pid(3, 3), b"x", 3, |_| false),
+            Err(pid(2, 2))
+        );
+        assert_eq!(
+            t.upsert(&"k".into(), pid(3, 3), b"", 3, |_| true),
+            Ok(Some(pid(2, 2)))
+        );
+        assert_eq!(
+            t.get(&"k".into()),
+            Some(Session {
+                pid: pid(3, 3),
+                metadata: Box::default(),
+                version: 3
+            })
+        );
+        assert_eq!(t.node_sessions(&pid(2, 0).node), 0);
+        assert_eq!(t.remove(&1u64.into()), Some(pid(1, 1)));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn remove_node_drops_only_that_node_or_process() {
+        let mut t = SessionTable::new(1);
+        for k in 0..10u64 {
+            let _ = t.upsert(&k.into(), pid((k % 2) as u32, k % 4), b"m", k, |_| true);
+        }
+        assert_eq!(t.remove_node(&pid(0, 0).node, Some(0)), 3); // keys 0, 4, 8
+        assert_eq!(t.remove_node(&pid(0, 0).node, None), 2); // keys 2, 6
+        assert_eq!(t.remove_node(&pid(0, 0).node, None), 0);
+        assert_eq!(t.len(), 5);
+        assert!(
+            t.sessions()
+                .iter()
+                .all(|(_, s)| s.pid.node == pid(1, 0).node)
+        );
+    }
+
+    #[test]
+    fn hash_table_bytes_matches_known_hashbrown_sizes() {
+        // 2^24 buckets of 32-byte entries: 512 MiB of entries + 16 Mi control bytes + a group.
+        let cap = (1usize << 24) / 8 * 7;
+        assert_eq!(
+            hash_table_bytes::<(u64, Slot)>(cap),
+            (1 << 24) * 33 + GROUP_WIDTH
+        );
+        assert_eq!(hash_table_bytes::<(u64, Slot)>(0), 0);
+        let m: HashMap<u64, Slot, SeededState> =
+            HashMap::with_capacity_and_hasher(1000, SeededState::new(0));
+        assert_eq!(m.capacity(), 1792); // 2048 buckets
+    }
+}
