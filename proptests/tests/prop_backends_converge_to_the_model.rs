@@ -1,0 +1,83 @@
+//! Invariant: under a workload of joins and leaves with a crash in the middle, both discovery
+//! backends converge: every live node holds the same group table, equal to a plain reference
+//! model of the calls that completed.
+//!
+//! The same invariant after a partition heals (or after message loss makes membership declare a
+//! live node Down) does not hold yet: the membership core then renews the node's identity (a new
+//! generation) and neither backend re-publishes the node's memberships under it. Those cases are
+//! kept below as ignored properties so they can be run (`cargo test -- --ignored`) until fixed.
+
+use meshreg_membership::Profile;
+use meshreg_proptests::groups::{self, Backend, Workload};
+use meshreg_proptests::scenario::{Boot, MembershipKind, Scenario, SimParams};
+use proptest::prelude::*;
+
+fn check(
+    backend: Backend,
+    seed: u64,
+    nodes: u32,
+    scenario: Scenario,
+    loss: f64,
+) -> Result<(), TestCaseError> {
+    let membership = match backend {
+        Backend::Gossip => MembershipKind::Swim,
+        Backend::Coordinated => MembershipKind::Mesh,
+    };
+    let params = SimParams {
+        membership,
+        nodes,
+        seed,
+        duration_s: 20.0,
+        loss,
+        profile: Profile::Test,
+        boot: Boot::Announce,
+        scenario,
+        ..SimParams::default()
+    };
+    let w = Workload {
+        scopes: 2,
+        groups: 5,
+        joins: 150,
+        leaves: 50,
+        join_rate: 100.0,
+    };
+    let run = groups::run(&params, &w, backend).map_err(TestCaseError::fail)?;
+    prop_assert!(
+        run.groups.groups_converged,
+        "{backend} did not converge to the model: {:?}; replay: {} --backend {backend} --joins 150 --leaves 50 --join-rate 100 --scopes 2 --groups 5",
+        run.groups,
+        run.membership.replay
+    );
+    prop_assert!(run.groups.joins_ok > 0);
+    Ok(())
+}
+
+fn steady_or_crash() -> impl Strategy<Value = Scenario> {
+    prop_oneof![Just(Scenario::None), Just(Scenario::CrashOne)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn prop_gossip_converges_to_the_model(seed in any::<u64>(), nodes in 4u32..12, s in steady_or_crash()) {
+        check(Backend::Gossip, seed, nodes, s, 0.0)?;
+    }
+
+    #[test]
+    fn prop_coordinated_converges_to_the_model(seed in any::<u64>(), nodes in 4u32..12, s in steady_or_crash()) {
+        check(Backend::Coordinated, seed, nodes, s, 0.0)?;
+    }
+
+    #[test]
+    #[ignore = "open: a renewed node's memberships are not re-published (see module docs)"]
+    fn prop_gossip_converges_after_partition_or_loss(seed in any::<u64>(), nodes in 4u32..12, loss in prop_oneof![Just(0.0), Just(0.05)]) {
+        check(Backend::Gossip, seed, nodes, Scenario::PartitionHalf, loss)?;
+    }
+
+    #[test]
+    #[ignore = "open: a renewed node's memberships are not re-published (see module docs)"]
+    fn prop_coordinated_converges_after_partition(seed in any::<u64>(), nodes in 4u32..12) {
+        check(Backend::Coordinated, seed, nodes, Scenario::PartitionHalf, 0.0)?;
+    }
+}
