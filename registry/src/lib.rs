@@ -4,7 +4,9 @@
 //! - [`groups`]: the group table both discovery backends build on ([`groups::GroupTable`]):
 //!   scopes, groups, multi-join members with metadata, O(1) borrowed reads, ordered events.
 //! - [`core`](mod@crate::core): what the discovery backends share with their drivers
-//!   ([`RegistryOutput`], [`CallError`], [`MessageError`]).
+//!   ([`RegistryOutput`], [`CallError`], [`MessageError`], [`RegistryCore`]).
+//! - [`crdt`]: the gossip backend ([`crdt::GossipGroups`]); [`coordinated`]: the boss-node
+//!   backend ([`coordinated::CoordinatedGroups`]); [`session`]: the session-manager shard.
 
 pub mod coordinated;
 pub mod core;
