@@ -150,7 +150,7 @@ pub enum DeltaOutcome {
     Stale,
 }
 
-/// One replica's state: owner sets and tombstones by address. See the [module docs](self).
+/// One replica's state: owner sets and tombstones by address. The merge rules are in this module's docs (`crdt::merge`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReplicaState {
     owners: BTreeMap<SocketAddrV4, OwnerSet>,
@@ -247,7 +247,7 @@ impl ReplicaState {
         DeltaOutcome::Applied
     }
 
-    /// The merge of two replica states (see the [module docs](self)). Pure.
+    /// The merge of two replica states (rules in the `crdt::merge` module docs). Pure.
     pub fn merge(&self, other: &Self) -> Self {
         let mut merged = self.clone();
         for (&addr, &generation) in &other.tombstones {
