@@ -36,7 +36,29 @@ impl NodeId {
         self.generation
     }
 
-    /// The same address in the next generation (what a restarted node becomes).
+    /// The process incarnation this identity belongs to: the generation with its renewal bits
+    /// (the low 16) cleared.
+    ///
+    /// A generation is `creation << 16 | renewals`: a restart starts a new *creation*
+    /// ([`NodeId::next_creation`]); a node falsely declared Down keeps running and only
+    /// *renews* ([`NodeId::next_generation`], foca's `renew`). Processes (`Pid`s) name their node
+    /// by this root, so they keep their identity across renewals and lose it on a restart.
+    pub const fn root(&self) -> Self {
+        Self {
+            addr: self.addr,
+            generation: self.generation & !0xFFFF,
+        }
+    }
+
+    /// The first identity of the next process started at this address (renewals reset).
+    pub const fn next_creation(&self) -> Self {
+        Self {
+            addr: self.addr,
+            generation: ((self.generation >> 16).wrapping_add(1)) << 16,
+        }
+    }
+
+    /// The same address in the next generation (what a node declared Down renews to).
     pub const fn next_generation(&self) -> Self {
         Self {
             addr: self.addr,
@@ -127,6 +149,18 @@ mod tests {
         assert_eq!(Identity::addr(&a), Identity::addr(&b));
         assert!(b.win_addr_conflict(&a));
         assert!(!a.win_addr_conflict(&b));
+    }
+
+    #[test]
+    fn renewals_keep_the_root_and_a_restart_changes_it() {
+        let a = NodeId::new(loopback_addr(3, 7000), 1 << 16);
+        let renewed = a.next_generation().next_generation();
+        assert_eq!(renewed.root(), a);
+        assert!(renewed.generation() > a.generation());
+        let restarted = renewed.next_creation();
+        assert_eq!(restarted.generation(), 2 << 16);
+        assert!(restarted.generation() > renewed.generation());
+        assert_eq!(restarted.root(), restarted);
     }
 
     #[test]

@@ -214,7 +214,7 @@ impl GroupDriver {
         let group = self.groups[self.rng.random_range(0..self.groups.len())].clone();
         self.next_serial[i as usize] += 1;
         let pid = Pid {
-            node: sim.id(i),
+            node: sim.id(i).root(),
             serial: self.next_serial[i as usize],
         };
         self.next_req += 1;
@@ -243,7 +243,7 @@ impl GroupDriver {
         let Some(i) = crate::sim::index_of_node(&key.2.node) else {
             return;
         };
-        if !sim.observer().is_live(i as usize) || sim.id(i) != key.2.node {
+        if !sim.observer().is_live(i as usize) || sim.id(i).root() != key.2.node {
             return;
         }
         self.next_req += 1;
@@ -310,8 +310,9 @@ impl GroupDriver {
 
     /// A crashed node's processes are gone: drop them from the model, and reset its digest.
     pub fn node_crashed(&mut self, node: NodeId, index: u32) {
-        self.model.retain(|k, _| k.2.node != node);
-        self.live_joins.retain(|k| k.2.node != node);
+        let root = node.root();
+        self.model.retain(|k, _| k.2.node != root);
+        self.live_joins.retain(|k| k.2.node != root);
         self.node_digest[index as usize] = 0;
     }
 

@@ -118,7 +118,10 @@ impl<M: MembershipCore, R: RegistryCore> Stack<M, R> {
                 }),
                 Output::Connect { to } => out.push(Output::Connect { to }),
                 Output::Disconnect { to } => out.push(Output::Disconnect { to }),
-                Output::Renewed(id) => out.push(Output::Renewed(id)),
+                Output::Renewed(id) => {
+                    self.registry.renewed(now, id, &mut rout);
+                    out.push(Output::Renewed(id));
+                }
                 Output::Event(e) => {
                     self.registry.member_event(now, e, &mut rout);
                     out.push(Output::Event(e));

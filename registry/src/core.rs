@@ -12,7 +12,7 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use meshreg_membership::wire::WireError;
-use meshreg_membership::{Channel, MemberEvent, Time};
+use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
 
 use crate::Pid;
 use crate::groups::{GroupError, GroupEvent, GroupName, GroupTable, ScopeName};
@@ -136,6 +136,14 @@ pub trait RegistryCore {
         event: MemberEvent,
         out: &mut Vec<RegistryOutput<Self::Timer>>,
     );
+
+    /// This node was declared Down by the cluster and renewed its identity to `new` (same root,
+    /// higher generation) while its processes kept running. The backend must bring its
+    /// memberships back under the new identity. The default does nothing: a backend that keeps
+    /// it loses its memberships on the other nodes until they are joined again.
+    fn renewed(&mut self, now: Time, new: NodeId, out: &mut Vec<RegistryOutput<Self::Timer>>) {
+        let _ = (now, new, out);
+    }
 
     /// Joins local `pid` to `group` in `scope`; completes with [`RegistryOutput::Completed`].
     #[expect(

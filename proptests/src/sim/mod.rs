@@ -271,9 +271,10 @@ impl<C: MembershipCore> Sim<C> {
 
     fn create(&mut self, i: u32) -> NodeId {
         let slot = &mut self.slots[i as usize];
-        slot.generation += 1;
+        // A (re)start is a new creation: renewals of the previous process do not carry over.
+        let id = NodeId::new(Self::addr(i), slot.generation).next_creation();
+        slot.generation = id.generation();
         slot.life += 1;
-        let id = NodeId::new(Self::addr(i), slot.generation);
         let seed = self.instance_seed(i, id.generation());
         self.slots[i as usize].core = Some((self.factory)(id, seed));
         self.observer.started(i as usize, id);
@@ -296,7 +297,9 @@ impl<C: MembershipCore> Sim<C> {
         C::Timer: Send,
     {
         let n = self.slots.len() as u32;
-        let members: Vec<NodeId> = (0..n).map(|i| NodeId::new(Self::addr(i), 1)).collect();
+        let members: Vec<NodeId> = (0..n)
+            .map(|i| NodeId::new(Self::addr(i), 0).next_creation())
+            .collect();
         // Everyone is live before any view is loaded, so each Up lands on a live identity.
         for (i, id) in members.iter().enumerate() {
             self.observer.started(i, *id);
@@ -335,7 +338,7 @@ impl<C: MembershipCore> Sim<C> {
             for (k, (core, out)) in built.into_iter().enumerate() {
                 let i = start + k as u32;
                 let slot = &mut self.slots[i as usize];
-                slot.generation = 1;
+                slot.generation = members[i as usize].generation();
                 slot.life += 1;
                 slot.core = Some(core);
                 let offset = if offset_max_ns > 0 {

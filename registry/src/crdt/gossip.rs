@@ -133,7 +133,8 @@ impl GossipGroups {
             cluster,
             profile,
             rng: SmallRng::seed_from_u64(seed ^ 0x4752_4F55_5053_4753),
-            table: GroupTable::new(me),
+            // Pids name their node by its root: they survive renewals of `me`.
+            table: GroupTable::new(me.root()),
             version: 0,
             held: HashMap::new(),
             digest: VersionDigest::default(),
@@ -214,7 +215,7 @@ impl GossipGroups {
     pub(super) fn owner_state(&self, owner: NodeId, version: u64) -> OwnerState {
         let entries = self
             .table
-            .memberships_of_node(owner)
+            .memberships_of_node(owner.root())
             .map(|m| Entry {
                 scope: m.scope.clone(),
                 group: m.group.clone(),
@@ -403,7 +404,7 @@ impl GossipGroups {
             self.held.remove(&addr);
             let owner = NodeId::new(addr, generation);
             self.digest.remove(&owner, version);
-            self.table.remove_node(owner);
+            self.table.remove_node(owner.root());
         }
         self.pulling.remove(&addr);
         self.queue.purge(addr, x.generation());
@@ -481,6 +482,24 @@ impl RegistryCore for GossipGroups {
         self.arm(GossipTimer::AntiEntropy, out);
     }
 
+    /// Re-keys this node's own owner state to `new`: peers dropped the old identity when they saw
+    /// it Down, and pull the new one when they see it Up (its version is news to them), so the
+    /// memberships come back. Pids keep their root, so nothing changes in the local table.
+    fn renewed(&mut self, _now: Time, new: NodeId, _out: &mut Vec<RegistryOutput<GossipTimer>>) {
+        let old = self.me;
+        if new.root() != old.root() || new.generation() <= old.generation() {
+            return;
+        }
+        if self.version > 0 {
+            self.digest.remove(&old, self.version);
+            self.digest.add(&new, self.version);
+        }
+        // Deltas stamped with the old identity are refused by peers now; the new owner's state
+        // is pulled whole instead.
+        self.queue.purge(old.addr(), old.generation());
+        self.me = new;
+    }
+
     fn member_event(
         &mut self,
         now: Time,
@@ -504,8 +523,11 @@ impl RegistryCore for GossipGroups {
         meta: &[u8],
         out: &mut Vec<RegistryOutput<GossipTimer>>,
     ) {
-        if pid.node != self.me {
-            let error = GroupError::ForeignPid { pid, node: self.me };
+        if pid.node != self.me.root() {
+            let error = GroupError::ForeignPid {
+                pid,
+                node: self.me.root(),
+            };
             return Self::complete(req, Err(error), out);
         }
         let result = self.table.join(scope, group, pid, meta);
@@ -531,8 +553,11 @@ impl RegistryCore for GossipGroups {
         pid: Pid,
         out: &mut Vec<RegistryOutput<GossipTimer>>,
     ) {
-        if pid.node != self.me {
-            let error = GroupError::ForeignPid { pid, node: self.me };
+        if pid.node != self.me.root() {
+            let error = GroupError::ForeignPid {
+                pid,
+                node: self.me.root(),
+            };
             return Self::complete(req, Err(error), out);
         }
         let result = self.table.leave(scope, group, pid);
@@ -556,7 +581,7 @@ impl RegistryCore for GossipGroups {
     /// A local process ended: one delta removes all its memberships everywhere. Remote pids
     /// are their owner's business and are ignored.
     fn process_exit(&mut self, _now: Time, pid: Pid, _out: &mut Vec<RegistryOutput<GossipTimer>>) {
-        if pid.node == self.me && !self.table.remove_pid(pid).is_empty() {
+        if pid.node == self.me.root() && !self.table.remove_pid(pid).is_empty() {
             self.record_local(Op::Exit { serial: pid.serial });
         }
     }

@@ -216,7 +216,7 @@ impl GossipGroups {
                 meta,
             } => {
                 let pid = Pid {
-                    node: owner,
+                    node: owner.root(),
                     serial: *serial,
                 };
                 self.table.join(scope, group, pid, meta).is_ok()
@@ -228,7 +228,7 @@ impl GossipGroups {
                 meta,
             } => {
                 let pid = Pid {
-                    node: owner,
+                    node: owner.root(),
                     serial: *serial,
                 };
                 if self.table.leave(scope, group, pid).is_err() {
@@ -242,7 +242,7 @@ impl GossipGroups {
             }
             Op::Exit { serial } => {
                 self.table.remove_pid(Pid {
-                    node: owner,
+                    node: owner.root(),
                     serial: *serial,
                 });
                 true
@@ -256,7 +256,7 @@ impl GossipGroups {
     fn fix_leave(&mut self, owner: NodeId, removed: Membership, meta: &[u8]) -> bool {
         let mut wanted: Vec<Membership> = self
             .table
-            .memberships_of_node(owner)
+            .memberships_of_node(owner.root())
             .map(|m| Membership {
                 scope: m.scope.clone(),
                 group: m.group.clone(),
@@ -303,13 +303,13 @@ impl GossipGroups {
                     scope: e.scope,
                     group: e.group,
                     pid: Pid {
-                        node: owner,
+                        node: owner.root(),
                         serial: e.serial,
                     },
                     meta: e.meta,
                 })
                 .collect();
-            match self.table.replace_node(owner, wanted) {
+            match self.table.replace_node(owner.root(), wanted) {
                 Ok(_) => {
                     self.set_held(owner, state.version);
                     self.pulling.remove(&owner.addr());

@@ -19,8 +19,9 @@ use crate::{CallError, MessageError, Pid, RegistryCore, RegistryOutput};
 
 const CLUSTER: u32 = 7;
 
+/// Node `i` in its `generation`-th process (a creation: pids of another one are other pids).
 fn id(i: u32, generation: u32) -> NodeId {
-    NodeId::new(loopback_addr(i, 7000), generation)
+    NodeId::new(loopback_addr(i, 7000), generation << 16)
 }
 
 fn scope() -> ScopeName {
@@ -712,4 +713,35 @@ proptest::proptest! {
         }
         proptest::prop_assert_eq!(g.table().memberships_of_node(id(0, 1)).len(), 0);
     }
+}
+
+#[test]
+fn a_renewed_owner_brings_its_memberships_back_under_its_new_identity() {
+    let mut net = Net::new(5, 7);
+    net.join(4, "svc", 1);
+    net.run_for(Duration::from_millis(500));
+    assert!(ALL.iter().all(|&i| net.members(i, "svc") == 1));
+    // The others declare node 4 Down (a partition, say); it keeps running and renews.
+    let old = id(4, 1);
+    let new = old.next_generation();
+    for i in 0..4 {
+        net.event(i, MemberEvent::Down(old));
+    }
+    assert!((0..4).all(|i| net.members(i, "svc") == 0));
+    net.call(4, |g, now, out| g.renewed(now, new, out));
+    for i in 0..4 {
+        net.event(i, MemberEvent::Up(new));
+    }
+    net.run_for(Duration::from_secs(2));
+    for i in ALL {
+        assert_eq!(net.members(i, "svc"), 1, "node {i}");
+    }
+    assert!(net.agree(&ALL));
+    // Same process, same pid: its root did not change.
+    let member = net.nodes[0]
+        .table()
+        .members(scope(), group("svc"))
+        .next()
+        .map(|m| m.pid);
+    assert_eq!(member, Some(pid(old.root(), 1)));
 }
