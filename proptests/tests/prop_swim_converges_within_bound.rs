@@ -9,7 +9,7 @@ fn swim_cold_start_of_500_nodes_converges_within_5_virtual_seconds() {
     let params = SimParams {
         membership: MembershipKind::Swim,
         nodes: 500,
-        duration_s: 25.0,
+        duration_s: 40.0,
         boot: Boot::Announce,
         scenario: Scenario::CrashOne,
         ..SimParams::default()
