@@ -11,10 +11,10 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
 use super::digest::VersionDigest;
-use super::heap::{map_bytes, vec_bytes};
 use super::merge::{OwnerSet, ReplicaState};
 use super::queue::{BroadcastQueue, max_transmissions};
 use super::wire::{Delta, Entry, GroupsMsg, Op, OwnerState};
+use crate::groups::heap::{map_bytes, vec_bytes};
 use crate::groups::{GroupError, GroupEvent, GroupName, GroupTable, ScopeName};
 use crate::{CallError, MessageError, Pid, RegistryCore, RegistryOutput, RequestId};
 

@@ -26,7 +26,6 @@
 
 mod digest;
 mod gossip;
-mod heap;
 mod merge;
 mod queue;
 mod sync;

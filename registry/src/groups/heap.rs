@@ -20,7 +20,7 @@ const CTRL_GROUP_WIDTH: usize = if cfg!(all(
 };
 
 /// Heap bytes of a `Vec`'s buffer.
-pub(super) fn vec_bytes<T>(v: &Vec<T>) -> usize {
+pub(crate) fn vec_bytes<T>(v: &Vec<T>) -> usize {
     v.capacity() * size_of::<T>()
 }
 
@@ -28,7 +28,7 @@ pub(super) fn vec_bytes<T>(v: &Vec<T>) -> usize {
 /// plus one trailing control group. The bucket count is recovered from `capacity()` (7/8 load
 /// factor, power-of-two buckets); tombstones can hide up to a few buckets of capacity, which
 /// only ever makes this an under-estimate by a few percent of one map.
-pub(super) fn map_bytes<K, V, S>(map: &HashMap<K, V, S>) -> usize {
+pub(crate) fn map_bytes<K, V, S>(map: &HashMap<K, V, S>) -> usize {
     let capacity = map.capacity();
     if capacity == 0 {
         return 0;

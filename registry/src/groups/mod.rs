@@ -19,7 +19,7 @@
 
 mod error;
 mod event;
-mod heap;
+pub(crate) mod heap;
 mod layout;
 mod name;
 mod reads;
