@@ -48,16 +48,27 @@ pub fn bucket_of(id: &NodeId) -> usize {
 impl Digest {
     /// Records `id` as active.
     pub fn add(&mut self, id: &NodeId) {
-        let b = &mut self.buckets[bucket_of(id)];
-        b.count = b.count.wrapping_add(1);
-        b.hash ^= id.stable_hash();
+        self.add_hashed(id, id.stable_hash());
     }
 
     /// Records `id` as no longer active.
     pub fn remove(&mut self, id: &NodeId) {
+        self.remove_hashed(id, id.stable_hash());
+    }
+
+    /// Adds an entry with its own `hash` to the bucket of `id`'s address: for digests over
+    /// more than identities (the gossip backend hashes (owner, version) pairs).
+    pub fn add_hashed(&mut self, id: &NodeId, hash: u64) {
+        let b = &mut self.buckets[bucket_of(id)];
+        b.count = b.count.wrapping_add(1);
+        b.hash ^= hash;
+    }
+
+    /// Removes an entry added with [`Digest::add_hashed`].
+    pub fn remove_hashed(&mut self, id: &NodeId, hash: u64) {
         let b = &mut self.buckets[bucket_of(id)];
         b.count = b.count.wrapping_sub(1);
-        b.hash ^= id.stable_hash();
+        b.hash ^= hash;
     }
 
     /// Total active members and a hash over all buckets: what one random peer is sent each round.

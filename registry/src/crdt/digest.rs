@@ -6,26 +6,16 @@
 //! (owner, version) pairs have equal digests; a mismatch ships only the differing buckets'
 //! owner versions.
 
-use meshreg_membership::swim::digest::{BUCKETS, Bucket, bucket_of};
+use meshreg_membership::swim::digest::{BUCKETS, Bucket, Digest};
 use meshreg_membership::{NodeId, mix64};
 
-/// Bucketed count + XOR hash over (owner, version) pairs. Maintained incrementally: O(1) per
-/// version change, order-independent.
+/// Bucketed count + XOR hash over (owner, version) pairs: the SWIM member [`Digest`] with a
+/// pair hash per entry. Maintained incrementally: O(1) per version change, order-independent.
 ///
 /// Invariant: equals the digest recomputed from scratch over the pairs the node holds, because
 /// every change of a held version removes the old pair and adds the new one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VersionDigest {
-    buckets: [Bucket; BUCKETS],
-}
-
-impl Default for VersionDigest {
-    fn default() -> Self {
-        Self {
-            buckets: [Bucket::default(); BUCKETS],
-        }
-    }
-}
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VersionDigest(Digest);
 
 fn pair_hash(owner: &NodeId, version: u64) -> u64 {
     mix64(owner.stable_hash() ^ mix64(version))
@@ -34,44 +24,27 @@ fn pair_hash(owner: &NodeId, version: u64) -> u64 {
 impl VersionDigest {
     /// Records that `owner` is held at `version`.
     pub fn add(&mut self, owner: &NodeId, version: u64) {
-        let b = &mut self.buckets[bucket_of(owner)];
-        b.count = b.count.wrapping_add(1);
-        b.hash ^= pair_hash(owner, version);
+        self.0.add_hashed(owner, pair_hash(owner, version));
     }
 
     /// Records that `owner` is no longer held at `version`.
     pub fn remove(&mut self, owner: &NodeId, version: u64) {
-        let b = &mut self.buckets[bucket_of(owner)];
-        b.count = b.count.wrapping_sub(1);
-        b.hash ^= pair_hash(owner, version);
+        self.0.remove_hashed(owner, pair_hash(owner, version));
     }
 
     /// Owner count and a hash over all buckets: what one random peer is sent each round.
     pub fn summary(&self) -> (u32, u64) {
-        self.buckets
-            .iter()
-            .enumerate()
-            .fold((0u32, 0u64), |(c, h), (i, b)| {
-                (c.wrapping_add(b.count), h ^ mix64(b.hash ^ i as u64))
-            })
+        self.0.summary()
     }
 
     /// The per-bucket view, sent when summaries differ.
     pub fn buckets(&self) -> &[Bucket; BUCKETS] {
-        &self.buckets
+        self.0.buckets()
     }
 
     /// Mask of the buckets in which `other` differs from this digest.
     pub fn diff_mask(&self, other: &[Bucket]) -> u64 {
-        if other.len() != BUCKETS {
-            return u64::MAX;
-        }
-        self.buckets
-            .iter()
-            .zip(other)
-            .enumerate()
-            .filter(|(_, (a, b))| a != b)
-            .fold(0u64, |m, (i, _)| m | (1u64 << i))
+        self.0.diff_mask(other)
     }
 }
 
