@@ -136,12 +136,13 @@ impl GossipGroups {
         out: &mut Out,
     ) -> Result<(), MessageError> {
         deltas.sort_by_key(|d| (d.dot.actor, d.dot.counter));
-        let (mut stale, total) = (0, deltas.len());
+        let (mut stale, mut applied, total) = (0, 0, deltas.len());
         let mut repair: Vec<NodeId> = Vec::new();
         for delta in deltas {
             let owner = delta.dot.actor;
             match self.apply_delta(&delta) {
                 Applied::Yes => {
+                    applied += 1;
                     self.stats.deltas_applied += 1;
                     self.stats.deltas_dropped += self.queue.push(delta);
                 }
@@ -158,6 +159,9 @@ impl GossipGroups {
                     }
                 }
             }
+        }
+        if applied > 0 {
+            self.push_fresh(out);
         }
         if !repair.is_empty() {
             self.pull(now, from, repair, out);

@@ -745,3 +745,45 @@ fn a_renewed_owner_brings_its_memberships_back_under_its_new_identity() {
         .map(|m| m.pid);
     assert_eq!(member, Some(pid(old.root(), 1)));
 }
+
+#[test]
+fn a_local_join_is_pushed_to_fanout_peers_at_once() {
+    let me = id(0, 1);
+    let mut g = GossipGroups::new(me, CLUSTER, Profile::Test, 1);
+    let mut out = Out::new();
+    for j in 1..=5 {
+        g.member_event(Time::ZERO, MemberEvent::Up(id(j, 1)), &mut out);
+    }
+    out.clear();
+    g.join(
+        Time::ZERO,
+        1,
+        &scope(),
+        &group("a"),
+        pid(me, 1),
+        b"",
+        &mut out,
+    );
+    // One datagram of the new delta to each of FANOUT distinct peers, then the completion:
+    // the first hop does not wait for the next gossip round.
+    let sends: Vec<SocketAddrV4> = out
+        .iter()
+        .filter_map(|o| match o {
+            RegistryOutput::Send {
+                to,
+                channel: Channel::Datagram,
+                ..
+            } => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends.len(), FANOUT, "{out:?}");
+    assert_eq!(sends.iter().collect::<HashSet<_>>().len(), FANOUT);
+    assert!(matches!(
+        out.last(),
+        Some(RegistryOutput::Completed {
+            req: 1,
+            result: Ok(())
+        })
+    ));
+}
