@@ -4,8 +4,7 @@
 //!
 //! A partition (or loss that makes membership declare a live node Down) makes nodes renew their
 //! identity. The gossip backend re-publishes a renewed node's memberships; the coordinated
-//! backend does not yet, so its partition case is kept as an ignored property
-//! (`cargo test -- --ignored`) until it does.
+//! backend re-joins them through the bosses under the new identity.
 
 use meshreg_membership::Profile;
 use meshreg_proptests::groups::{self, Backend, Workload};
@@ -75,7 +74,6 @@ proptest! {
     }
 
     #[test]
-    #[ignore = "open: the coordinated backend does not re-join a renewed node's memberships"]
     fn prop_coordinated_converges_after_partition(seed in any::<u64>(), nodes in 4u32..12) {
         check(Backend::Coordinated, seed, nodes, Scenario::PartitionHalf, 0.0)?;
     }

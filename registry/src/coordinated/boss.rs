@@ -26,7 +26,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use meshreg_membership::{NodeId, Time};
 
 use super::groups::{BossTimer, CoordinatedGroups, Key, Out};
-use super::message::{Message, NackReason, Op, Origin, PartitionState, Refusal, Refused, Ticket};
+use super::message::{
+    Entry, Message, NackReason, Op, Origin, PartitionState, Refusal, Refused, Ticket,
+};
 use crate::RegistryOutput;
 
 /// One boss term of one partition.
@@ -48,8 +50,12 @@ pub(crate) struct Term {
 struct Recovery {
     waiting: BTreeSet<NodeId>,
     best: PartitionState,
-    /// `(written_epoch, seq)` each node reported.
-    reports: BTreeMap<NodeId, (u64, u64)>,
+    /// Per reporting node (by root): its identity and its own memberships of the partition,
+    /// as it reported them. A node is the authority on its own memberships when the best state
+    /// comes from a history that never saw its current identity (see `merge_own`).
+    own: BTreeMap<NodeId, Own>,
+    /// `(written_epoch, seq)` and content digest each node reported.
+    reports: BTreeMap<NodeId, Report>,
 }
 
 struct InFlight {
@@ -67,6 +73,11 @@ impl Term {
             && self.queued.is_empty()
             && self.inflight.is_empty()
             && self.laggards.is_empty()
+    }
+
+    /// The requests queued during recovery, which nobody will serve if the term is dropped.
+    pub(crate) fn dropped_requests(self) -> VecDeque<(NodeId, Ticket, Op)> {
+        self.queued
     }
 
     fn has_resend_work(&self) -> bool {
@@ -92,6 +103,8 @@ impl CoordinatedGroups {
         r.epoch = epoch;
         r.boss = Some(me);
         let best = self.partition_state(key);
+        let mut own = BTreeMap::new();
+        own_entries(&mut own, me, &best);
         let waiting: BTreeSet<NodeId> = self.others().into_iter().collect();
         for &n in &waiting {
             let msg = Message::Recover {
@@ -106,6 +119,7 @@ impl CoordinatedGroups {
             recovery: Some(Recovery {
                 waiting,
                 best,
+                own,
                 reports: BTreeMap::new(),
             }),
             queued,
@@ -181,7 +195,7 @@ impl CoordinatedGroups {
         op: Op,
         out: &mut Out,
     ) {
-        if op.pid().node != from {
+        if op.pid().node != from.root() {
             self.reply_done(now, (from, ticket), Some(Refusal::ForeignPid), out);
             return;
         }
@@ -328,6 +342,7 @@ impl CoordinatedGroups {
         state: PartitionState,
         out: &mut Out,
     ) {
+        self.observe_owners(now, &state, out);
         let Some(term) = self.terms.get_mut(&key).filter(|t| t.epoch == epoch) else {
             return;
         };
@@ -338,7 +353,8 @@ impl CoordinatedGroups {
             return;
         }
         let rank = (state.written_epoch, state.seq);
-        rec.reports.insert(from, rank);
+        rec.reports.insert(from, (rank, state_digest(&state)));
+        own_entries(&mut rec.own, from, &state);
         if rank > (rec.best.written_epoch, rec.best.seq) {
             rec.best = state;
         }
@@ -357,13 +373,20 @@ impl CoordinatedGroups {
         let epoch = term.epoch;
         let queued = std::mem::take(&mut term.queued);
         let best_rank = (rec.best.written_epoch, rec.best.seq);
-        if best_rank > self.replica(key).rank() {
-            self.install_state(key, rec.best);
+        let mut best = rec.best;
+        let merged = merge_own(&mut best, rec.own, self.config.dedupe_per_partition);
+        if merged || best_rank > self.replica(key).rank() {
+            self.install_state(now, key, best, out);
         }
-        for (n, rank) in rec.reports {
+        // Nodes holding exactly the adopted state are caught up; every other one is synced.
+        // The content decides, not the rank: the two sides of a healed partition may have
+        // written the same epoch and seq differently.
+        let adopted = self.partition_state(key);
+        let adopted = ((adopted.written_epoch, adopted.seq), state_digest(&adopted));
+        for (n, report) in rec.reports {
             let term = self.terms.get_mut(key).expect("term");
-            if rank == best_rank {
-                term.acked.insert(n, best_rank.1);
+            if report == adopted {
+                term.acked.insert(n, adopted.0.1);
             } else {
                 term.acked.insert(n, 0);
                 self.send_sync(n, key, epoch, out);
@@ -428,14 +451,25 @@ impl CoordinatedGroups {
     }
 
     /// `node` came Up: it must hear from every term this node keeps.
-    pub(super) fn bosses_on_up(&mut self, _now: Time, node: NodeId, out: &mut Out) {
+    ///
+    /// A renewed identity (not its root) may hold memberships of its own that it re-joined
+    /// in another history (the other side of a healed partition): a serving term is then
+    /// restarted, so that its recovery merges them (see `merge_own`) instead of a `Sync`
+    /// overwriting them.
+    pub(super) fn bosses_on_up(&mut self, now: Time, node: NodeId, out: &mut Out) {
         let keys: Vec<Key> = self.terms.keys().cloned().collect();
+        let renewed = node != node.root();
         for key in keys {
             if self.boss_of(&key.0, key.1) != self.me {
                 continue; // lost to `node`: dropped by `terms_on_view_change`
             }
             let term = self.terms.get_mut(&key).expect("listed");
             let epoch = term.epoch;
+            if renewed && term.recovery.is_none() {
+                let term = self.terms.remove(&key).expect("listed");
+                self.start_term(now, &key, term.queued, out);
+                continue;
+            }
             if let Some(rec) = term.recovery.as_mut() {
                 rec.waiting.insert(node);
                 let msg = Message::Recover {
@@ -530,4 +564,100 @@ impl CoordinatedGroups {
             }
         }
     }
+}
+
+/// A recovery report: `(written_epoch, seq)` and [`state_digest`].
+type Report = ((u64, u64), u64);
+
+/// A digest of a state's content (memberships and dedupe window), to tell equal states apart
+/// from states that only rank equal.
+fn state_digest(state: &PartitionState) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let bytes = postcard::to_allocvec(&(&state.entries, &state.recent))
+        .expect("in-memory postcard encoding cannot fail");
+    // SipHash with fixed keys: the same digest on every node and run.
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// What one node reported of itself: its identity, its own memberships of the partition and
+/// the dedupe entries of its own ops.
+type Own = (NodeId, Vec<Entry>, Vec<(Origin, bool)>);
+
+/// Records `reporter`'s own part of its `state`, under its root. Its identity is the one the
+/// state names for its root (every state names its sender: a renewed node may be attributed its
+/// old identity by address), else `reporter` itself.
+fn own_entries(own: &mut BTreeMap<NodeId, Own>, reporter: NodeId, state: &PartitionState) {
+    let root = reporter.root();
+    let owner = state
+        .owners
+        .iter()
+        .copied()
+        .find(|o| o.root() == root)
+        .unwrap_or(reporter);
+    let entries = state
+        .entries
+        .iter()
+        .filter(|e| e.pid.node == root)
+        .cloned()
+        .collect();
+    let recent = state
+        .recent
+        .iter()
+        .copied()
+        .filter(|((o, _), _)| *o == owner)
+        .collect();
+    own.insert(root, (owner, entries, recent));
+}
+
+/// Makes every reporting node the authority on its own memberships in `best`: its entries and
+/// the dedupe entries of its current identity are taken from its own report. Returns whether
+/// `best` changed; `cap` bounds the dedupe window.
+///
+/// Why: ops on a node's pids come only from that node, and its own report holds exactly the
+/// ones it applied. After a partition heals, `best` comes from one side while both sides wrote
+/// (a renewed node may have re-joined its memberships on the other side, completed): its own
+/// report is then the only record of them. Within one history a node's own report differs from
+/// `best` only by its ops not applied there yet; those are not complete (the node had not
+/// acknowledged them), and dropping them from the dedupe window with their effect lets their
+/// retry apply them exactly once.
+fn merge_own(best: &mut PartitionState, own: BTreeMap<NodeId, Own>, cap: usize) -> bool {
+    let mut changed = false;
+    for (root, (owner, mut entries, recent)) in own {
+        let mut have: Vec<Entry> = best
+            .entries
+            .iter()
+            .filter(|e| e.pid.node == root)
+            .cloned()
+            .collect();
+        have.sort();
+        entries.sort();
+        let have_recent: Vec<(Origin, bool)> = best
+            .recent
+            .iter()
+            .copied()
+            .filter(|((o, _), _)| *o == owner)
+            .collect();
+        let same_recent = recent.iter().all(|r| have_recent.contains(r))
+            && have_recent.iter().all(|r| recent.contains(r));
+        let owner_listed = best.owners.contains(&owner) || entries.is_empty();
+        if have == entries && same_recent && owner_listed {
+            continue;
+        }
+        changed = true;
+        best.entries.retain(|e| e.pid.node != root);
+        best.entries.extend(entries);
+        best.owners.retain(|o| o.root() != root);
+        best.owners.push(owner);
+        best.recent.retain(|((o, _), _)| *o != owner);
+        best.recent.extend(recent);
+    }
+    if changed {
+        best.entries.sort();
+        best.owners.sort();
+        let excess = best.recent.len().saturating_sub(cap);
+        best.recent.drain(..excess);
+    }
+    changed
 }

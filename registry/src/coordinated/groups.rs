@@ -12,7 +12,7 @@ use std::time::Duration;
 use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
 
 use super::boss::Term;
-use super::message::{self, Message, Op, Ticket};
+use super::message::{self, Message, NackReason, Op, Refused, Ticket};
 use super::placement;
 use super::replica::Replica;
 use super::requester::Pending;
@@ -90,9 +90,15 @@ pub struct CoordinatedGroups {
     pub(super) table: GroupTable,
     /// Live nodes in this node's view, itself included, by address (one generation each).
     pub(super) live: BTreeMap<SocketAddrV4, NodeId>,
-    /// Highest generation declared Down per address: pids of those generations are dead, and
-    /// Applies or states carrying them are not applied (no resurrection after `remove_node`).
+    /// Highest generation declared Down per address (or implied Down by a newer one): ops whose
+    /// origin is such a generation, and state entries owned by one, are not applied (no
+    /// resurrection after `remove_node`).
     pub(super) down_gen: HashMap<SocketAddrV4, u32>,
+    /// The newest identity known per other address (from an Up, a Down, an op's origin or a
+    /// state's owners), live or not. Invariant: every membership of a pid at that address in
+    /// the table dates from this identity, because learning of a newer one removes the
+    /// memberships of the older first (see [`Self::observe`]).
+    pub(super) known: HashMap<SocketAddrV4, NodeId>,
     /// Replica state of every partition this node has heard of.
     pub(super) replicas: BTreeMap<Key, Replica>,
     /// Terms of the partitions this node is (or is becoming) the boss of.
@@ -122,9 +128,11 @@ impl CoordinatedGroups {
             me,
             cluster,
             config,
-            table: GroupTable::with_config(me, config.table),
+            // Pids name their node by its root, so the table's "local" pids are the root's.
+            table: GroupTable::with_config(me.root(), config.table),
             live,
             down_gen: HashMap::new(),
+            known: HashMap::new(),
             replicas: BTreeMap::new(),
             terms: BTreeMap::new(),
             pending: BTreeMap::new(),
@@ -190,7 +198,8 @@ impl CoordinatedGroups {
         (op.scope().clone(), p)
     }
 
-    /// Whether `node`'s pids are dead: a generation declared Down at its address (or older).
+    /// Whether identity `node` is dead: a generation declared Down at its address (or older,
+    /// or older than one known to exist there).
     pub(super) fn is_dead(&self, node: NodeId) -> bool {
         self.down_gen
             .get(&node.addr())
@@ -220,33 +229,70 @@ impl CoordinatedGroups {
     }
 
     fn on_up(&mut self, now: Time, node: NodeId, out: &mut Out) {
-        if node == self.me || self.is_dead(node) {
+        if node.addr() == self.me.addr() {
             return;
         }
-        match self.live.get(&node.addr()).copied() {
-            Some(known) if known == node => return,
-            // A newer generation at a known address replaces the old one: the old is Down.
-            Some(known) if known.generation() < node.generation() => self.on_down(now, known, out),
-            Some(_) => return,
-            None => {}
+        // A newer generation at a known address replaces the old one: the old is Down.
+        self.observe(now, node, out);
+        if self.is_dead(node) || self.live.get(&node.addr()) == Some(&node) {
+            return;
         }
         self.live.insert(node.addr(), node);
         self.bosses_on_up(now, node, out);
         self.view_changed(now, out);
     }
 
+    /// `node` is Down. A Down about a generation already tombstoned (declared Down before, or
+    /// older than one this node already learned of) removes nothing: the memberships of that
+    /// root in the table may be the re-joins of its newer generation.
     fn on_down(&mut self, now: Time, node: NodeId, out: &mut Out) {
-        if node == self.me {
+        if node.addr() == self.me.addr() {
             return;
         }
+        self.observe(now, node, out);
+        if !self.is_dead(node) {
+            self.tombstone(now, node, out);
+        }
+    }
+
+    /// Evidence that identity `node` exists (an Up or Down event, an op's origin, a state's
+    /// owner). The first evidence of a newer generation at an address means every older one
+    /// is gone (it renewed or restarted): the newest one known before is tombstoned at once,
+    /// with its memberships, so that a later `Down` of it finds it tombstoned and cannot remove
+    /// what the newer generation re-joins meanwhile.
+    pub(super) fn observe(&mut self, now: Time, node: NodeId, out: &mut Out) {
+        if node.addr() == self.me.addr() {
+            return; // this node knows its own identity
+        }
+        let prev = self.known.get(&node.addr()).copied();
+        if prev.is_some_and(|k| k.generation() >= node.generation()) {
+            return;
+        }
+        // A previous identity already tombstoned has no memberships left to remove.
+        let prev = prev.filter(|&p| !self.is_dead(p));
+        self.known.insert(node.addr(), node);
+        if let Some(older) = node.generation().checked_sub(1) {
+            let gen_down = self.down_gen.entry(node.addr()).or_insert(0);
+            *gen_down = (*gen_down).max(older);
+        }
+        if let Some(prev) = prev {
+            self.tombstone(now, prev, out);
+        }
+    }
+
+    /// Makes `node` Down here: its generation (and every older one) dead, out of the live
+    /// set, its root's memberships removed. Called once per identity: by `on_down`, or by
+    /// `observe` when a newer generation shows up first.
+    fn tombstone(&mut self, now: Time, node: NodeId, out: &mut Out) {
         let gen_down = self.down_gen.entry(node.addr()).or_insert(0);
         *gen_down = (*gen_down).max(node.generation());
         if self.live.get(&node.addr()) == Some(&node) {
             self.live.remove(&node.addr());
         }
         // Every node sees the Down and removes the memberships itself: no message needed, and
-        // `is_dead` keeps in-flight Applies and states from re-adding them.
-        self.table.remove_node(node);
+        // `is_dead` keeps in-flight Applies and states from re-adding them. By the invariant
+        // of `known`, the root's memberships are all of this identity (or older).
+        self.table.remove_node(node.root());
         self.bosses_on_down(now, node, out);
         self.view_changed(now, out);
     }
@@ -260,10 +306,10 @@ impl CoordinatedGroups {
 
     /// Validates a local call: a local pid and (for joins) metadata under the cap.
     fn check_call(&self, pid: Pid, meta_len: usize) -> Result<(), CallError> {
-        if pid.node != self.me {
+        if pid.node != self.me.root() {
             return Err(CallError::Group(GroupError::ForeignPid {
                 pid,
-                node: self.me,
+                node: self.me.root(),
             }));
         }
         let cap = self.table.meta_cap_bytes();
@@ -278,13 +324,26 @@ impl CoordinatedGroups {
 
     fn dispatch_message(&mut self, now: Time, from: NodeId, msg: Message, out: &mut Out) {
         match msg {
-            Message::Request { ticket, op } => self.boss_request(now, from, ticket, op, out),
+            Message::Request {
+                from: sender,
+                ticket,
+                op,
+            } => {
+                // A direct message counts only from the identity this node holds live at the
+                // address: a renewed requester not yet Up here (or an old one) is dropped, and
+                // its retry timer re-sends once the views agree.
+                if sender == from {
+                    self.boss_request(now, from, ticket, op, out);
+                } else {
+                    self.stats.refused += 1;
+                }
+            }
             Message::Apply {
                 epoch,
                 seq,
                 origin,
                 op,
-            } => self.replica_apply(from, epoch, seq, origin, op, out),
+            } => self.replica_apply(now, from, epoch, seq, origin, op, out),
             Message::Ack {
                 scope,
                 partition,
@@ -314,7 +373,7 @@ impl CoordinatedGroups {
                 partition,
                 epoch,
                 state,
-            } => self.replica_sync(from, (scope, partition), epoch, state, out),
+            } => self.replica_sync(now, from, (scope, partition), epoch, state, out),
             Message::Handoff { scope, partition } => {
                 self.boss_handoff(now, (scope, partition), out);
             }
@@ -341,6 +400,47 @@ impl RegistryCore for CoordinatedGroups {
             MemberEvent::Up(node) => self.on_up(now, node, out),
             MemberEvent::Down(node) => self.on_down(now, node, out),
         }
+    }
+
+    /// Re-joins every local membership under the new identity (see `renew_requests`).
+    fn renewed(&mut self, now: Time, new: NodeId, out: &mut Out) {
+        let old = self.me;
+        if new.root() != old.root() || new.generation() <= old.generation() {
+            return;
+        }
+        self.me = new;
+        self.live.remove(&old.addr());
+        self.live.insert(new.addr(), new);
+        // Ops of the old identity still in flight are not applied here any more: the other
+        // nodes drop them too (they tombstone `old` on its Down, or on the first sign of
+        // `new`), and whatever of them is already in this table is re-joined below.
+        let gen_down = self.down_gen.entry(old.addr()).or_insert(0);
+        *gen_down = (*gen_down).max(old.generation());
+        // Terms of the old identity: replicas answer its messages as the new one's, but the
+        // other nodes drop the old identity's boss role with its Down anyway. Queued
+        // requesters are told to retry; in-flight ones retry on their own and are answered
+        // from the dedupe window by the next boss.
+        let terms = std::mem::take(&mut self.terms);
+        for (key, term) in terms {
+            for (from, ticket, _) in term.dropped_requests() {
+                if from != old {
+                    let nack = Message::Nack {
+                        scope: key.0.clone(),
+                        partition: key.1,
+                        what: Refused::Request(ticket),
+                        reason: NackReason::NotBoss,
+                    };
+                    self.send(from, &nack, out);
+                }
+            }
+        }
+        for r in self.replicas.values_mut() {
+            if r.boss == Some(old) {
+                r.boss = None;
+            }
+        }
+        self.renew_requests(now, old, out);
+        self.view_changed(now, out);
     }
 
     fn join(

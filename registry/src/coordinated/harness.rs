@@ -96,7 +96,7 @@ impl Cluster {
 
     pub fn pid(&self, i: usize, serial: u64) -> Pid {
         Pid {
-            node: self.nodes[i].me(),
+            node: self.nodes[i].me().root(),
             serial,
         }
     }
@@ -190,6 +190,17 @@ impl Cluster {
         self.route(i, out);
     }
 
+    /// Node `i` was declared Down but kept running: it renews to its next generation (same
+    /// root). Nobody else is told: send the `Down(old)`/`Up(new)`s with `member_event`.
+    /// Returns the new identity.
+    pub fn renew(&mut self, i: usize) -> NodeId {
+        let new = self.nodes[i].me().next_generation();
+        let mut out = Vec::new();
+        self.nodes[i].renewed(self.now, new, &mut out);
+        self.route(i, out);
+        new
+    }
+
     /// Delivers one queued message; `false` if the queue was empty.
     pub fn step(&mut self) -> bool {
         let Some((from, to, bytes)) = self.queue.pop_front() else {
@@ -278,9 +289,10 @@ impl Cluster {
         self.nodes[i].me()
     }
 
-    /// Node `i` restarts as its next generation, empty, and every live node sees it Up.
+    /// Node `i` restarts as its next creation (a new root), empty, and every live node sees it
+    /// Up.
     pub fn restart(&mut self, i: usize) {
-        let id = self.nodes[i].me().next_generation();
+        let id = self.nodes[i].me().next_creation();
         let partitions = self.nodes[i].config().partitions_per_scope;
         self.nodes[i] = CoordinatedGroups::new(id, CLUSTER, partitions);
         self.alive[i] = true;

@@ -23,7 +23,8 @@ pub const MAX_DEDUPE_ENTRIES: usize = 65_536;
 pub enum Ticket {
     /// A driver call (`join`/`leave`) with the driver's request id.
     Call(RequestId),
-    /// A leave issued by `process_exit`, numbered by the requester.
+    /// An internal request, numbered by the requester: a leave issued by `process_exit`, or a
+    /// re-join (or a re-issued call) after the node renewed its identity.
     Exit(u64),
 }
 
@@ -103,6 +104,12 @@ pub struct PartitionState {
     pub recent: Vec<(Origin, bool)>,
     /// The partition's memberships.
     pub entries: Vec<Entry>,
+    /// For every pid root in `entries`, the newest identity of that root the sender knew. A
+    /// node removes a root's memberships when it first learns of a newer generation, so every
+    /// entry of a root dates from exactly this identity: a receiver that knows it Down (or
+    /// knows a newer one) drops those entries, and one that knows only an older identity
+    /// learns of this one (see `CoordinatedGroups::observe`).
+    pub owners: Vec<NodeId>,
 }
 
 /// Why a node refused a boss message or a request.
@@ -152,6 +159,10 @@ pub enum Refused {
 pub enum Message {
     /// Requester -> boss: order `op` (idempotent per `(requester, ticket)`).
     Request {
+        /// The requester's identity with its generation. The transport names senders by
+        /// address only, so this is what tells a renewed requester from its old identity: a
+        /// boss orders a request only from the identity its view holds live at that address.
+        from: NodeId,
         /// The requester's key for the call.
         ticket: Ticket,
         /// The change.
@@ -290,6 +301,7 @@ pub fn decode(bytes: &[u8], cluster: u32, meta_cap_bytes: usize) -> Result<Messa
         } => too_big(meta.len()),
         Message::State { state, .. } | Message::Sync { state, .. } => {
             state.entries.len() > MAX_STATE_ENTRIES
+                || state.owners.len() > MAX_STATE_ENTRIES
                 || state.recent.len() > MAX_DEDUPE_ENTRIES
                 || state.entries.iter().any(|e| too_big(e.meta.len()))
         }

@@ -22,8 +22,15 @@
 //!   therefore never undone: any later recovery adopts a state at least as new.
 //! - Each op is applied at most once per partition history: `(requester, ticket)` is kept in a
 //!   replicated dedupe window, so retries after a boss failure are safe.
-//! - A Down node's memberships are removed by every node on its Down, and ops on pids of a
-//!   generation declared Down never reach the table again.
+//! - A Down node's memberships are removed by every node on its Down (or on the first sign of
+//!   a newer generation at its address, whichever comes first: a later Down of a tombstoned
+//!   generation removes nothing), and ops whose origin is a generation declared Down never
+//!   reach the table again.
+//! - Pids name their node by its root (`NodeId::root`). A node that renews its identity (it
+//!   was declared Down but kept running) re-joins every local membership through the bosses
+//!   under the new identity; after a partition heals, a boss's recovery takes each reporting
+//!   node's own memberships from that node's report, so re-joins ordered on either side
+//!   survive the merge.
 //! - Iteration order of all state is `BTreeMap` order: outputs depend only on the inputs.
 
 mod boss;

@@ -179,7 +179,7 @@ impl Run {
             }
             assert!(count >= 0, "more leaves than joins completed");
             let pid = crate::Pid {
-                node: self.c.nodes[node].me(),
+                node: self.c.nodes[node].me().root(),
                 serial,
             };
             for _ in 0..count {

@@ -13,12 +13,18 @@
 //!
 //! Order: `seq` of a partition is applied strictly in order. An early Apply is held (FIFO
 //! links make that rare: it takes a boss change); a duplicate is re-acknowledged, not applied.
-//! Ops on pids of nodes declared Down still advance `seq` but do not touch the table, so an
-//! in-flight join cannot re-add a dead node's member after `remove_node`.
+//! Ops whose origin (the requesting identity) is dead here still advance `seq` but do not touch
+//! the table, so an in-flight join cannot re-add a dead node's member after `remove_node`. The
+//! origin, not the pid, decides: pids name their node by its root, which a renewed node keeps,
+//! and its re-joins come from the new identity.
+//!
+//! Renewal evidence: an Apply's origin and a state's owners tell this node of identities its
+//! membership view may not show yet; they go through `observe` before anything is applied, so
+//! a re-join applied here early is never removed by the old identity's later `Down`.
 
 use std::collections::{BTreeMap, VecDeque};
 
-use meshreg_membership::NodeId;
+use meshreg_membership::{NodeId, Time};
 
 use super::groups::{CoordinatedGroups, Key, Out};
 use super::message::{Entry, Message, NackReason, Op, Origin, PartitionState, Refused};
@@ -69,7 +75,7 @@ impl CoordinatedGroups {
     /// checked order. Every replica holds the same state at the same seq, so all agree on the
     /// refusal (ops on dead pids excepted: nobody waits for those).
     pub(super) fn apply_next(&mut self, key: &Key, epoch: u64, origin: Origin, op: Op) -> bool {
-        let refused = if self.is_dead(op.pid().node) {
+        let refused = if self.is_dead(origin.0) {
             false
         } else {
             match op {
@@ -133,8 +139,10 @@ impl CoordinatedGroups {
         r.boss = Some(boss);
     }
 
+    #[expect(clippy::too_many_arguments, reason = "the Apply's fields, flat")]
     pub(super) fn replica_apply(
         &mut self,
+        now: Time,
         from: NodeId,
         epoch: u64,
         seq: u64,
@@ -142,6 +150,9 @@ impl CoordinatedGroups {
         op: Op,
         out: &mut Out,
     ) {
+        // The boss is a live member, so its word that `origin` exists is good even if this
+        // node's view has not shown that identity Up yet.
+        self.observe(now, origin.0, out);
         let key = self.key_of(&op);
         if !self.accepts(from, &key, epoch, Refused::Apply { epoch, seq }, out) {
             return;
@@ -208,6 +219,7 @@ impl CoordinatedGroups {
 
     pub(super) fn replica_sync(
         &mut self,
+        now: Time,
         from: NodeId,
         key: Key,
         epoch: u64,
@@ -218,7 +230,7 @@ impl CoordinatedGroups {
             return;
         }
         self.adopt_term(&key, epoch, from);
-        self.install_state(&key, state);
+        self.install_state(now, &key, state, out);
         self.drain_held(&key);
         self.ack(from, &key, epoch, out);
     }
@@ -227,23 +239,89 @@ impl CoordinatedGroups {
     pub(super) fn partition_state(&mut self, key: &Key) -> PartitionState {
         let parts = self.config.partitions_per_scope;
         let entries = partition_entries(&self.table, &key.0, key.1, parts);
+        // This node names itself even without entries: a boss merging states learns from it
+        // which identity reported (see `boss::merge_own`).
+        let mut owners: Vec<NodeId> = entries.iter().map(|e| self.owner_of(e.pid)).collect();
+        owners.push(self.me);
+        owners.sort();
+        owners.dedup();
         let r = self.replica(key);
         PartitionState {
             written_epoch: r.written_epoch,
             seq: r.seq,
             recent: r.recent.iter().copied().collect(),
             entries,
+            owners,
         }
     }
 
-    /// Makes this node's partition exactly `state` (dead nodes' memberships left out).
-    pub(super) fn install_state(&mut self, key: &Key, state: PartitionState) {
+    /// The identity `pid`'s memberships here date from: this node for local pids, else the
+    /// newest known identity of its root (see the invariant of `known`).
+    fn owner_of(&self, pid: crate::Pid) -> NodeId {
+        if pid.node == self.me.root() {
+            return self.me;
+        }
+        self.known
+            .get(&pid.node.addr())
+            .copied()
+            .filter(|k| k.root() == pid.node)
+            .unwrap_or(pid.node)
+    }
+
+    /// Takes a state's owners as evidence of identities (before anything of it is applied).
+    pub(super) fn observe_owners(&mut self, now: Time, state: &PartitionState, out: &mut Out) {
+        for &owner in &state.owners {
+            self.observe(now, owner, out);
+        }
+        for &((origin, _), _) in &state.recent {
+            self.observe(now, origin, out);
+        }
+    }
+
+    /// Makes this node's partition exactly `state`, minus the entries of owners dead here. An
+    /// entry whose root the state names no owner for is taken as its root's (conservative:
+    /// dead as soon as any generation of that address is).
+    pub(super) fn install_state(
+        &mut self,
+        now: Time,
+        key: &Key,
+        state: PartitionState,
+        out: &mut Out,
+    ) {
+        self.observe_owners(now, &state, out);
         let parts = self.config.partitions_per_scope;
-        let wanted: Vec<Entry> = state
+        let owners = state.owners;
+        // A state that does not know this node's identity comes from a history that never saw
+        // it (the other side of a healed partition, or a boss addressing the old identity):
+        // this node's own memberships stay as they are, and a boss's recovery merges them
+        // once it sees this identity Up.
+        let keep_own = !owners.contains(&self.me);
+        let own: Vec<Entry> = if keep_own {
+            partition_entries(&self.table, &key.0, key.1, parts)
+                .into_iter()
+                .filter(|e| e.pid.node == self.me.root())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut wanted: Vec<Entry> = state
             .entries
             .into_iter()
-            .filter(|e| !self.is_dead(e.pid.node))
+            .filter(|e| {
+                let owner = owners
+                    .iter()
+                    .copied()
+                    .find(|o| o.root() == e.pid.node)
+                    .unwrap_or(e.pid.node);
+                // This node's own entries are live only under its current identity.
+                if e.pid.node == self.me.root() {
+                    !keep_own && owner == self.me
+                } else {
+                    !self.is_dead(owner)
+                }
+            })
             .collect();
+        wanted.extend(own);
         replace_partition(&mut self.table, &key.0, key.1, parts, wanted);
         let r = self.replica(key);
         r.seq = state.seq;

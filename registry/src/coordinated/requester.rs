@@ -7,6 +7,10 @@
 //!   replicated dedupe window, so an op a dead boss already applied is not applied twice.
 //! - A pid that exited while one of its joins was pending leaves again once that join is
 //!   done, so a late join cannot outlive its process.
+//! - After a renewal every request is the new identity's: the local memberships are re-joined
+//!   (internal tickets, never given up), and calls still pending are re-issued under fresh
+//!   tickets (or, if already applied here, answered with the re-join that carries them), so a
+//!   late `Done` meant for the old identity cannot complete anything.
 
 use meshreg_membership::{NodeId, Time};
 
@@ -24,16 +28,27 @@ pub(crate) struct Pending {
     boss: NodeId,
     /// The pid exited meanwhile: leave again after this join.
     exit_after: bool,
+    /// The driver call this request answers (`None`: an internal one).
+    call: Option<RequestId>,
+    /// Never given up after `max_attempts`: a re-join after renewal, whose loss would drop a
+    /// live membership on the other nodes for good.
+    persistent: bool,
 }
 
 impl CoordinatedGroups {
     /// Registers `op` under `ticket` and sends it to its boss.
     pub(super) fn submit(&mut self, now: Time, ticket: Ticket, op: Op, out: &mut Out) {
+        let call = match ticket {
+            Ticket::Call(req) => Some(req),
+            Ticket::Exit(_) => None,
+        };
         let pending = Pending {
             op,
             attempts: 0,
             boss: self.me,
             exit_after: false,
+            call,
+            persistent: false,
         };
         self.pending.insert(ticket, pending);
         self.dispatch(now, ticket, out);
@@ -64,7 +79,8 @@ impl CoordinatedGroups {
             let me = self.me;
             self.boss_request(now, me, ticket, op, out);
         } else {
-            self.send(boss, &Message::Request { ticket, op }, out);
+            let from = self.me;
+            self.send(boss, &Message::Request { from, ticket, op }, out);
         }
     }
 
@@ -76,7 +92,7 @@ impl CoordinatedGroups {
         if p.attempts != attempt {
             return;
         }
-        if p.attempts >= self.config.max_attempts {
+        if p.attempts >= self.config.max_attempts && !p.persistent {
             let why = format!(
                 "no boss answered after {} attempts (the op may still be applied if a boss \
                  ordered it before failing)",
@@ -121,7 +137,10 @@ impl CoordinatedGroups {
         let pid = p.op.pid();
         let result = match refused {
             None => Ok(()),
-            Some(Refusal::ForeignPid) => Err(GroupError::ForeignPid { pid, node: self.me }),
+            Some(Refusal::ForeignPid) => Err(GroupError::ForeignPid {
+                pid,
+                node: self.me.root(),
+            }),
             Some(Refusal::NotJoined) => Err(GroupError::NotJoined {
                 scope: p.op.scope().clone(),
                 group: p.op.group().clone(),
@@ -148,7 +167,7 @@ impl CoordinatedGroups {
         {
             self.exit_leave(now, Op::Leave { scope, group, pid }, out);
         }
-        if let Ticket::Call(req) = ticket {
+        if let Some(req) = p.call {
             self.complete_call(req, result, out);
         }
     }
@@ -171,12 +190,12 @@ impl CoordinatedGroups {
     /// Local `pid` ended: one ordered leave per occurrence it holds, and pending joins of it
     /// leave again when done. A remote pid is its own node's business: ignored.
     pub(super) fn exit_pid(&mut self, now: Time, pid: Pid, out: &mut Out) {
-        if pid.node != self.me {
+        if pid.node != self.me.root() {
             return;
         }
         let leaves: Vec<Op> = self
             .table
-            .memberships_of_node(self.me)
+            .memberships_of_node(self.me.root())
             .filter(|m| m.pid == pid)
             .map(|m| Op::Leave {
                 scope: m.scope.clone(),
@@ -195,8 +214,104 @@ impl CoordinatedGroups {
     }
 
     fn exit_leave(&mut self, now: Time, op: Op, out: &mut Out) {
-        let ticket = Ticket::Exit(self.next_exit);
-        self.next_exit += 1;
+        let ticket = self.internal_ticket();
         self.submit(now, ticket, op, out);
     }
+
+    /// A fresh internal ticket. Numbers never repeat on a node (not even across renewals),
+    /// so a late `Done` can only ever match the request it answers.
+    fn internal_ticket(&mut self) -> Ticket {
+        let ticket = Ticket::Exit(self.next_exit);
+        self.next_exit += 1;
+        ticket
+    }
+
+    /// This node renewed from `old` to `self.me`. The other nodes remove the old identity's
+    /// memberships on its Down (or on the first sign of the new one), and ignore its ops from
+    /// then on. So every local membership is taken out of the table and re-joined through the
+    /// bosses: the table then holds exactly what the bosses order, with each multiplicity.
+    ///
+    /// Requests pending under `old`: one this node already applied (its origin is in the
+    /// partition's dedupe window) is in the memberships being re-joined, so a join completes
+    /// with the re-join of the same membership and a leave completes at once; any other is
+    /// re-issued under a fresh ticket (its effect under `old`, if any, is removed everywhere).
+    pub(super) fn renew_requests(&mut self, now: Time, old: NodeId, out: &mut Out) {
+        let local = self.table.remove_node(self.me.root());
+        let old_pending = std::mem::take(&mut self.pending);
+        let mut fresh = Vec::new();
+        for m in local {
+            let ticket = self.internal_ticket();
+            let op = Op::Join {
+                scope: m.scope,
+                group: m.group,
+                pid: m.pid,
+                meta: m.meta,
+            };
+            let pending = Pending {
+                op,
+                attempts: 0,
+                boss: self.me,
+                exit_after: false,
+                call: None,
+                persistent: true,
+            };
+            self.pending.insert(ticket, pending);
+            fresh.push(ticket);
+        }
+        for (ticket, p) in old_pending {
+            let key = self.key_of(&p.op);
+            let applied = self.replicas.get(&key).and_then(|r| {
+                r.recent
+                    .iter()
+                    .find(|(o, _)| *o == (old, ticket))
+                    .map(|&(_, refused)| refused)
+            });
+            match (applied, &p.op) {
+                (None, _) => {
+                    let ticket = self.internal_ticket();
+                    let pending = Pending {
+                        attempts: 0,
+                        boss: self.me,
+                        ..p
+                    };
+                    self.pending.insert(ticket, pending);
+                    fresh.push(ticket);
+                }
+                (Some(_), Op::Join { .. }) => {
+                    let carrier = self.pending.values_mut().find(|q| {
+                        q.persistent && q.call.is_none() && same_membership(&q.op, &p.op)
+                    });
+                    if let Some(q) = carrier {
+                        q.call = p.call;
+                        q.exit_after |= p.exit_after;
+                    } else if let Some(req) = p.call {
+                        // Applied, then left again by a later op: nothing to carry.
+                        self.complete_call(req, Ok(()), out);
+                    }
+                }
+                (Some(refused), Op::Leave { pid, .. }) => {
+                    if let Some(req) = p.call {
+                        let result = if refused {
+                            Err(CallError::Group(GroupError::NotJoined {
+                                scope: p.op.scope().clone(),
+                                group: p.op.group().clone(),
+                                pid: *pid,
+                            }))
+                        } else {
+                            Ok(())
+                        };
+                        self.complete_call(req, result, out);
+                    }
+                }
+            }
+        }
+        for ticket in fresh {
+            self.dispatch(now, ticket, out);
+        }
+    }
+}
+
+/// Whether two ops name the same `(scope, group, pid)`.
+fn same_membership(a: &Op, b: &Op) -> bool {
+    a.scope() == b.scope() && a.group() == b.group() && a.pid() == b.pid()
 }

@@ -128,7 +128,7 @@ fn bad_calls_fail_at_once_without_messages() {
     let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
     let mut out = Vec::new();
     let remote = Pid {
-        node: node_id(1, 1),
+        node: node_id(1, 1).root(),
         serial: 1,
     };
     n.join(
@@ -141,7 +141,7 @@ fn bad_calls_fail_at_once_without_messages() {
         &mut out,
     );
     let local = Pid {
-        node: node_id(0, 1),
+        node: node_id(0, 1).root(),
         serial: 1,
     };
     n.join(
@@ -160,7 +160,7 @@ fn bad_calls_fail_at_once_without_messages() {
                 req: 1,
                 result: Err(CallError::Group(GroupError::ForeignPid {
                     pid: remote,
-                    node: node_id(0, 1)
+                    node: node_id(0, 1).root()
                 }))
             },
             RegistryOutput::Completed {
@@ -181,7 +181,7 @@ fn a_lone_node_completes_a_join_at_once() {
     let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
     let mut out = Vec::new();
     let pid = Pid {
-        node: node_id(0, 1),
+        node: node_id(0, 1).root(),
         serial: 1,
     };
     let t = std::time::Duration::ZERO;
@@ -390,7 +390,7 @@ fn down_of_a_node_removes_its_memberships_everywhere() {
     assert_eq!(view.len(), 5);
     assert!(
         view.iter()
-            .all(|(_, _, pid, _)| pid.node == c.nodes[1].me())
+            .all(|(_, _, pid, _)| pid.node == c.nodes[1].me().root())
     );
 }
 
@@ -437,7 +437,7 @@ fn a_restarted_node_has_no_memberships_and_receives_the_others() {
     assert_eq!(view.len(), 8);
     assert!(
         view.iter()
-            .all(|(_, _, pid, _)| pid.node == c.nodes[0].me())
+            .all(|(_, _, pid, _)| pid.node == c.nodes[0].me().root())
     );
     let req = c.join(2, "s", "g0", 1, b"");
     c.settle();
@@ -528,12 +528,13 @@ fn messages_from_non_members_and_datagrams_are_refused() {
 #[test]
 fn over_cap_metadata_in_an_apply_is_refused_at_decode() {
     let m = Message::Request {
+        from: node_id(1, 1),
         ticket: Ticket::Call(1),
         op: Op::Join {
             scope: scope("s"),
             group: group("g"),
             pid: Pid {
-                node: node_id(1, 1),
+                node: node_id(1, 1).root(),
                 serial: 1,
             },
             meta: vec![0; 600].into(),
@@ -570,7 +571,8 @@ proptest! {
                 written_epoch: 1,
                 seq: 4,
                 recent: vec![((node_id(1, 1), Ticket::Exit(2)), false)],
-                entries: vec![message::Entry { group: group("g"), pid: Pid { node: node_id(1, 1), serial: 3 }, meta: b"ab".to_vec().into() }],
+                entries: vec![message::Entry { group: group("g"), pid: Pid { node: node_id(1, 1).root(), serial: 3 }, meta: b"ab".to_vec().into() }],
+                owners: vec![node_id(1, 1)],
             },
         };
         let mut bytes = sealed(&m);
@@ -608,4 +610,102 @@ fn a_refused_leave_re_sent_to_a_new_boss_is_not_applied_later() {
     let view = c.assert_converged();
     let serials: Vec<u64> = view.iter().map(|(_, _, pid, _)| pid.serial).collect();
     assert_eq!(serials, vec![0, 0, 1]);
+}
+
+/// Joins pids 1.. of node `x` to `groups` in scope "s", one each, and pid 1 to the first
+/// group a second time.
+fn join_renewing_node(c: &mut Cluster, x: usize, groups: &[String]) {
+    for (k, g) in groups.iter().enumerate() {
+        let serial = k as u64 + 1;
+        c.join(x, "s", g, serial, &[u8::try_from(serial).unwrap()]);
+    }
+    // Multiplicity survives the renewal: a second occurrence of the first membership.
+    c.join(x, "s", &groups[0], 1, b"again");
+}
+
+#[test]
+fn a_renewed_node_re_joins_its_memberships_everywhere() {
+    let mut c = Cluster::new(4, 16);
+    let x = 1;
+    let groups: Vec<String> = (0..4).map(|k| format!("g{k}")).collect();
+    join_renewing_node(&mut c, x, &groups);
+    c.join(2, "s", "g0", 7, b"other");
+    c.settle();
+    let before = c.assert_converged();
+    let old = c.nodes[x].me();
+
+    for j in [0, 2, 3] {
+        c.member_event(j, MemberEvent::Down(old));
+    }
+    c.settle();
+    for j in [0, 2, 3] {
+        assert!(
+            c.view(j)
+                .iter()
+                .all(|(_, _, pid, _)| pid.node != old.root()),
+            "node {j} still lists the Down node's memberships"
+        );
+    }
+
+    let new = c.renew(x);
+    assert_eq!(new.root(), old.root());
+    for j in [0, 2, 3] {
+        c.member_event(j, MemberEvent::Up(new));
+    }
+    c.settle();
+    // Same pids (the root), same metadata, same multiplicity, on every node.
+    assert_eq!(c.assert_converged(), before);
+    for i in c.live() {
+        assert!(c.nodes[i].is_quiet(), "node {i} still busy");
+    }
+}
+
+#[test]
+fn a_re_join_applied_before_the_old_identity_is_down_survives_that_down() {
+    let mut c = Cluster::new(4, 16);
+    let (x, late) = (1, 3);
+    let old = c.nodes[x].me();
+    let new = old.next_generation();
+    // Groups whose boss is node 0 or 2 in every view along the way (with `old`, without it,
+    // with `new`): their Applies reach the late node while it still lists `old` live.
+    let ids = |id| [c.nodes[0].me(), id, c.nodes[2].me(), c.nodes[3].me()];
+    let (with_old, with_new) = (ids(old), ids(new));
+    let groups: Vec<String> = (0..200)
+        .map(|k| format!("g{k}"))
+        .filter(|g| {
+            let p = c.nodes[0].partition_of("s", g);
+            let a = super::boss_of("s", p, with_old.iter().copied());
+            let b = super::boss_of("s", p, with_new.iter().copied());
+            a == b && [0, 2].iter().any(|&i| a == Some(c.nodes[i].me()))
+        })
+        .take(3)
+        .collect();
+    assert_eq!(groups.len(), 3);
+    join_renewing_node(&mut c, x, &groups);
+    c.settle();
+    let before = c.assert_converged();
+
+    // Nodes 0 and 2 see the Down and the renewed identity; node 3 sees nothing yet.
+    for j in [0, 2] {
+        c.member_event(j, MemberEvent::Down(old));
+    }
+    c.run();
+    c.renew(x);
+    for j in [0, 2] {
+        c.member_event(j, MemberEvent::Up(new));
+    }
+    c.run();
+    // The re-joins reached node 3 as Applies with origin `new`: it dropped the old identity's
+    // memberships on that evidence and holds the re-joined ones.
+    assert_eq!(c.view(late), before);
+
+    // Its mesh view catches up: `Down(old)` must not remove the re-joined memberships.
+    c.member_event(late, MemberEvent::Down(old));
+    assert_eq!(c.view(late), before);
+    c.member_event(late, MemberEvent::Up(new));
+    c.settle();
+    assert_eq!(c.assert_converged(), before);
+    for i in c.live() {
+        assert!(c.nodes[i].is_quiet(), "node {i} still busy");
+    }
 }
