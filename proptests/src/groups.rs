@@ -516,6 +516,8 @@ pub struct GroupRun {
     pub membership: crate::scenario::Report,
     /// The backend.
     pub backend: Backend,
+    /// Membership alone converged at the end (`converged` also requires the tables to).
+    pub membership_converged: bool,
     /// Group figures.
     #[serde(flatten)]
     pub groups: GroupReport,
@@ -567,10 +569,12 @@ pub fn run(
             run_groups_with(params, w, factory, &[Kind::Boss as usize])
         }
     };
+    let membership_converged = membership.converged;
     membership.converged &= groups.groups_converged;
     Ok(GroupRun {
         membership,
         backend,
+        membership_converged,
         groups,
     })
 }

@@ -78,3 +78,39 @@ proptest! {
         check(Backend::Coordinated, seed, nodes, Scenario::PartitionHalf, 0.0)?;
     }
 }
+
+/// Found by hand at the end of the first session: on `lan` timers (20 s partition, 5 s heartbeat
+/// timeout) the coordinated tables stay apart after the heal although membership converges
+/// (`meshreg sim --backend coordinated --nodes 8 --scenario partition-half --joins 600
+/// --join-rate 100 --duration-s 90`: 479 joins ok, 74 never visible everywhere). Kept as a
+/// failing regression test until fixed.
+#[test]
+#[ignore = "open: coordinated tables do not converge after a lan-timed partition"]
+fn coordinated_converges_after_a_lan_timed_partition() {
+    let params = SimParams {
+        membership: MembershipKind::Mesh,
+        nodes: 8,
+        duration_s: 90.0,
+        profile: Profile::Lan,
+        scenario: Scenario::PartitionHalf,
+        ..SimParams::default()
+    };
+    let w = Workload {
+        scopes: 10,
+        groups: 100,
+        joins: 600,
+        leaves: 0,
+        join_rate: 100.0,
+    };
+    let run = groups::run(&params, &w, Backend::Coordinated).expect("valid params");
+    assert!(
+        run.membership_converged,
+        "membership: {}",
+        run.membership.replay
+    );
+    assert!(
+        run.groups.groups_converged,
+        "{:?}; replay: {}",
+        run.groups, run.membership.replay
+    );
+}
