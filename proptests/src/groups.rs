@@ -531,7 +531,7 @@ pub fn run(
 ) -> Result<GroupRun, String> {
     use crate::scenario::{MembershipKind, SIM_CLUSTER};
     use meshreg_membership::{Mesh, Swim, wire::Kind};
-    use meshreg_registry::coordinated::CoordinatedGroups;
+    use meshreg_registry::coordinated::{CoordinatedConfig, CoordinatedGroups};
     use meshreg_registry::crdt::GossipGroups;
     params.validate()?;
     w.validate()?;
@@ -563,7 +563,11 @@ pub fn run(
                 Box::new(move |id, seed| {
                     Stack::new(
                         Mesh::new(id, SIM_CLUSTER, profile, seed),
-                        CoordinatedGroups::new(id, SIM_CLUSTER, 256),
+                        CoordinatedGroups::with_config(
+                            id,
+                            SIM_CLUSTER,
+                            CoordinatedConfig::for_profile(profile),
+                        ),
                     )
                 });
             run_groups_with(params, w, factory, &[Kind::Boss as usize])

@@ -82,6 +82,26 @@ impl Default for CoordinatedConfig {
     }
 }
 
+impl CoordinatedConfig {
+    /// Defaults whose retry window outlasts the membership's failure detection under
+    /// `profile`: a requester keeps re-sending for at least three heartbeat timeouts. A boss
+    /// waits for the acks of every node live in its view, so a join made while a peer is
+    /// silently unreachable completes only once that peer is declared Down; giving up earlier
+    /// would report `Unavailable` for an op the boss then applies (measured on `lan` timers:
+    /// 4 s of retries against a 5 s heartbeat timeout left the tables apart from what callers
+    /// were told).
+    pub fn for_profile(profile: meshreg_membership::Profile) -> Self {
+        let base = Self::default();
+        let window = profile.mesh_heartbeat_timeout() * 3;
+        let per_attempt = base.request_timeout.as_millis().max(1);
+        let attempts = u32::try_from(window.as_millis().div_ceil(per_attempt)).unwrap_or(u32::MAX);
+        Self {
+            max_attempts: attempts.max(base.max_attempts),
+            ..base
+        }
+    }
+}
+
 /// The coordinated discovery backend of one node (see the module docs for the protocol).
 pub struct CoordinatedGroups {
     pub(super) me: NodeId,

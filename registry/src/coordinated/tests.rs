@@ -709,3 +709,16 @@ fn a_re_join_applied_before_the_old_identity_is_down_survives_that_down() {
         assert!(c.nodes[i].is_quiet(), "node {i} still busy");
     }
 }
+
+#[test]
+fn the_retry_window_outlasts_failure_detection_for_every_profile() {
+    for profile in meshreg_membership::Profile::ALL {
+        let c = super::CoordinatedConfig::for_profile(profile);
+        let window = c.request_timeout * c.max_attempts;
+        assert!(
+            window >= profile.mesh_heartbeat_timeout() * 3,
+            "{profile}: {window:?}"
+        );
+        assert!(c.max_attempts >= super::CoordinatedConfig::default().max_attempts);
+    }
+}
