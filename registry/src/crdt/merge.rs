@@ -64,12 +64,7 @@ impl OwnerSet {
                 serial,
                 meta,
             } => {
-                let entry = Entry {
-                    scope: scope.clone(),
-                    group: group.clone(),
-                    serial: *serial,
-                    meta: meta.clone(),
-                };
+                let entry = Entry::of(scope, group, *serial, meta);
                 *self.entries.entry(entry).or_insert(0) += 1;
                 true
             }
@@ -79,12 +74,7 @@ impl OwnerSet {
                 serial,
                 meta,
             } => {
-                let entry = Entry {
-                    scope: scope.clone(),
-                    group: group.clone(),
-                    serial: *serial,
-                    meta: meta.clone(),
-                };
+                let entry = Entry::of(scope, group, *serial, meta);
                 match self.entries.get_mut(&entry) {
                     None => false,
                     Some(1) => {

@@ -87,6 +87,18 @@ pub struct Entry {
     pub meta: Box<[u8]>,
 }
 
+impl Entry {
+    /// The entry an op names.
+    pub fn of(scope: &ScopeName, group: &GroupName, serial: u64, meta: &[u8]) -> Self {
+        Self {
+            scope: scope.clone(),
+            group: group.clone(),
+            serial,
+            meta: meta.into(),
+        }
+    }
+}
+
 /// The full membership set of one owner at one version (anti-entropy unit).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerState {
