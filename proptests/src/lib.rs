@@ -2,7 +2,7 @@
 //!
 //! - [`sim`]: the discrete-event simulator ([`sim::Sim`]) with its network model and the
 //!   [`sim::Observer`] that tracks ground truth and convergence.
-//! - [`stack`]: a simulated node running a membership core and a discovery backend together.
+//! - [`stack`]: re-export of `meshreg_registry::stack` (a node's membership core and backend).
 //! - [`groups`]: process-group workloads and their measurements, for both backends.
 //! - [`faults`]: random fault schedules for the property suites.
 //! - [`scenario`]: boots a cluster, injects a fault scenario, measures and reports; shared by the
@@ -12,4 +12,4 @@ pub mod faults;
 pub mod groups;
 pub mod scenario;
 pub mod sim;
-pub mod stack;
+pub use meshreg_registry::stack;

@@ -7,12 +7,15 @@
 //!   ([`RegistryOutput`], [`CallError`], [`MessageError`], [`RegistryCore`]).
 //! - [`crdt`]: the gossip backend ([`crdt::GossipGroups`]); [`coordinated`]: the boss-node
 //!   backend ([`coordinated::CoordinatedGroups`]); [`session`]: the session-manager shard.
+//! - [`stack`]: one node's membership core and backend run together ([`stack::Stack`]), as
+//!   both drivers run them.
 
 pub mod coordinated;
 pub mod core;
 pub mod crdt;
 pub mod groups;
 pub mod session;
+pub mod stack;
 
 pub use crate::core::{CallError, MessageError, RegistryCore, RegistryOutput, RequestId};
 

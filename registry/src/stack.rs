@@ -1,16 +1,16 @@
-//! A simulated node that runs a membership core and a discovery backend together.
+//! One node's protocol stack: a membership core and a discovery backend run together.
 //!
-//! [`Stack`] implements [`MembershipCore`] so the simulator drives it unchanged: packets are
-//! routed by envelope kind, every membership event the membership core reports is also fed to
-//! the backend (as the node runtime does), and the backend's table events and call completions
-//! are logged with their virtual time for the scenario to measure.
+//! [`Stack`] implements [`MembershipCore`] so both drivers (the simulator and the node runtime)
+//! drive it unchanged: packets are routed by envelope kind, every membership event the
+//! membership core reports is also fed to the backend, and the backend's table events and call
+//! completions are logged with the time they happened at until the driver drains them.
 
 use std::net::SocketAddrV4;
 
+use crate::groups::GroupEvent;
+use crate::{CallError, RegistryCore, RegistryOutput, RequestId};
 use meshreg_membership::wire::{HEADER_LEN, Kind};
 use meshreg_membership::{Channel, Error, LinkEvent, MembershipCore, NodeId, Output, Time};
-use meshreg_registry::groups::GroupEvent;
-use meshreg_registry::{CallError, RegistryCore, RegistryOutput, RequestId};
 
 /// Timers of a [`Stack`]: the membership core's or the backend's.
 #[derive(Clone, Debug)]
