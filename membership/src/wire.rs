@@ -42,6 +42,10 @@ pub enum Kind {
     Groups = 4,
     /// A coordinated-backend group message (boss requests, applies, acks, recovery).
     Boss = 5,
+    /// A node-runtime message between processes (sends, monitors, exit notices).
+    Process = 6,
+    /// A session-manager message (shard requests, replication, re-assertion).
+    Session = 7,
 }
 
 impl Kind {
@@ -52,6 +56,8 @@ impl Kind {
             3 => Some(Self::Mesh),
             4 => Some(Self::Groups),
             5 => Some(Self::Boss),
+            6 => Some(Self::Process),
+            7 => Some(Self::Session),
             _ => None,
         }
     }
