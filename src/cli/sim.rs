@@ -74,7 +74,7 @@ pub struct SimArgs {
     json: bool,
 }
 
-fn parse<T>(s: &str) -> Result<T, String>
+pub(super) fn parse<T>(s: &str) -> Result<T, String>
 where
     T: std::str::FromStr,
     T::Err: std::fmt::Display,

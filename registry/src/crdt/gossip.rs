@@ -15,7 +15,7 @@ use super::merge::{OwnerSet, ReplicaState};
 use super::queue::{BroadcastQueue, max_transmissions};
 use super::wire::{Delta, Entry, GroupsMsg, Op, OwnerState};
 use crate::groups::heap::{map_bytes, vec_bytes};
-use crate::groups::{GroupError, GroupEvent, GroupName, GroupTable, ScopeName};
+use crate::groups::{GroupError, GroupEvent, GroupName, GroupTable, GroupTableConfig, ScopeName};
 use crate::{CallError, MessageError, Pid, RegistryCore, RegistryOutput, RequestId};
 
 /// Peers each gossip round goes to.
@@ -147,6 +147,19 @@ impl GossipGroups {
             ups_this_round: 0,
             stats: GossipStats::default(),
         }
+    }
+
+    /// Like [`Self::new`], with explicit group-table settings (the metadata cap).
+    pub fn with_table_config(
+        me: NodeId,
+        cluster: u32,
+        profile: Profile,
+        seed: u64,
+        table: GroupTableConfig,
+    ) -> Self {
+        let mut g = Self::new(me, cluster, profile, seed);
+        g.table = GroupTable::with_config(me.root(), table);
+        g
     }
 
     /// This node.

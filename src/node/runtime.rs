@@ -1,0 +1,375 @@
+//! The tokio driver: runs the node's [`Engine`] against the transport and the clock.
+//!
+//! One task (the driver loop) feeds transport events and due timers to the engine. API calls
+//! (join, leave, process exits, monitors) drive the engine directly from the caller's task.
+//! Both take the one state lock, so the engine sees one input at a time, in the order the lock
+//! was taken; whoever holds it carries out the resulting [`Action`]s before releasing it, so
+//! events reach subscribers in the order the table changed.
+//!
+//! Architecture Invariant: nothing awaits while holding the state lock (transport sends are
+//! non-blocking there: a full per-peer queue is a counted drop the protocols repair), so the
+//! lock is held for one input's worth of work.
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use meshreg_membership::wire::{HEADER_LEN, Kind};
+use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
+use meshreg_registry::groups::{GroupEvent, GroupName, ScopeName};
+use meshreg_registry::{CallError, Pid, RequestId};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::builder::NodeConfig;
+use super::engine::{Action, Engine};
+use super::monitor::{DownReason, Monitors};
+use super::process::Message;
+use super::proto::{self, ProcMsg};
+use super::stats::Counters;
+use super::subscribe::Subscribers;
+use crate::transport::{Transport, TransportEvent};
+
+/// Everything behind the state lock.
+pub(crate) struct State {
+    pub(crate) engine: Box<dyn Engine>,
+    pub(crate) pending: HashMap<RequestId, oneshot::Sender<Result<(), CallError>>>,
+    pub(crate) scope_subs: HashMap<ScopeName, Subscribers<GroupEvent>>,
+    pub(crate) group_subs: HashMap<(ScopeName, GroupName), Subscribers<GroupEvent>>,
+    pub(crate) member_subs: Subscribers<MemberEvent>,
+    pub(crate) monitors: Monitors,
+    /// Live members by root (a node's processes outlive its renewals): root -> identity.
+    pub(crate) live: HashMap<NodeId, NodeId>,
+    /// Set by shutdown: later calls fail with `Stopped`.
+    pub(crate) stopped: bool,
+    actions: Vec<Action>,
+}
+
+/// State shared by the node handle, its processes and the driver loop.
+pub(crate) struct Shared {
+    pub(crate) config: NodeConfig,
+    pub(crate) cluster: u32,
+    /// The root identity: what this node's pids name.
+    pub(crate) root: NodeId,
+    pub(crate) transport: Transport,
+    pub(crate) counters: Counters,
+    /// Wakes the driver loop: a call may have armed a timer earlier than it sleeps for.
+    pub(crate) wake: Notify,
+    started: Instant,
+    next_serial: AtomicU64,
+    next_req: AtomicU64,
+    /// Mailboxes of live local processes, by serial. Its own lock so local and incoming sends
+    /// never wait for the engine.
+    pub(crate) procs: RwLock<HashMap<u64, mpsc::UnboundedSender<Message>>>,
+    state: Mutex<State>,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: NodeConfig,
+        root: NodeId,
+        engine: Box<dyn Engine>,
+        transport: Transport,
+    ) -> Self {
+        let cluster = config.cluster_id();
+        Self {
+            config,
+            cluster,
+            root,
+            transport,
+            counters: Counters::default(),
+            wake: Notify::new(),
+            started: Instant::now(),
+            next_serial: AtomicU64::new(1),
+            next_req: AtomicU64::new(1),
+            procs: RwLock::new(HashMap::new()),
+            state: Mutex::new(State {
+                engine,
+                pending: HashMap::new(),
+                scope_subs: HashMap::new(),
+                group_subs: HashMap::new(),
+                member_subs: Subscribers::default(),
+                monitors: Monitors::default(),
+                live: HashMap::new(),
+                stopped: false,
+                actions: Vec::new(),
+            }),
+        }
+    }
+
+    /// Time since the node started: the engine's clock.
+    pub(crate) fn now(&self) -> Time {
+        self.started.elapsed()
+    }
+
+    /// The state lock. A panic while holding it is a bug that already aborted a call; the state
+    /// itself stays consistent per input, so later callers go on.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn next_pid(&self) -> Pid {
+        Pid {
+            node: self.root,
+            serial: self.next_serial.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn next_request(&self) -> RequestId {
+        self.next_req.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Runs `f` on the engine at `now` and carries out what it asked for, under the lock.
+    pub(crate) fn drive(
+        &self,
+        st: &mut State,
+        f: impl FnOnce(&mut dyn Engine, Time, &mut Vec<Action>),
+    ) {
+        let now = self.now();
+        let mut actions = std::mem::take(&mut st.actions);
+        f(st.engine.as_mut(), now, &mut actions);
+        for a in actions.drain(..) {
+            self.apply(st, a);
+        }
+        st.actions = actions;
+    }
+
+    fn apply(&self, st: &mut State, action: Action) {
+        match action {
+            Action::Send {
+                to,
+                channel: Channel::Datagram,
+                payload,
+            } => self.transport.send_datagram(to, payload),
+            Action::Send {
+                to,
+                channel: Channel::Stream,
+                payload,
+            } => {
+                if self.transport.send_frame(to, payload).is_err() {
+                    // The protocols repair lost frames (anti-entropy, retries); counted so an
+                    // operator sees a saturated link.
+                    self.counters.protocol_frames_dropped.bump();
+                }
+            }
+            Action::Connect(to) => self.transport.connect(to),
+            Action::Disconnect(to) => self.transport.disconnect(to),
+            Action::Member(e) => self.member_event(st, e),
+            Action::Renewed(id) => {
+                tracing::warn!(node = %self.config.name, new = ?id, "declared down by the cluster: renewed identity");
+                self.counters.renewals.bump();
+            }
+            Action::Completed(req, result) => {
+                if let Some(tx) = st.pending.remove(&req) {
+                    let _ = tx.send(result);
+                }
+            }
+            Action::Group(e) => publish_group_event(st, &e),
+        }
+    }
+
+    fn member_event(&self, st: &mut State, e: MemberEvent) {
+        match e {
+            MemberEvent::Up(id) => {
+                st.live.insert(id.root(), id);
+            }
+            MemberEvent::Down(id) => {
+                if st.live.get(&id.root()) == Some(&id) {
+                    st.live.remove(&id.root());
+                    st.monitors.node_down(id.root());
+                }
+            }
+        }
+        st.member_subs.publish(&e);
+    }
+
+    /// A local process ended: it leaves its groups, its monitors fire, watching nodes are told.
+    pub(crate) fn process_exit(&self, serial: u64) {
+        let removed = self
+            .procs
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&serial);
+        if removed.is_none() {
+            return;
+        }
+        let pid = Pid {
+            node: self.root,
+            serial,
+        };
+        let mut st = self.lock();
+        if st.stopped {
+            return;
+        }
+        self.drive(&mut st, |e, now, out| e.process_exit(now, pid, out));
+        let watchers = st.monitors.local_exit(serial);
+        drop(st);
+        let down = proto::encode(
+            self.cluster,
+            &ProcMsg::Down {
+                pid,
+                reason: DownReason::Exited,
+            },
+        );
+        for w in watchers {
+            let _ = self.transport.send_frame(w, down.clone());
+        }
+        self.wake.notify_one();
+    }
+
+    /// Handles a batch of transport events under one lock.
+    pub(crate) fn handle_events(&self, batch: &mut Vec<TransportEvent>) {
+        let mut st = self.lock();
+        for ev in batch.drain(..) {
+            match ev {
+                TransportEvent::Datagram { from, payload } => {
+                    self.deliver(&mut st, from, Channel::Datagram, &payload)
+                }
+                TransportEvent::Frame { from, payload } => {
+                    if payload.len() >= HEADER_LEN && payload[3] == Kind::Process as u8 {
+                        self.process_message(&mut st, from, &payload);
+                    } else {
+                        self.deliver(&mut st, from, Channel::Stream, &payload);
+                    }
+                }
+                TransportEvent::Link(event) => self.drive(&mut st, |e, now, out| {
+                    e.link(now, event, out);
+                }),
+            }
+        }
+    }
+
+    fn deliver(&self, st: &mut State, from: SocketAddrV4, channel: Channel, bytes: &[u8]) {
+        let mut refused = None;
+        self.drive(st, |e, now, out| {
+            refused = e.deliver(now, from, channel, bytes, out).err();
+        });
+        if let Some(err) = refused {
+            self.counters.refused_messages.bump();
+            tracing::debug!(%from, %err, "dropped a message");
+        }
+    }
+
+    fn process_message(&self, st: &mut State, from: SocketAddrV4, bytes: &[u8]) {
+        let msg = match proto::decode(self.cluster, bytes) {
+            Ok(m) => m,
+            Err(err) => {
+                self.counters.refused_messages.bump();
+                tracing::debug!(%from, %err, "dropped a process message");
+                return;
+            }
+        };
+        match msg {
+            ProcMsg::Send { to, from, body } => {
+                if self.deliver_local(to, Message { from, body }).is_err() {
+                    self.counters.messages_to_dead_processes.bump();
+                }
+            }
+            ProcMsg::Monitor { target } => {
+                // Checked under the state lock, after which an exit reports to the watchers: an
+                // exit either happened before (NoProcess now) or will report (see process_exit).
+                if self.is_alive(target) {
+                    st.monitors.add_watcher(target.serial, from);
+                } else {
+                    let reply = ProcMsg::Down {
+                        pid: target,
+                        reason: DownReason::NoProcess,
+                    };
+                    let _ = self
+                        .transport
+                        .send_frame(from, proto::encode(self.cluster, &reply));
+                }
+            }
+            ProcMsg::Down { pid, reason } => st.monitors.remote_down(pid, reason),
+        }
+    }
+
+    /// Whether `pid` is a live process of this node.
+    pub(crate) fn is_alive(&self, pid: Pid) -> bool {
+        pid.node == self.root
+            && self
+                .procs
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&pid.serial)
+    }
+
+    /// Puts `msg` in local process `pid`'s mailbox.
+    pub(crate) fn deliver_local(&self, pid: Pid, msg: Message) -> Result<(), Message> {
+        if pid.node != self.root {
+            return Err(msg);
+        }
+        let procs = self.procs.read().unwrap_or_else(|p| p.into_inner());
+        match procs.get(&pid.serial) {
+            Some(tx) => tx.send(msg).map_err(|e| e.0),
+            None => Err(msg),
+        }
+    }
+
+    /// Fires due timers; returns the next deadline.
+    pub(crate) fn fire_timers(&self) -> Option<Time> {
+        let mut st = self.lock();
+        self.drive(&mut st, |e, now, out| e.fire_due(now, out));
+        st.engine.next_deadline()
+    }
+
+    pub(crate) fn deadline_instant(&self, t: Time) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started + t)
+    }
+}
+
+fn publish_group_event(st: &mut State, e: &GroupEvent) {
+    let m = &e.membership;
+    if let Some(subs) = st.scope_subs.get_mut(&m.scope)
+        && !subs.publish(e)
+    {
+        st.scope_subs.remove(&m.scope);
+    }
+    if st.group_subs.is_empty() {
+        return;
+    }
+    let key = (m.scope.clone(), m.group.clone());
+    if let Some(subs) = st.group_subs.get_mut(&key)
+        && !subs.publish(e)
+    {
+        st.group_subs.remove(&key);
+    }
+}
+
+/// The driver loop: transport events and timers until `stop` fires or the transport closes.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut events: mpsc::Receiver<TransportEvent>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    let mut deadline = shared.fire_timers();
+    loop {
+        let sleep_until = deadline.map_or_else(
+            || tokio::time::Instant::now() + std::time::Duration::from_secs(3600),
+            |t| shared.deadline_instant(t),
+        );
+        tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            ev = events.recv() => {
+                let Some(ev) = ev else { break };
+                batch.push(ev);
+                while batch.len() < 256 {
+                    match events.try_recv() {
+                        Ok(ev) => batch.push(ev),
+                        Err(_) => break,
+                    }
+                }
+                shared.handle_events(&mut batch);
+                deadline = shared.lock().engine.next_deadline();
+                if deadline.is_some_and(|t| t <= shared.now()) {
+                    deadline = shared.fire_timers();
+                }
+            }
+            () = tokio::time::sleep_until(sleep_until) => deadline = shared.fire_timers(),
+            () = shared.wake.notified() => deadline = shared.lock().engine.next_deadline(),
+        }
+    }
+}
