@@ -495,6 +495,7 @@ async fn a_clean_shutdown_is_seen_as_a_leave() {
             })
             .await;
             assert_eq!(a.stats().renewals, 0);
+            assert_eq!(a.stats().peers_left, 1, "{backend}: b's farewell was heard");
             a.shutdown().await;
         }
     })

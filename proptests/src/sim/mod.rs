@@ -560,6 +560,8 @@ impl<C: MembershipCore> Sim<C> {
                 }
                 Output::Connect { to } => self.connect(i, to),
                 Output::Disconnect { to } => self.disconnect(i, to),
+                // A farewell is followed by its Down, which the observer counts.
+                Output::Left(_) => {}
             }
         }
     }
