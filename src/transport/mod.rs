@@ -29,7 +29,6 @@ mod stats;
 mod udp;
 mod writer;
 
-
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,8 +82,9 @@ pub(crate) struct Shared {
     local: SocketAddrV4,
     keys: Keys,
     sealer: DatagramSealer,
-    /// `None` once shut down, so the port is released even while handles live on.
-    udp: RwLock<Option<Arc<UdpSocket>>>,
+    /// The sending clone of the UDP socket (plain non-blocking std socket: a send never waits
+    /// for the reactor). `None` once shut down, so the port is released while handles live on.
+    udp: RwLock<Option<Arc<std::net::UdpSocket>>>,
     /// Base of the millisecond clocks of link activity.
     epoch: tokio::time::Instant,
     events: mpsc::Sender<TransportEvent>,
@@ -128,8 +128,8 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
-    /// The UDP socket, unless shut down.
-    fn udp(&self) -> Option<Arc<UdpSocket>> {
+    /// The sending UDP socket, unless shut down.
+    fn udp(&self) -> Option<Arc<std::net::UdpSocket>> {
         self.udp
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -186,7 +186,9 @@ impl std::fmt::Debug for Transport {
 
 /// Binds TCP first (so port 0 picks a port), then UDP on the same port; retries with another
 /// port when UDP's is taken and the caller let us choose.
-async fn bind_sockets(listen: SocketAddrV4) -> Result<(TcpListener, UdpSocket), TransportError> {
+async fn bind_sockets(
+    listen: SocketAddrV4,
+) -> Result<(TcpListener, std::net::UdpSocket), TransportError> {
     let bind_err = |protocol, source| TransportError::Bind {
         addr: listen,
         protocol,
@@ -198,7 +200,7 @@ async fn bind_sockets(listen: SocketAddrV4) -> Result<(TcpListener, UdpSocket), 
             .await
             .map_err(|e| bind_err("tcp", e))?;
         let port = tcp.local_addr().map_err(|e| bind_err("tcp", e))?.port();
-        match UdpSocket::bind(SocketAddrV4::new(*listen.ip(), port)).await {
+        match std::net::UdpSocket::bind(SocketAddrV4::new(*listen.ip(), port)) {
             Ok(udp) => return Ok((tcp, udp)),
             Err(_) if listen.port() == 0 && attempts < 8 => attempts += 1,
             Err(e) => return Err(bind_err("udp", e)),
@@ -222,6 +224,13 @@ impl Transport {
             })?
             .port();
         let local = SocketAddrV4::new(*cfg.listen.ip(), port);
+        let udp_err = |source| TransportError::Bind {
+            addr: local,
+            protocol: "udp",
+            source,
+        };
+        udp.set_nonblocking(true).map_err(udp_err)?;
+        let receiver = UdpSocket::from_std(udp.try_clone().map_err(udp_err)?).map_err(udp_err)?;
         let keys = Keys::derive(&cfg.secret, cfg.cluster);
         // A restarted sender must present a later session: its start time in unix ms.
         let session = SystemTime::now()
@@ -246,7 +255,7 @@ impl Transport {
             cfg,
         });
         shared.spawn(connect::accept_loop(shared.clone(), tcp));
-        shared.spawn(udp::receive_loop(shared.clone()));
+        shared.spawn(udp::receive_loop(shared.clone(), receiver));
         let guard = Arc::new(Guard(shared.clone()));
         Ok((
             Self {

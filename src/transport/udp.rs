@@ -6,6 +6,7 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use meshreg_membership::wire::MAX_DATAGRAM_PAYLOAD;
+use tokio::net::UdpSocket;
 
 use super::datagram::{self, DatagramError, MAX_DATAGRAM};
 use super::replay::{Replay, ReplayWindow};
@@ -44,7 +45,7 @@ fn transmit(shared: &Shared, to: SocketAddrV4, sealed: &[u8], payload_len: usize
     let stats = &shared.stats;
     let sent = shared
         .udp()
-        .is_some_and(|udp| udp.try_send_to(sealed, to.into()).is_ok());
+        .is_some_and(|udp| udp.send_to(sealed, to).is_ok());
     if sent {
         Stats::bump(&stats.datagrams_sent);
         Stats::add(&stats.bytes_sent, payload_len as u64);
@@ -54,8 +55,7 @@ fn transmit(shared: &Shared, to: SocketAddrV4, sealed: &[u8], payload_len: usize
 }
 
 /// Receives datagrams for the life of the transport.
-pub(crate) async fn receive_loop(shared: Arc<Shared>) {
-    let Some(udp) = shared.udp() else { return };
+pub(crate) async fn receive_loop(shared: Arc<Shared>, udp: UdpSocket) {
     // One byte more than the largest valid datagram, to tell "too large" from "exactly max".
     let mut buf = vec![0; MAX_DATAGRAM + 1];
     // Replay state per sender; only authenticated senders get an entry.
