@@ -29,6 +29,9 @@ mod stats;
 mod udp;
 mod writer;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use std::collections::HashSet;
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
