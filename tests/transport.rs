@@ -513,3 +513,40 @@ async fn idle_on_demand_links_close_on_both_sides() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_restarted_node_on_the_same_address_is_heard_again() {
+    bounded(async {
+        let (a, mut ra) = node().await;
+        let (b, mut rb) = node().await;
+        let b_addr = b.local_addr();
+        link(&a, &mut ra, &b, &mut rb).await;
+        b.send_datagram(a.local_addr(), b"first life".to_vec());
+        assert!(matches!(
+            next(&mut ra, Duration::from_secs(1)).await,
+            Some(TransportEvent::Datagram { .. })
+        ));
+        b.shutdown().await;
+        drop((b, rb));
+        assert_eq!(
+            next_link(&mut ra, Duration::from_secs(1)).await,
+            Some(LinkEvent::Down(b_addr))
+        );
+        // Sessions are start times in ms: make sure the new life starts in a later one.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut cfg = config(SECRET);
+        cfg.listen = b_addr;
+        let (b2, mut rb2) = node_with(cfg).await;
+        b2.send_datagram(a.local_addr(), b"second life".to_vec());
+        assert_eq!(
+            next(&mut ra, Duration::from_secs(1)).await,
+            Some(TransportEvent::Datagram {
+                from: b_addr,
+                payload: b"second life".to_vec()
+            })
+        );
+        assert_eq!(a.stats().replays, 0);
+        link(&b2, &mut rb2, &a, &mut ra).await;
+    })
+    .await;
+}
