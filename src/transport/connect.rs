@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
 
 use super::Shared;
 use super::handshake::{self, HandshakeError};
@@ -14,13 +15,25 @@ use super::stats::Stats;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+/// Inbound handshakes in progress at most: connections beyond it are closed at once, so a flood
+/// of unauthenticated connections costs bounded memory and tasks.
+const MAX_PENDING_HANDSHAKES: usize = 256;
 
 /// Accepts connections for the life of the transport; each gets its own handshake task.
 pub(crate) async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                shared.spawn(accept(shared.clone(), stream));
+                let Ok(permit) = pending.clone().try_acquire_owned() else {
+                    Stats::bump(&shared.stats.bad_handshakes);
+                    continue;
+                };
+                let s = shared.clone();
+                shared.spawn(async move {
+                    accept(s, stream).await;
+                    drop(permit);
+                });
             }
             Err(e) => {
                 tracing::debug!("accept failed: {e}");
