@@ -2,8 +2,8 @@
 //! the connection's end (end of stream, error, oversized frame, heartbeat timeout).
 //!
 //! Readers await room in the node's event channel: a slow node slows its peers down through TCP
-//! flow control instead of losing frames. A frame from a partitioned peer (fault injection) is
-//! discarded and does not count as a sign of life.
+//! flow control instead of losing frames. Across an injected partition a heartbeat is discarded
+//! (no sign of life) and a frame resets the link: a link never loses a frame and stays up.
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -82,10 +82,12 @@ async fn read_until_end(
             Incoming::Frame(payload) => payload,
         };
         if shared.faults.is_partitioned(peer) {
-            if !payload.is_empty() {
-                Stats::bump(&shared.stats.injected_drops);
+            if payload.is_empty() {
+                continue; // a lost heartbeat: the link dies by silence
             }
-            continue;
+            // A frame is never lost from a link that stays up (see the writer): reset it.
+            Stats::bump(&shared.stats.injected_drops);
+            return End::Broken;
         }
         deadline = Instant::now() + silence;
         if payload.is_empty() {

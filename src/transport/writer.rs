@@ -167,15 +167,18 @@ impl Writer {
                 tokio::time::sleep_until(q.at + delay).await;
             }
             if shared.faults.is_partitioned(peer) {
+                // A frame never vanishes from a link that stays up: the cores rely on a link
+                // delivering in order or being reported down. So a send across the cut resets
+                // the link (as TCP would after its retransmissions give up).
                 Stats::bump(&shared.stats.injected_drops);
-            } else {
-                if write_frame(sink, &q.payload).await.is_err() {
-                    return false;
-                }
-                Stats::bump(&shared.stats.frames_sent);
-                Stats::add(&shared.stats.bytes_sent, q.payload.len() as u64);
-                activity.store(shared.now_ms(), Ordering::Relaxed);
+                return false;
             }
+            if write_frame(sink, &q.payload).await.is_err() {
+                return false;
+            }
+            Stats::bump(&shared.stats.frames_sent);
+            Stats::add(&shared.stats.bytes_sent, q.payload.len() as u64);
+            activity.store(shared.now_ms(), Ordering::Relaxed);
             n += 1;
             if n < BATCH {
                 next = frames.try_recv().ok();
