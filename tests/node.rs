@@ -2,6 +2,7 @@
 //!
 //! Every test bounds its time (`bounded`) and uses 127.0.0.1 with OS-assigned ports. Waits
 //! poll a condition with a deadline; nothing asserts on how long something took.
+#![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
 
 use std::future::Future;
 use std::time::Duration;
@@ -311,7 +312,7 @@ async fn messages_and_monitors_cross_nodes(backend: Backend) {
     let b = start(backend, Some(&a)).await;
     connected(&[&a, &b]).await;
     let mut pa = a.process();
-    let pb = b.process();
+    let mut pb = b.process();
     for i in 0..100u32 {
         b.send_from(pb.pid(), pa.pid(), &i).await.unwrap();
     }
@@ -321,6 +322,10 @@ async fn messages_and_monitors_cross_nodes(backend: Backend) {
         assert_eq!(m.decode::<u32>().unwrap(), i, "per-sender order");
     }
     let watch = a.monitor(pb.pid());
+    // The monitor request and this message share the a -> b link: once the message arrived,
+    // b has registered the monitor, so the exit must be reported as such.
+    a.send(pb.pid(), &0u8).await.unwrap();
+    pb.recv().await.unwrap();
     drop(pb);
     assert_eq!(watch.await, DownReason::Exited);
     let dead = Pid {
@@ -424,7 +429,7 @@ async fn a_node_with_the_wrong_secret_is_refused() {
             .await
             .unwrap();
         until("the intruder's packets were refused", || {
-            a.transport_stats().bad_datagrams > 0
+            a.transport_stats().bad_datagrams_tag > 0
         })
         .await;
         assert!(a.cluster_members().is_empty());
@@ -495,6 +500,7 @@ async fn a_clean_shutdown_is_seen_as_a_leave() {
             })
             .await;
             assert_eq!(a.stats().renewals, 0);
+            assert_eq!(a.stats().peers_left, 1, "{backend}: b's farewell was heard");
             a.shutdown().await;
         }
     })

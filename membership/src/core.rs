@@ -82,6 +82,10 @@ pub enum Output<T> {
     Event(MemberEvent),
     /// This node now runs under a new identity (it was declared Down and renewed itself).
     Renewed(NodeId),
+    /// The member said itself that it is leaving (a clean shutdown, not a failure). Reported
+    /// just before its `Event(Down)`. Only nodes that heard the farewell directly report it
+    /// (SWIM: the members the leaver told; others learn a plain `Down` by gossip).
+    Left(NodeId),
 }
 
 /// Why a core refused an input. Always the peer's fault (bad bytes) and never changes state.

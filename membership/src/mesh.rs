@@ -589,6 +589,7 @@ impl Mesh {
             return;
         }
         if let Some(id) = peer.up_id() {
+            out.push(Output::Left(id));
             out.push(peer.lose(now, id));
         }
         peer.newest = peer.newest.max(Some(x.generation()));

@@ -1,7 +1,7 @@
 //! Random fault schedules for property tests: a fault phase, then a heal phase that must
 //! converge.
 
-use meshreg_membership::MembershipCore;
+use meshreg_membership::{MembershipCore, NodeId};
 
 use crate::sim::Sim;
 
@@ -41,6 +41,17 @@ pub enum Fault {
         /// Node.
         node: u32,
     },
+    /// Set datagram duplication (permille).
+    Duplicate {
+        /// Duplication in 1/1000.
+        permille: u16,
+    },
+    /// Set datagram reordering (permille; a reordered datagram is held back up to 3x the
+    /// maximum latency).
+    Reorder {
+        /// Reordering in 1/1000.
+        permille: u16,
+    },
     /// Freeze a node.
     Pause {
         /// Node.
@@ -56,37 +67,67 @@ fn victim(node: u32, n: u32) -> Option<u32> {
 
 /// Applies `schedule` to a running simulation.
 pub fn apply<C: MembershipCore>(sim: &mut Sim<C>, schedule: &[Fault]) {
-    let n = sim.len() as u32;
     for f in schedule {
         match *f {
             Fault::Wait { ms } => sim.run_until(sim.now() + u64::from(ms) * MS),
-            Fault::Partition { modulus, one_way } => {
-                let m = modulus.max(2);
-                let sides = (0..n).map(|i| u8::from(i % m == 0)).collect();
-                let blocked = if one_way {
-                    vec![(1, 0)]
-                } else {
-                    vec![(0, 1), (1, 0)]
-                };
-                sim.partition(sides, blocked);
+            _ => {
+                apply_step(sim, f);
             }
-            Fault::Heal => sim.heal(),
-            Fault::Loss { permille } => sim.net_mut().loss = f64::from(permille.min(1000)) / 1000.0,
-            Fault::Crash { node } => {
-                if let Some(v) = victim(node, n) {
-                    sim.crash(v);
-                }
+        }
+    }
+}
+
+/// Applies one step now (`Wait` does nothing here: the caller owns the clock). Returns the node
+/// the step crashed and the identity it had, if it was running (its processes are gone).
+pub fn apply_step<C: MembershipCore>(sim: &mut Sim<C>, f: &Fault) -> Option<(u32, NodeId)> {
+    let n = sim.len() as u32;
+    let running = |sim: &Sim<C>, v: u32| sim.core(v).is_some().then(|| (v, sim.id(v)));
+    match *f {
+        Fault::Wait { .. } => None,
+        Fault::Partition { modulus, one_way } => {
+            let m = modulus.max(2);
+            let sides = (0..n).map(|i| u8::from(i % m == 0)).collect();
+            let blocked = if one_way {
+                vec![(1, 0)]
+            } else {
+                vec![(0, 1), (1, 0)]
+            };
+            sim.partition(sides, blocked);
+            None
+        }
+        Fault::Heal => {
+            sim.heal();
+            None
+        }
+        Fault::Loss { permille } => {
+            sim.net_mut().loss = f64::from(permille.min(1000)) / 1000.0;
+            None
+        }
+        Fault::Duplicate { permille } => {
+            sim.net_mut().duplicate = f64::from(permille.min(1000)) / 1000.0;
+            None
+        }
+        Fault::Reorder { permille } => {
+            sim.net_mut().reorder = f64::from(permille.min(1000)) / 1000.0;
+            None
+        }
+        Fault::Crash { node } => {
+            let v = victim(node, n)?;
+            let was = running(sim, v);
+            sim.crash(v);
+            was
+        }
+        Fault::Restart { node } => {
+            let v = victim(node, n)?;
+            let was = running(sim, v);
+            sim.restart(v, &[0, 1, 2]);
+            was
+        }
+        Fault::Pause { node, ms } => {
+            if let Some(v) = victim(node, n) {
+                sim.pause(v, u64::from(ms) * MS);
             }
-            Fault::Restart { node } => {
-                if let Some(v) = victim(node, n) {
-                    sim.restart(v, &[0, 1, 2]);
-                }
-            }
-            Fault::Pause { node, ms } => {
-                if let Some(v) = victim(node, n) {
-                    sim.pause(v, u64::from(ms) * MS);
-                }
-            }
+            None
         }
     }
 }

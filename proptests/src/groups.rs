@@ -6,7 +6,7 @@
 //! become visible everywhere, what they cost on the wire, memory per membership, and whether
 //! every live node ends with the same table as a plain reference model.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use meshreg_membership::{MembershipCore, NodeId};
@@ -16,6 +16,8 @@ use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 
+use crate::faults::Fault;
+use crate::history::{History, Outcome, Record};
 use crate::sim::Sim;
 use crate::stack::Stack;
 
@@ -67,6 +69,39 @@ impl Workload {
             ));
         }
         Ok(())
+    }
+}
+
+/// Operations besides fresh joins and leaves, as probabilities per operation issued. Zero (the
+/// default, and what `meshreg sim` runs) draws nothing, so a run without a mix is unchanged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OpMix {
+    /// A join re-joins a pid already in its group (it is then listed once more).
+    pub multi_join: f64,
+    /// An operation ends a process instead (it leaves every group without a `leave`).
+    pub exit: f64,
+}
+
+/// What a property adds to a workload run: an operation mix, a fault schedule and a history.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Multi-joins and process exits.
+    pub mix: OpMix,
+    /// Fault steps at virtual ms after the workload starts, in time order (`Wait` is ignored).
+    /// When there are any, every fault ends (heal, no loss, crashed nodes restarted) once the
+    /// last step and the workload are both done: the heal phase convergence is measured from.
+    pub faults: Vec<(u32, Fault)>,
+    /// Record the [`History`] of the run (calls, table events, membership facts).
+    pub record: bool,
+}
+
+impl Plan {
+    /// A one-line description for replay messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "multi_join {} exit {} faults {:?}",
+            self.mix.multi_join, self.mix.exit, self.faults
+        )
     }
 }
 
@@ -129,6 +164,11 @@ pub struct GroupDriver {
     /// Last virtual time any table or the model changed.
     pub last_change_ns: u64,
     joins_ok: u64,
+    mix: OpMix,
+    exited: HashSet<Pid>,
+    /// Issued operations, joins and leaves (the rate counts both, and exits).
+    ops: u64,
+    history: Option<History>,
 }
 
 fn key_hash(k: &Key) -> u64 {
@@ -170,7 +210,44 @@ impl GroupDriver {
             model: HashMap::new(),
             last_change_ns: 0,
             joins_ok: 0,
+            mix: OpMix::default(),
+            exited: HashSet::new(),
+            ops: 0,
+            history: None,
         }
+    }
+
+    /// A driver that also issues the operations of `mix`.
+    pub fn with_mix(mut self, mix: OpMix) -> Self {
+        self.mix = mix;
+        self
+    }
+
+    /// Records a [`History`] from now on (membership facts too: see [`Sim::record_members`]).
+    pub fn record<M: MembershipCore, R: RegistryCore>(&mut self, sim: &mut Sim<Stack<M, R>>) {
+        sim.record_members();
+        self.history.get_or_insert_with(History::default);
+    }
+
+    /// The history recorded so far.
+    pub fn history(&self) -> Option<&History> {
+        self.history.as_ref()
+    }
+
+    /// Takes the recorded history.
+    pub fn take_history(&mut self) -> Option<History> {
+        self.history.take()
+    }
+
+    fn note(&mut self, t_ns: u64, r: Record) {
+        if let Some(h) = self.history.as_mut() {
+            h.push(t_ns, r);
+        }
+    }
+
+    /// The reference model: occurrences per membership of the calls that completed.
+    pub fn model(&self) -> &HashMap<Key, u32> {
+        &self.model
     }
 
     /// Virtual time the workload needs at its rate.
@@ -186,13 +263,25 @@ impl GroupDriver {
     ) {
         let due = ((sim.now().saturating_sub(start_ns)) as f64 / 1e9 * self.w.join_rate) as u64;
         let total = u64::from(self.w.joins + self.w.leaves);
-        while self.issued + self.left < due.min(total) {
-            if self.issued < u64::from(self.w.joins) {
-                self.issue_join(sim);
-            } else if !self.live_joins.is_empty() {
-                self.issue_leave(sim);
-            } else {
+        while self.ops < due.min(total) {
+            let joining = self.ops < u64::from(self.w.joins);
+            if !joining && self.live_joins.is_empty() {
                 break;
+            }
+            self.ops += 1;
+            let r = if self.mix == OpMix::default() {
+                1.0
+            } else {
+                self.rng.random::<f64>()
+            };
+            if r < self.mix.exit {
+                self.exit_one(sim);
+            } else if joining && r < self.mix.exit + self.mix.multi_join {
+                self.join_again(sim);
+            } else if joining {
+                self.join_fresh(sim);
+            } else {
+                self.leave_one(sim);
             }
         }
     }
@@ -207,7 +296,8 @@ impl GroupDriver {
             .find(|i| sim.observer().is_live(*i as usize))
     }
 
-    fn issue_join<M: MembershipCore, R: RegistryCore>(&mut self, sim: &mut Sim<Stack<M, R>>) {
+    /// Joins a fresh local process of a random live node to a random group.
+    pub fn join_fresh<M: MembershipCore, R: RegistryCore>(&mut self, sim: &mut Sim<Stack<M, R>>) {
         self.issued += 1;
         let Some(i) = self.live_node(sim) else { return };
         let scope = self.scopes[self.rng.random_range(0..self.scopes.len())].clone();
@@ -217,18 +307,43 @@ impl GroupDriver {
             node: sim.id(i).root(),
             serial: self.next_serial[i as usize],
         };
-        self.next_req += 1;
-        let req = self.next_req;
-        let key = (scope.clone(), group.clone(), pid);
-        self.reqs.insert(req, (key.clone(), true));
         self.pending.insert(
-            key,
+            (scope.clone(), group.clone(), pid),
             Pending {
                 issued_ns: sim.now(),
                 seen: 0,
                 visible: false,
             },
         );
+        self.call_join(sim, i, (scope, group, pid));
+    }
+
+    /// Joins a completed membership's pid to the same group once more (a multi-join).
+    pub fn join_again<M: MembershipCore, R: RegistryCore>(&mut self, sim: &mut Sim<Stack<M, R>>) {
+        self.issued += 1;
+        let Some((i, key)) = self.pick_owned(sim) else {
+            return;
+        };
+        self.call_join(sim, i, key);
+    }
+
+    fn call_join<M: MembershipCore, R: RegistryCore>(
+        &mut self,
+        sim: &mut Sim<Stack<M, R>>,
+        i: u32,
+        key: Key,
+    ) {
+        self.next_req += 1;
+        let req = self.next_req;
+        self.reqs.insert(req, (key.clone(), true));
+        let call = Record::Call {
+            req,
+            node: i,
+            key: key.clone(),
+            join: true,
+        };
+        self.note(sim.now(), call);
+        let (scope, group, pid) = key;
         sim.invoke(i, |stack, now, out| {
             stack.call(now, out, |r, o| {
                 r.join(now, req, &scope, &group, pid, b"", o)
@@ -236,8 +351,40 @@ impl GroupDriver {
         });
     }
 
-    fn issue_leave<M: MembershipCore, R: RegistryCore>(&mut self, sim: &mut Sim<Stack<M, R>>) {
+    /// A random completed membership whose owner runs as the pid's node, with the owner.
+    fn pick_owned<M: MembershipCore, R: RegistryCore>(
+        &mut self,
+        sim: &Sim<Stack<M, R>>,
+    ) -> Option<(u32, Key)> {
+        if self.live_joins.is_empty() {
+            return None;
+        }
+        let key = self.live_joins[self.rng.random_range(0..self.live_joins.len())].clone();
+        let i = crate::sim::index_of_node(&key.2.node)?;
+        (sim.observer().is_live(i as usize) && sim.id(i).root() == key.2.node).then_some((i, key))
+    }
+
+    /// Ends the process of a random completed membership: it leaves every group.
+    pub fn exit_one<M: MembershipCore, R: RegistryCore>(&mut self, sim: &mut Sim<Stack<M, R>>) {
+        let Some((i, (_, _, pid))) = self.pick_owned(sim) else {
+            return;
+        };
+        self.exited.insert(pid);
+        self.live_joins.retain(|k| k.2 != pid);
+        self.model.retain(|k, _| k.2 != pid);
+        self.last_change_ns = self.last_change_ns.max(sim.now());
+        self.note(sim.now(), Record::Exit { node: i, pid });
+        sim.invoke(i, |stack, now, out| {
+            stack.call(now, out, |r, o| r.process_exit(now, pid, o));
+        });
+    }
+
+    /// Leaves one occurrence of a random completed membership, on its owner.
+    pub fn leave_one<M: MembershipCore, R: RegistryCore>(&mut self, sim: &mut Sim<Stack<M, R>>) {
         self.left += 1;
+        if self.live_joins.is_empty() {
+            return;
+        }
         let k = self.rng.random_range(0..self.live_joins.len());
         let key = self.live_joins.swap_remove(k);
         let Some(i) = crate::sim::index_of_node(&key.2.node) else {
@@ -249,6 +396,13 @@ impl GroupDriver {
         self.next_req += 1;
         let req = self.next_req;
         self.reqs.insert(req, (key.clone(), false));
+        let call = Record::Call {
+            req,
+            node: i,
+            key: key.clone(),
+            join: false,
+        };
+        self.note(sim.now(), call);
         let (scope, group, pid) = key;
         sim.invoke(i, |stack, now, out| {
             stack.call(now, out, |r, o| r.leave(now, req, &scope, &group, pid, o));
@@ -257,6 +411,9 @@ impl GroupDriver {
 
     /// Folds every node's logged table events and completions into the measurements.
     pub fn drain<M: MembershipCore, R: RegistryCore>(&mut self, sim: &mut Sim<Stack<M, R>>) {
+        if let Some(h) = self.history.as_mut() {
+            h.members(sim.drain_members());
+        }
         let live = sim.observer().live_count();
         for i in 0..sim.len() as u32 {
             let Some(stack) = sim.core_mut(i) else {
@@ -269,6 +426,18 @@ impl GroupDriver {
                 self.last_change_ns = self.last_change_ns.max(t_ns);
                 let m = e.membership;
                 let key = (m.scope, m.group, m.pid);
+                if let Some(h) = self.history.as_mut() {
+                    let joined = e.kind == EventKind::Joined;
+                    let key = key.clone();
+                    h.push(
+                        t_ns,
+                        Record::Table {
+                            node: i,
+                            key,
+                            joined,
+                        },
+                    );
+                }
                 let h = key_hash(&key);
                 let d = &mut self.node_digest[i as usize];
                 match e.kind {
@@ -290,11 +459,22 @@ impl GroupDriver {
                 let Some((key, is_join)) = self.reqs.remove(&req) else {
                     continue;
                 };
+                let outcome = match &result {
+                    Ok(()) => Outcome::Ok,
+                    Err(meshreg_registry::CallError::Unavailable(_)) => Outcome::Unavailable,
+                    Err(_) => Outcome::Refused,
+                };
+                if let Some(h) = self.history.as_mut() {
+                    h.push(t.as_nanos() as u64, Record::Done { req, outcome });
+                }
                 if result.is_err() {
                     continue;
                 }
                 self.last_change_ns = self.last_change_ns.max(t.as_nanos() as u64);
-                if is_join {
+                if is_join && self.exited.contains(&key.2) {
+                    // Completed after its process ended: the backend leaves it again.
+                    self.joins_ok += 1;
+                } else if is_join {
                     self.joins_ok += 1;
                     *self.model.entry(key.clone()).or_insert(0) += 1;
                     self.live_joins.push(key);
@@ -384,13 +564,23 @@ where
     M::Timer: Send,
     R::Timer: Send,
 {
-    use crate::scenario::{Boot, Scenario, Times, report, seeds_for};
-    let started = std::time::Instant::now();
+    let (m, g, _) = run_plan_with(params, w, &Plan::default(), factory, kinds);
+    (m, g)
+}
+
+/// Boots a cluster the way `params` says and runs until membership converged (or a third of
+/// the run). Returns the virtual ms it took, if it converged.
+pub fn boot<C: MembershipCore + Send>(
+    params: &crate::scenario::SimParams,
+    sim: &mut Sim<C>,
+) -> Option<f64>
+where
+    C::Timer: Send,
+{
+    use crate::scenario::{Boot, seeds_for};
     let n = params.nodes;
     let sec = 1_000_000_000u64;
     let end = (params.duration_s * sec as f64) as u64;
-    let mut sim = Sim::new(n, params.seed, params.net_config(), factory);
-    let mut rng = SmallRng::seed_from_u64(params.seed ^ 0x5CE4_A210);
     match params.boot {
         Boot::Announce => {
             for i in 0..n {
@@ -405,10 +595,37 @@ where
     let up = sim.run_until_or(end / 3, |s| {
         s.observer().live_count() == n && s.observer().converged()
     });
-    let membership_convergence_ms = up.then(|| sim.now() as f64 / MS as f64);
+    up.then(|| sim.now() as f64 / MS as f64)
+}
+
+/// [`run_groups_with`] plus a [`Plan`]; returns the history if the plan records one.
+pub fn run_plan_with<M, R>(
+    params: &crate::scenario::SimParams,
+    w: &Workload,
+    plan: &Plan,
+    factory: crate::sim::Factory<Stack<M, R>>,
+    kinds: &[usize],
+) -> (crate::scenario::Report, GroupReport, Option<History>)
+where
+    M: MembershipCore + Send,
+    R: RegistryCore + Send,
+    M::Timer: Send,
+    R::Timer: Send,
+{
+    use crate::scenario::{Scenario, Times, report};
+    let started = std::time::Instant::now();
+    let n = params.nodes;
+    let sec = 1_000_000_000u64;
+    let end = (params.duration_s * sec as f64) as u64;
+    let mut sim = Sim::new(n, params.seed, params.net_config(), factory);
+    let mut rng = SmallRng::seed_from_u64(params.seed ^ 0x5CE4_A210);
+    let mut d = GroupDriver::new(w.clone(), n, params.seed).with_mix(plan.mix.clone());
+    if plan.record {
+        d.record(&mut sim);
+    }
+    let membership_convergence_ms = boot(params, &mut sim);
     let start_ns = sim.now() + sec;
     sim.run_until(start_ns);
-    let mut d = GroupDriver::new(w.clone(), n, params.seed);
     let span = d.span_ns();
     let fault_at = start_ns + span / 2;
     let fault_len = match params.profile {
@@ -418,11 +635,28 @@ where
     };
     let victim = if n > 3 { rng.random_range(3..n) } else { n - 1 };
     let (mut faulted, mut healed_at) = (false, None::<u64>);
+    // The plan's steps, then its heal (if it has steps).
+    let mut steps = plan.faults.iter().peekable();
+    let plan_heal_at = plan
+        .faults
+        .last()
+        .map(|(ms, _)| (start_ns + u64::from(*ms) * MS).max(start_ns + span));
+    let mut plan_healed = plan_heal_at.is_none().then_some(0u64);
     let mut detect_down_ms = None;
     let mut conv_at = None;
     let step = STEP.as_nanos() as u64;
     while sim.now() < end {
         let now = sim.now();
+        while let Some((ms, f)) = steps.next_if(|(ms, _)| start_ns + u64::from(*ms) * MS <= now) {
+            let _ = ms;
+            if let Some((i, id)) = crate::faults::apply_step(&mut sim, f) {
+                d.node_crashed(id, i);
+            }
+        }
+        if plan_healed.is_none() && plan_heal_at.is_some_and(|h| now >= h) {
+            crate::faults::heal_all(&mut sim);
+            plan_healed = Some(now);
+        }
         if !faulted && now >= fault_at {
             faulted = true;
             match params.scenario {
@@ -456,10 +690,12 @@ where
         sim.run_until(now + step);
         d.drain(&mut sim);
         let workload_done = sim.now() >= start_ns + span;
-        if let Some(h) = healed_at.filter(|_| workload_done && conv_at.is_none())
+        if let (Some(h), Some(p)) = (healed_at, plan_healed)
+            && workload_done
+            && conv_at.is_none()
             && d.converged(&sim)
         {
-            let reference = h.max(start_ns + span);
+            let reference = h.max(p).max(start_ns + span);
             conv_at = Some((sim.now().saturating_sub(reference)) as f64 / MS as f64);
         }
     }
@@ -471,7 +707,46 @@ where
     let membership = report(params, &sim, started, times);
     let mut g = d.report(&sim, params.duration_s, kinds);
     g.convergence_ms = conv_at;
-    (membership, g)
+    (membership, g, d.take_history())
+}
+
+/// Builds gossip stacks (SWIM membership, CRDT groups) for a cluster of about `n` nodes.
+pub fn gossip_factory(
+    profile: meshreg_membership::Profile,
+    n: u32,
+) -> crate::sim::Factory<Stack<meshreg_membership::Swim, meshreg_registry::crdt::GossipGroups>> {
+    use crate::scenario::SIM_CLUSTER;
+    Box::new(move |id, seed| {
+        Stack::new(
+            meshreg_membership::Swim::new(id, SIM_CLUSTER, profile, n, seed),
+            meshreg_registry::crdt::GossipGroups::new(
+                id,
+                SIM_CLUSTER,
+                profile,
+                meshreg_membership::mix64(seed),
+            ),
+        )
+    })
+}
+
+/// Builds coordinated stacks (full mesh, boss-coordinated groups).
+pub fn coordinated_factory(
+    profile: meshreg_membership::Profile,
+) -> crate::sim::Factory<
+    Stack<meshreg_membership::Mesh, meshreg_registry::coordinated::CoordinatedGroups>,
+> {
+    use crate::scenario::SIM_CLUSTER;
+    use meshreg_registry::coordinated::{CoordinatedConfig, CoordinatedGroups};
+    Box::new(move |id, seed| {
+        Stack::new(
+            meshreg_membership::Mesh::new(id, SIM_CLUSTER, profile, seed),
+            CoordinatedGroups::with_config(
+                id,
+                SIM_CLUSTER,
+                CoordinatedConfig::for_profile(profile),
+            ),
+        )
+    })
 }
 
 /// Which discovery backend runs (membership follows: gossip on SWIM, coordinated on the mesh).
@@ -529,56 +804,44 @@ pub fn run(
     w: &Workload,
     backend: Backend,
 ) -> Result<GroupRun, String> {
-    use crate::scenario::{MembershipKind, SIM_CLUSTER};
-    use meshreg_membership::{Mesh, Swim, wire::Kind};
-    use meshreg_registry::coordinated::{CoordinatedConfig, CoordinatedGroups};
-    use meshreg_registry::crdt::GossipGroups;
+    run_plan(params, w, &Plan::default(), backend).map(|(run, _)| run)
+}
+
+/// Runs a group workload with a [`Plan`] on `backend`; the history if the plan records one.
+pub fn run_plan(
+    params: &crate::scenario::SimParams,
+    w: &Workload,
+    plan: &Plan,
+    backend: Backend,
+) -> Result<(GroupRun, Option<History>), String> {
+    use crate::scenario::MembershipKind;
+    use meshreg_membership::wire::Kind;
     params.validate()?;
     w.validate()?;
     let (profile, n) = (params.profile, params.nodes);
-    let (mut membership, groups) = match backend {
+    let (mut membership, groups, history) = match backend {
         Backend::Gossip => {
             if params.membership != MembershipKind::Swim {
                 return Err("--backend gossip runs on --membership swim".into());
             }
-            let factory: crate::sim::Factory<Stack<Swim, GossipGroups>> =
-                Box::new(move |id, seed| {
-                    Stack::new(
-                        Swim::new(id, SIM_CLUSTER, profile, n, seed),
-                        GossipGroups::new(
-                            id,
-                            SIM_CLUSTER,
-                            profile,
-                            meshreg_membership::mix64(seed),
-                        ),
-                    )
-                });
-            run_groups_with(params, w, factory, &[Kind::Groups as usize])
+            let factory = gossip_factory(profile, n);
+            run_plan_with(params, w, plan, factory, &[Kind::Groups as usize])
         }
         Backend::Coordinated => {
             if params.membership != MembershipKind::Mesh {
                 return Err("--backend coordinated runs on --membership mesh".into());
             }
-            let factory: crate::sim::Factory<Stack<Mesh, CoordinatedGroups>> =
-                Box::new(move |id, seed| {
-                    Stack::new(
-                        Mesh::new(id, SIM_CLUSTER, profile, seed),
-                        CoordinatedGroups::with_config(
-                            id,
-                            SIM_CLUSTER,
-                            CoordinatedConfig::for_profile(profile),
-                        ),
-                    )
-                });
-            run_groups_with(params, w, factory, &[Kind::Boss as usize])
+            let factory = coordinated_factory(profile);
+            run_plan_with(params, w, plan, factory, &[Kind::Boss as usize])
         }
     };
     let membership_converged = membership.converged;
     membership.converged &= groups.groups_converged;
-    Ok(GroupRun {
+    let run = GroupRun {
         membership,
         backend,
         membership_converged,
         groups,
-    })
+    };
+    Ok((run, history))
 }

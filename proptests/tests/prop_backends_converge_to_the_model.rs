@@ -1,13 +1,16 @@
-//! Invariant: under a workload of joins and leaves with a crash, a partition, or message loss in
-//! the middle, both discovery backends converge: every live node holds the same group table,
-//! equal to a plain reference model of the calls that completed.
+//! Invariant: under a workload of joins, multi-joins (the same pid joins its group again),
+//! leaves and process exits, with a crash, a crash and restart, a partition, or datagram loss,
+//! duplication and reordering in the middle, both discovery backends converge after the heal
+//! phase: every live node holds the same group table, equal to a plain reference model of the
+//! calls that completed (an exit removes every membership of its pid).
 //!
 //! A partition (or loss that makes membership declare a live node Down) makes nodes renew their
 //! identity. The gossip backend re-publishes a renewed node's memberships; the coordinated
 //! backend re-joins them through the bosses under the new identity.
 
 use meshreg_membership::Profile;
-use meshreg_proptests::groups::{self, Backend, Workload};
+use meshreg_proptests::faults::Fault;
+use meshreg_proptests::groups::{self, Backend, OpMix, Plan, Workload};
 use meshreg_proptests::scenario::{Boot, MembershipKind, Scenario, SimParams};
 use proptest::prelude::*;
 
@@ -17,6 +20,7 @@ fn check(
     nodes: u32,
     scenario: Scenario,
     loss: f64,
+    faults: Vec<(u32, Fault)>,
 ) -> Result<(), TestCaseError> {
     let membership = match backend {
         Backend::Gossip => MembershipKind::Swim,
@@ -40,15 +44,45 @@ fn check(
         leaves: 50,
         join_rate: 100.0,
     };
-    let run = groups::run(&params, &w, backend).map_err(TestCaseError::fail)?;
+    let plan = Plan {
+        mix: OpMix {
+            multi_join: 0.2,
+            exit: 0.05,
+        },
+        faults,
+        record: false,
+    };
+    let (run, _) = groups::run_plan(&params, &w, &plan, backend).map_err(TestCaseError::fail)?;
     prop_assert!(
         run.groups.groups_converged,
-        "{backend} did not converge to the model: {:?}; replay: {} --backend {backend} --joins 150 --leaves 50 --join-rate 100 --scopes 2 --groups 5",
+        "{backend} did not converge to the model: {:?}; replay: {} --duplicate {} --reorder {} --backend {backend} --joins 150 --leaves 50 --join-rate 100 --scopes 2 --groups 5 (plus {})",
         run.groups,
-        run.membership.replay
+        run.membership.replay,
+        params.duplicate,
+        params.reorder,
+        plan.describe()
     );
     prop_assert!(run.groups.joins_ok > 0);
     Ok(())
+}
+
+/// A crash, a later restart of the same node, and duplication/reordering of datagrams.
+fn crash_restart_noise() -> impl Strategy<Value = Vec<(u32, Fault)>> {
+    (
+        any::<u32>(),
+        0u32..1_000,
+        200u32..1_500,
+        0u16..200,
+        0u16..300,
+    )
+        .prop_map(|(node, at, down_ms, dup, reorder)| {
+            vec![
+                (0, Fault::Duplicate { permille: dup }),
+                (0, Fault::Reorder { permille: reorder }),
+                (at, Fault::Crash { node }),
+                (at + down_ms, Fault::Restart { node }),
+            ]
+        })
 }
 
 fn steady_or_crash() -> impl Strategy<Value = Scenario> {
@@ -60,22 +94,28 @@ proptest! {
 
     #[test]
     fn prop_gossip_converges_to_the_model(seed in any::<u64>(), nodes in 4u32..12, s in steady_or_crash()) {
-        check(Backend::Gossip, seed, nodes, s, 0.0)?;
+        check(Backend::Gossip, seed, nodes, s, 0.0, Vec::new())?;
     }
 
     #[test]
     fn prop_coordinated_converges_to_the_model(seed in any::<u64>(), nodes in 4u32..12, s in steady_or_crash()) {
-        check(Backend::Coordinated, seed, nodes, s, 0.0)?;
+        check(Backend::Coordinated, seed, nodes, s, 0.0, Vec::new())?;
     }
 
     #[test]
     fn prop_gossip_converges_after_partition_or_loss(seed in any::<u64>(), nodes in 4u32..12, loss in prop_oneof![Just(0.0), Just(0.05)]) {
-        check(Backend::Gossip, seed, nodes, Scenario::PartitionHalf, loss)?;
+        check(Backend::Gossip, seed, nodes, Scenario::PartitionHalf, loss, Vec::new())?;
+    }
+
+    #[test]
+    fn prop_both_converge_after_crash_restart_and_a_noisy_network(seed in any::<u64>(), nodes in 4u32..12, faults in crash_restart_noise()) {
+        check(Backend::Gossip, seed, nodes, Scenario::None, 0.02, faults.clone())?;
+        check(Backend::Coordinated, seed, nodes, Scenario::None, 0.02, faults)?;
     }
 
     #[test]
     fn prop_coordinated_converges_after_partition(seed in any::<u64>(), nodes in 4u32..12) {
-        check(Backend::Coordinated, seed, nodes, Scenario::PartitionHalf, 0.0)?;
+        check(Backend::Coordinated, seed, nodes, Scenario::PartitionHalf, 0.0, Vec::new())?;
     }
 }
 

@@ -1,11 +1,13 @@
 //! Invariant: the simulator is deterministic. The same seed and schedule give the same trace
-//! hash and the same measurements.
+//! hash and the same measurements, for membership alone and for group workloads on both
+//! backends (same `GroupReport`, same history of calls, completions and table events).
 
 mod common;
 
 use common::{SEC, booted, fault};
 use meshreg_membership::{MembershipCore, Profile};
 use meshreg_proptests::faults::{self, Fault};
+use meshreg_proptests::groups::{self, Backend, OpMix, Plan, Workload};
 use meshreg_proptests::scenario::{
     self, Boot, MembershipKind, Scenario, SimParams, mesh_factory, swim_factory,
 };
@@ -53,6 +55,66 @@ fn one_seed_twice_gives_the_same_report_for_both_memberships() {
         assert_eq!(a.membership_convergence_ms, b.membership_convergence_ms);
         let other = scenario::run(&SimParams { seed: 43, ..params }).expect("valid params");
         assert_ne!(a.trace_hash, other.trace_hash, "the seed must matter");
+    }
+}
+
+#[test]
+fn one_group_workload_twice_gives_the_same_report_and_history_for_both_backends() {
+    let w = Workload {
+        scopes: 2,
+        groups: 5,
+        joins: 120,
+        leaves: 40,
+        join_rate: 100.0,
+    };
+    let plan = Plan {
+        mix: OpMix {
+            multi_join: 0.2,
+            exit: 0.05,
+        },
+        faults: vec![
+            (300, Fault::Duplicate { permille: 50 }),
+            (400, Fault::Reorder { permille: 100 }),
+            (500, Fault::Restart { node: 2 }),
+        ],
+        record: true,
+    };
+    for (backend, membership) in [
+        (Backend::Gossip, MembershipKind::Swim),
+        (Backend::Coordinated, MembershipKind::Mesh),
+    ] {
+        let params = SimParams {
+            membership,
+            nodes: 8,
+            seed: 9,
+            duration_s: 15.0,
+            loss: 0.02,
+            profile: Profile::Test,
+            scenario: Scenario::PartitionHalf,
+            ..SimParams::default()
+        };
+        let (a, ha) = groups::run_plan(&params, &w, &plan, backend).expect("valid params");
+        let (b, hb) = groups::run_plan(&params, &w, &plan, backend).expect("valid params");
+        let replay = format!(
+            "{} --backend {backend} (plus {})",
+            a.membership.replay,
+            plan.describe()
+        );
+        assert_eq!(a.membership.trace_hash, b.membership.trace_hash, "{replay}");
+        assert_eq!(
+            format!("{:?}", a.groups),
+            format!("{:?}", b.groups),
+            "{replay}"
+        );
+        let (ha, hb) = (ha.expect("recorded"), hb.expect("recorded"));
+        assert!(ha.records.len() > 100, "{replay}");
+        assert!(ha.records == hb.records, "histories differ; {replay}");
+        let other = SimParams { seed: 10, ..params };
+        let (c, _) = groups::run_plan(&other, &w, &plan, backend).expect("valid params");
+        assert_ne!(
+            a.membership.trace_hash, c.membership.trace_hash,
+            "the seed must matter"
+        );
     }
 }
 

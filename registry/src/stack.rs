@@ -122,6 +122,7 @@ impl<M: MembershipCore, R: RegistryCore> Stack<M, R> {
                     self.registry.renewed(now, id, &mut rout);
                     out.push(Output::Renewed(id));
                 }
+                Output::Left(id) => out.push(Output::Left(id)),
                 Output::Event(e) => {
                     self.registry.member_event(now, e, &mut rout);
                     out.push(Output::Event(e));

@@ -32,6 +32,8 @@ pub(crate) enum Action {
     Member(MemberEvent),
     /// This node renewed its identity.
     Renewed(NodeId),
+    /// A member said farewell (its Down follows).
+    Left(NodeId),
     /// A local `join`/`leave` finished.
     Completed(RequestId, Result<(), CallError>),
     /// The group table changed.
@@ -140,6 +142,7 @@ where
                 Output::Disconnect { to } => out.push(Action::Disconnect(to)),
                 Output::Event(e) => out.push(Action::Member(e)),
                 Output::Renewed(id) => out.push(Action::Renewed(id)),
+                Output::Left(id) => out.push(Action::Left(id)),
             }
         }
         out.extend(

@@ -142,19 +142,17 @@ impl Node {
     }
 
     async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        let tconfig = TransportConfig {
-            listen: config.listen_v4(),
-            secret: config.secret.clone(),
-            cluster: config.cluster_id(),
-            max_frame: config.max_frame_bytes,
-            queue_frames: config.queue_frames,
-            connect_timeout: config.heartbeat() * 10,
-            heartbeat: config.heartbeat(),
-            idle_close: match config.backend {
-                Backend::Gossip => Some(Duration::from_secs(60)),
-                Backend::Coordinated => None,
-            },
-            ..TransportConfig::default()
+        let mut tconfig =
+            TransportConfig::new(config.listen_v4(), config.secret.clone(), config.cluster_id());
+        tconfig.max_frame = config.max_frame_bytes;
+        tconfig.queue_frames = config.queue_frames;
+        tconfig.connect_timeout = config.heartbeat() * 10;
+        tconfig.heartbeat = config.heartbeat();
+        // Gossip opens links on demand (anti-entropy, process messages): idle ones close. The
+        // full mesh keeps every link.
+        tconfig.idle_close = match config.backend {
+            Backend::Gossip => Some(Duration::from_secs(60)),
+            Backend::Coordinated => None,
         };
         let (transport, events) = Transport::bind(tconfig).await?;
         let addr = transport.local_addr();

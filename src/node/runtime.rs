@@ -160,6 +160,10 @@ impl Shared {
                 tracing::warn!(node = %self.config.name, new = ?id, "declared down by the cluster: renewed identity");
                 self.counters.renewals.bump();
             }
+            Action::Left(id) => {
+                tracing::info!(node = %self.config.name, left = ?id, "a member left the cluster");
+                self.counters.peers_left.bump();
+            }
             Action::Completed(req, result) => {
                 if let Some(tx) = st.pending.remove(&req) {
                     let _ = tx.send(result);

@@ -24,6 +24,7 @@ pub(crate) struct Counters {
     pub(crate) protocol_frames_dropped: Counter,
     pub(crate) messages_to_dead_processes: Counter,
     pub(crate) renewals: Counter,
+    pub(crate) peers_left: Counter,
 }
 
 /// A snapshot of a node's counters.
@@ -38,6 +39,8 @@ pub struct NodeStats {
     pub messages_to_dead_processes: u64,
     /// Times this node was declared down while running and renewed its identity.
     pub renewals: u64,
+    /// Members that said farewell to this node before going (clean shutdowns it saw as such).
+    pub peers_left: u64,
     /// Live processes on this node.
     pub processes: u64,
     /// Group memberships this node knows (all nodes').
@@ -53,6 +56,7 @@ impl Counters {
             protocol_frames_dropped: self.protocol_frames_dropped.get(),
             messages_to_dead_processes: self.messages_to_dead_processes.get(),
             renewals: self.renewals.get(),
+            peers_left: self.peers_left.get(),
             ..NodeStats::default()
         }
     }

@@ -695,11 +695,11 @@ fn leave_says_goodbye_then_disconnects_then_empties_the_view() {
 }
 
 #[test]
-fn receiver_of_leave_reports_down_and_does_not_redial() {
+fn receiver_of_leave_reports_left_then_down_and_does_not_redial() {
     let mut m = with_up(1, &[node(0, 1)]);
     assert_eq!(
         recv(&mut m, ms(5), addr(0), &Msg::Leave { id: node(0, 1) }),
-        vec![down(node(0, 1))]
+        vec![Output::Left(node(0, 1)), down(node(0, 1))]
     );
     assert_eq!(m.members(), vec![]);
     assert_eq!(link(&mut m, ms(5), LinkEvent::Down(addr(0))), vec![]);
@@ -1236,6 +1236,7 @@ impl Cluster {
                 }
                 Output::Event(_) => {}
                 Output::Renewed(id) => self.slots.get_mut(&at).expect("slot").renewed.push(id),
+                Output::Left(_) => {}
             }
         }
     }

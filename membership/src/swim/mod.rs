@@ -60,6 +60,9 @@ pub struct Swim {
     round: u32,
     left: bool,
     notes: Vec<OwnedNotification<NodeId>>,
+    /// The sender of the SWIM packet being handled: a member reported Down by a packet of its
+    /// own is saying farewell (foca's `leave_cluster`), not failing.
+    receiving_from: Option<SocketAddrV4>,
 }
 
 /// Adapts foca's `Runtime` callbacks to [`Output`]s; notifications are kept for post-processing
@@ -112,6 +115,7 @@ impl Swim {
             round: 0,
             left: false,
             notes: Vec::new(),
+            receiving_from: None,
         }
     }
 
@@ -174,6 +178,9 @@ impl Swim {
     }
 
     fn down(&mut self, x: NodeId, out: &mut Vec<Output<SwimTimer>>) {
+        if self.receiving_from == Some(x.addr()) {
+            out.push(Output::Left(x));
+        }
         self.digest.remove(&x);
         out.push(Output::Event(MemberEvent::Down(x)));
     }
@@ -409,7 +416,7 @@ impl MembershipCore for Swim {
     fn handle_datagram(
         &mut self,
         _now: Time,
-        _from: SocketAddrV4,
+        from: SocketAddrV4,
         bytes: &[u8],
         out: &mut Vec<Output<SwimTimer>>,
     ) -> Result<(), Error> {
@@ -418,9 +425,14 @@ impl MembershipCore for Swim {
             return Ok(());
         }
         match kind {
-            Kind::Swim => self
-                .with_foca(out, |f, rt| f.handle_data(payload, rt))
-                .map_err(|e| Error::Protocol(format!("swim: {e}"))),
+            Kind::Swim => {
+                self.receiving_from = Some(from);
+                let r = self
+                    .with_foca(out, |f, rt| f.handle_data(payload, rt))
+                    .map_err(|e| Error::Protocol(format!("swim: {e}")));
+                self.receiving_from = None;
+                r
+            }
             Kind::AntiEntropy => {
                 let msg = SyncMsg::decode(payload)?;
                 self.handle_sync(msg, out);

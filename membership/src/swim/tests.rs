@@ -275,3 +275,30 @@ fn a_member_declared_down_renews_its_generation() {
     fresh.add(&id(1));
     assert_eq!(a.digest(), &fresh);
 }
+
+#[test]
+fn a_member_that_says_farewell_is_reported_left_then_down() {
+    let mut nodes: Vec<Swim> = (0..2).map(node).collect();
+    let all: Vec<NodeId> = (0..2).map(id).collect();
+    for n in nodes.iter_mut() {
+        n.preseed(Time::ZERO, &all, &mut Vec::new());
+    }
+    let mut out = Vec::new();
+    nodes[1].leave(Time::ZERO, &mut out);
+    let mut farewell = Vec::new();
+    for o in out {
+        if let Output::Send { payload, .. } = o {
+            nodes[0]
+                .handle_datagram(Time::ZERO, id(1).addr(), &payload, &mut farewell)
+                .expect("valid");
+        }
+    }
+    let seen: Vec<_> = farewell
+        .into_iter()
+        .filter(|o| matches!(o, Output::Left(_) | Output::Event(_)))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![Output::Left(id(1)), Output::Event(MemberEvent::Down(id(1)))]
+    );
+}

@@ -17,7 +17,8 @@ use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use meshreg_membership::{
-    Channel, LinkEvent, MembershipCore, NodeId, Output, loopback_addr, loopback_index, mix64,
+    Channel, LinkEvent, MemberEvent, MembershipCore, NodeId, Output, loopback_addr, loopback_index,
+    mix64,
 };
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -132,6 +133,32 @@ pub struct Sim<C: MembershipCore> {
     links: Vec<BTreeSet<u32>>,
     trace: u64,
     out: Vec<Output<C::Timer>>,
+    /// `Some` while membership events are recorded (see [`Sim::record_members`]).
+    member_log: Option<Vec<MemberRecord>>,
+}
+
+/// A membership fact a node reported, with its virtual time (see [`Sim::record_members`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    /// Virtual ns.
+    pub t_ns: u64,
+    /// The reporting node.
+    pub node: u32,
+    /// What it reported.
+    pub what: MemberFact,
+}
+
+/// What a [`MemberRecord`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberFact {
+    /// The node's membership core reported this event.
+    Event(MemberEvent),
+    /// The node renewed its identity to this one.
+    Renewed(NodeId),
+    /// The node (re)started as this identity.
+    Started(NodeId),
+    /// The node crashed.
+    Crashed,
 }
 
 /// Folds `v` into the running hash `h`.
@@ -173,6 +200,7 @@ impl<C: MembershipCore> Sim<C> {
             links: vec![BTreeSet::new(); n],
             trace: seed,
             out: Vec::new(),
+            member_log: None,
         }
     }
 
@@ -251,6 +279,30 @@ impl<C: MembershipCore> Sim<C> {
         self.trace
     }
 
+    /// Starts recording every membership event, renewal, start and crash with its time (off by
+    /// default: a large run would keep them all). Recording changes nothing else.
+    pub fn record_members(&mut self) {
+        self.member_log.get_or_insert_with(Vec::new);
+    }
+
+    /// The records since the last drain, in the order they happened.
+    pub fn drain_members(&mut self) -> Vec<MemberRecord> {
+        self.member_log
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn note(&mut self, node: u32, what: MemberFact) {
+        if let Some(log) = self.member_log.as_mut() {
+            log.push(MemberRecord {
+                t_ns: self.now,
+                node,
+                what,
+            });
+        }
+    }
+
     /// The network parameters (loss can be changed during a run).
     pub fn net_mut(&mut self) -> &mut NetConfig {
         &mut self.net
@@ -278,6 +330,7 @@ impl<C: MembershipCore> Sim<C> {
         let seed = self.instance_seed(i, id.generation());
         self.slots[i as usize].core = Some((self.factory)(id, seed));
         self.observer.started(i as usize, id);
+        self.note(i, MemberFact::Started(id));
         id
     }
 
@@ -303,6 +356,7 @@ impl<C: MembershipCore> Sim<C> {
         // Everyone is live before any view is loaded, so each Up lands on a live identity.
         for (i, id) in members.iter().enumerate() {
             self.observer.started(i, *id);
+            self.note(i as u32, MemberFact::Started(*id));
         }
         let batch = threads.max(1) * 8;
         let mut start = 0u32;
@@ -361,6 +415,7 @@ impl<C: MembershipCore> Sim<C> {
         self.slots[idx].life += 1;
         self.observer.mark_faulted(idx);
         self.observer.crashed(idx);
+        self.note(i, MemberFact::Crashed);
         self.trace = mix(self.trace, 0xC0 ^ u64::from(i) ^ self.now << 8);
         if !self.links.is_empty() {
             // The process died but its host lives: peers see their connections reset.
@@ -553,13 +608,17 @@ impl<C: MembershipCore> Sim<C> {
                 }
                 Output::Event(e) => {
                     self.observer.event(idx, e);
+                    self.note(i, MemberFact::Event(e));
                 }
                 Output::Renewed(id) => {
                     self.slots[idx].generation = id.generation();
                     self.observer.renewed(idx, id);
+                    self.note(i, MemberFact::Renewed(id));
                 }
                 Output::Connect { to } => self.connect(i, to),
                 Output::Disconnect { to } => self.disconnect(i, to),
+                // A farewell is followed by its Down, which the observer counts.
+                Output::Left(_) => {}
             }
         }
     }

@@ -1,0 +1,106 @@
+//! The reader task of one connection: decodes frames, forwards them to the node, and detects
+//! the connection's end (end of stream, error, oversized frame, heartbeat timeout).
+//!
+//! Readers await room in the node's event channel: a slow node slows its peers down through TCP
+//! flow control instead of losing frames. A frame from a partitioned peer (fault injection) is
+//! discarded and does not count as a sign of life.
+
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::io::BufReader;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::frame::{FrameError, Incoming, read_frame};
+use super::link::{self, End};
+use super::stats::Stats;
+use super::{Shared, TransportEvent, lock};
+
+/// Starts the reader of connection `conn` to `peer`. Call it with the link table locked: the
+/// reader waits for that lock before forwarding anything, so the connection's `Up` goes first.
+pub(crate) fn spawn(
+    shared: &Arc<Shared>,
+    peer: SocketAddrV4,
+    conn: u64,
+    r: OwnedReadHalf,
+    activity: Arc<AtomicU64>,
+) -> Option<AbortHandle> {
+    shared.spawn(run(shared.clone(), peer, conn, r, activity))
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    peer: SocketAddrV4,
+    conn: u64,
+    r: OwnedReadHalf,
+    activity: Arc<AtomicU64>,
+) {
+    drop(lock(&shared.links));
+    let end = read_until_end(&shared, peer, r, &activity).await;
+    link::conn_ended(&shared, peer, conn, end).await;
+}
+
+async fn read_until_end(
+    shared: &Shared,
+    peer: SocketAddrV4,
+    r: OwnedReadHalf,
+    activity: &AtomicU64,
+) -> End {
+    let mut r = BufReader::new(r);
+    let silence = shared.cfg.heartbeat * 3;
+    let mut deadline = Instant::now() + silence;
+    let mut retired = false;
+    loop {
+        let item = match tokio::time::timeout_at(deadline, read_frame(&mut r, shared.cfg.max_frame))
+            .await
+        {
+            Err(_) => {
+                tracing::debug!(%peer, "link silent for three heartbeats");
+                return End::Broken;
+            }
+            Ok(Err(e)) => {
+                if let FrameError::TooLarge { .. } = e {
+                    Stats::bump(&shared.stats.oversized);
+                    tracing::warn!(%peer, "closing link: {e}");
+                } else {
+                    tracing::debug!(%peer, "link closed: {e}");
+                }
+                return End::Broken;
+            }
+            Ok(Ok(item)) => item,
+        };
+        let payload = match item {
+            Incoming::End if retired => return End::Retired,
+            Incoming::End => return End::Broken,
+            Incoming::Retire => {
+                retired = true;
+                continue;
+            }
+            Incoming::Frame(payload) => payload,
+        };
+        if shared.faults.is_partitioned(peer) {
+            if !payload.is_empty() {
+                Stats::bump(&shared.stats.injected_drops);
+            }
+            continue;
+        }
+        deadline = Instant::now() + silence;
+        if payload.is_empty() {
+            continue; // heartbeat
+        }
+        Stats::bump(&shared.stats.frames_received);
+        Stats::add(&shared.stats.bytes_received, payload.len() as u64);
+        activity.store(shared.now_ms(), Ordering::Relaxed);
+        let event = TransportEvent::Frame {
+            from: peer,
+            payload,
+        };
+        if shared.events.send(event).await.is_err() {
+            // The node is gone; nobody will read anything again.
+            return End::Broken;
+        }
+    }
+}
