@@ -94,12 +94,15 @@ pub fn higher_is_better(unit: &str) -> bool {
     unit.ends_with("/s")
 }
 
-/// How many times better `value` is than `reference`: above 1 means meshreg is better.
+/// How many times better `value` is than `reference`: above 1 means meshreg is better. `NaN`
+/// for counts (samples, trials), which have no better direction.
 pub fn better_factor(value: f64, reference: f64, unit: &str) -> f64 {
     if higher_is_better(unit) {
         value / reference
-    } else {
+    } else if matches!(unit, "us" | "ms" | "bytes/membership") {
         reference / value
+    } else {
+        f64::NAN
     }
 }
 
@@ -266,6 +269,7 @@ mod tests {
     fn the_factor_is_above_one_when_meshreg_is_better_in_either_direction() {
         assert_eq!(better_factor(20.0, 10.0, "ops/s"), 2.0);
         assert_eq!(better_factor(5.0, 10.0, "us"), 2.0);
+        assert!(better_factor(5.0, 10.0, "joins").is_nan());
     }
 
     #[test]

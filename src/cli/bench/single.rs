@@ -224,6 +224,9 @@ async fn conc_join_leave(
             let _ = go.wait_for(|v| *v >= 2).await;
             let r = node.leave(SCOPE, &group, me.pid()).await;
             let _ = done.send(r.map_err(Into::into));
+            // The harness's members stay alive (idle) after leaving: ending them here would
+            // put process-exit work inside the timed pass. Ended after the measurement.
+            me
         }));
     }
     drop(done_tx);
@@ -242,9 +245,11 @@ async fn conc_join_leave(
     let t0 = phase(2);
     collect(&mut done_rx, n).await?;
     let left = t0.elapsed();
+    let mut procs = Vec::with_capacity(n);
     for t in tasks {
-        t.await.context("a joining task failed")?;
+        procs.push(t.await.context("a joining task failed")?);
     }
+    drop(procs);
     Ok(vec![
         metric(
             format!("single.join_conc.{label}"),
