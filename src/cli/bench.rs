@@ -219,8 +219,17 @@ fn groups(args: GroupsArgs) -> anyhow::Result<()> {
     }
     // Nodes of a failed unit may still be stopping: give them no chance to linger.
     rt.shutdown_timeout(Duration::from_secs(5));
+    let json = report.to_json(ctx.backend.name(), ctx.processes);
+    if let Some(path) = &args.json_out {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("--json-out {}", path.display()))?;
+        }
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("--json-out {}", path.display()))?;
+    }
     if args.json {
-        println!("{}", report.to_json(ctx.backend.name(), ctx.processes));
+        println!("{json}");
     } else {
         let reference = Reference::load(&args.reference);
         println!(
