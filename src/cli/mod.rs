@@ -1,5 +1,6 @@
 //! Command-line parsing and dispatch.
 
+mod bench;
 mod cluster;
 mod node;
 mod sim;
@@ -24,6 +25,9 @@ enum Command {
     Cluster(cluster::ClusterArgs),
     /// Run one node as a daemon until SIGINT/SIGTERM (then leave the cluster cleanly).
     Node(node::NodeArgs),
+    /// Loopback benchmarks measuring what the Erlang anchor harness measures, reported next to
+    /// its figures.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -32,5 +36,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sim(args) => sim::run(args),
         Command::Cluster(args) => cluster::run(args),
         Command::Node(args) => node::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

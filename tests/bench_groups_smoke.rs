@@ -1,0 +1,95 @@
+//! Smoke test of `meshreg bench groups`: every unit runs at 1% of its size, all nodes in one
+//! process, coordinated backend, and reports every key it promises with a sensible value.
+//! Speed is never asserted here: targets live in the benchmarks' output, not in tests.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[test]
+fn bench_groups_at_one_percent_reports_every_key() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshreg"))
+        .args(["bench", "groups", "--backend", "coordinated"])
+        .args(["--scale", "0.01", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting meshreg");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for meshreg") {
+            break status;
+        }
+        if t0.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("bench groups --scale 0.01 did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        status.success(),
+        "exit {status}; stderr:\n{err}\nstdout:\n{out}"
+    );
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(json["backend"], "coordinated");
+    assert_eq!(json["processes"], false);
+    let mut keys: Vec<String> = [
+        "single.join_seq.1g_100",
+        "single.leave_seq.1g_100",
+        "single.join_batch.1g_100",
+        "single.join_seq.10kg_1k",
+        "single.leave_seq.10kg_1k",
+        "single.get_members.10kg_1k",
+        "single.get_members_vec.10kg_1k",
+        "single.mem_node_total.10kg_1k",
+        "single.exit_cleanup.10kg_1k",
+    ]
+    .iter()
+    .map(|k| (*k).to_owned())
+    .collect();
+    for k in [2, 4, 8] {
+        for op in ["join", "leave"] {
+            for q in [
+                "all_nodes.p50",
+                "all_nodes.p99",
+                "one_node.p50",
+                "one_node.p99",
+            ] {
+                keys.push(format!("prop.k{k}.{op}.{q}"));
+            }
+        }
+        keys.push(format!("bulk.10kg_1k.k{k}.converge"));
+        keys.push(format!("bulk.10kg_1k.k{k}.verified"));
+        keys.push(format!("nodedown.sigkill.100m.k{k}.median"));
+        keys.push(format!("nodedown.sigkill.100m.k{k}.max"));
+    }
+    for key in &keys {
+        let v = json[key.as_str()]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing from {json}"));
+        assert!(v > 0.0, "{key} = {v}");
+    }
+    // Resident-set growth of a thousand memberships may round to zero pages: present and finite.
+    let rss = json["single.mem_rss.10kg_1k"].as_f64();
+    assert!(
+        rss.is_some_and(f64::is_finite),
+        "single.mem_rss.10kg_1k = {rss:?}"
+    );
+}
