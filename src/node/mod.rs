@@ -330,8 +330,8 @@ impl Node {
             }
             st.pending.insert(req, tx);
             shared.drive(&mut st, |e, now, out| f(e, now, req, out));
+            shared.wake_if_earlier(&st);
         }
-        shared.wake.notify_one();
         match rx.await {
             Ok(r) => r.map_err(NodeError::Group),
             Err(_) => Err(NodeError::Stopped),
@@ -379,8 +379,8 @@ impl Node {
                 });
                 waits.push(rx);
             }
+            shared.wake_if_earlier(&st);
         }
-        shared.wake.notify_one();
         let mut first = Ok(());
         for rx in waits {
             let r = match rx.await {

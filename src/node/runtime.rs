@@ -43,6 +43,9 @@ pub(crate) struct State {
     pub(crate) live: HashMap<NodeId, NodeId>,
     /// Set by shutdown: later calls fail with `Stopped`.
     pub(crate) stopped: bool,
+    /// The deadline the driver loop sleeps until (`None`: no timer armed). A call wakes the
+    /// loop only when it armed an earlier timer.
+    sleeping_until: Option<Time>,
     actions: Vec<Action>,
 }
 
@@ -93,6 +96,7 @@ impl Shared {
                 monitors: Monitors::default(),
                 live: HashMap::new(),
                 stopped: false,
+                sleeping_until: None,
                 actions: Vec::new(),
             }),
         }
@@ -208,6 +212,7 @@ impl Shared {
         }
         self.drive(&mut st, |e, now, out| e.process_exit(now, pid, out));
         let watchers = st.monitors.local_exit(serial);
+        self.wake_if_earlier(&st);
         drop(st);
         let down = proto::encode(
             self.cluster,
@@ -219,7 +224,6 @@ impl Shared {
         for w in watchers {
             let _ = self.transport.send_frame(w, down.clone());
         }
-        self.wake.notify_one();
     }
 
     /// Handles a batch of transport events under one lock.
@@ -311,11 +315,29 @@ impl Shared {
         }
     }
 
-    /// Fires due timers; returns the next deadline.
+    /// Fires due timers; returns the next deadline (which the loop then sleeps until).
     pub(crate) fn fire_timers(&self) -> Option<Time> {
         let mut st = self.lock();
         self.drive(&mut st, |e, now, out| e.fire_due(now, out));
-        st.engine.next_deadline()
+        st.sleeping_until = st.engine.next_deadline();
+        st.sleeping_until
+    }
+
+    /// The next deadline, recorded as what the loop sleeps until.
+    pub(crate) fn next_deadline(&self) -> Option<Time> {
+        let mut st = self.lock();
+        st.sleeping_until = st.engine.next_deadline();
+        st.sleeping_until
+    }
+
+    /// After a call drove the engine: wake the loop if the call armed a timer earlier than the
+    /// one it sleeps until (most calls arm none, or a later one: no wake-up, no contention).
+    pub(crate) fn wake_if_earlier(&self, st: &State) {
+        if let Some(d) = st.engine.next_deadline()
+            && st.sleeping_until.is_none_or(|s| d < s)
+        {
+            self.wake.notify_one();
+        }
     }
 
     pub(crate) fn deadline_instant(&self, t: Time) -> tokio::time::Instant {
@@ -367,13 +389,13 @@ pub(crate) async fn run(
                     }
                 }
                 shared.handle_events(&mut batch);
-                deadline = shared.lock().engine.next_deadline();
+                deadline = shared.next_deadline();
                 if deadline.is_some_and(|t| t <= shared.now()) {
                     deadline = shared.fire_timers();
                 }
             }
             () = tokio::time::sleep_until(sleep_until) => deadline = shared.fire_timers(),
-            () = shared.wake.notified() => deadline = shared.lock().engine.next_deadline(),
+            () = shared.wake.notified() => deadline = shared.next_deadline(),
         }
     }
 }

@@ -193,10 +193,10 @@ impl CoordinatedGroups {
         if pid.node != self.me.root() {
             return;
         }
+        // The pid's own chain: O(its memberships), not O(the node's).
         let leaves: Vec<Op> = self
             .table
-            .memberships_of_node(self.me.root())
-            .filter(|m| m.pid == pid)
+            .memberships_of_pid(pid)
             .map(|m| Op::Leave {
                 scope: m.scope.clone(),
                 group: m.group.clone(),

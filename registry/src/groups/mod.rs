@@ -30,7 +30,9 @@ mod table;
 pub use error::{GroupError, NameKind};
 pub use event::{EventKind, GroupEvent, Membership};
 pub use name::{GroupName, NAME_MAX_BYTES, ScopeName};
-pub use reads::{Groups, GroupsOf, Member, Members, MembershipRef, NodeMemberships};
+pub use reads::{
+    Groups, GroupsOf, Member, Members, MembershipRef, NodeMemberships, PidMemberships,
+};
 pub use replace::Replaced;
 pub use table::{DEFAULT_META_CAP_BYTES, GroupTable, GroupTableConfig};
 

@@ -104,6 +104,35 @@ impl<'a> Iterator for GroupsOf<'a> {
 
 impl FusedIterator for GroupsOf<'_> {}
 
+/// Every membership of one pid, all scopes (see [`GroupTable::memberships_of_pid`]).
+pub struct PidMemberships<'a> {
+    next: u32,
+    table: &'a GroupTable,
+}
+
+impl<'a> Iterator for PidMemberships<'a> {
+    type Item = MembershipRef<'a>;
+
+    fn next(&mut self) -> Option<MembershipRef<'a>> {
+        if self.next == NIL {
+            return None;
+        }
+        let table = self.table;
+        let record = table.records.get(self.next);
+        self.next = record.next_of_pid;
+        let group = live(&table.groups, record.group);
+        let member = table.member_of(record);
+        Some(MembershipRef {
+            scope: &table.scopes[group.scope as usize].name,
+            group: &group.name,
+            pid: member.pid,
+            meta: member.meta,
+        })
+    }
+}
+
+impl FusedIterator for PidMemberships<'_> {}
+
 /// Every membership of one node's pids. Exact size.
 pub struct NodeMemberships<'a> {
     ids: slice::Iter<'a, u32>,
@@ -199,6 +228,15 @@ impl GroupTable {
         GroupsOf {
             next: head,
             scope: scope.unwrap_or(NIL),
+            table: self,
+        }
+    }
+
+    /// Every membership of `pid`, in all scopes, one item per occurrence, newest join first.
+    /// O(1) + O(1) per item: what a process exit walks.
+    pub fn memberships_of_pid(&self, pid: Pid) -> PidMemberships<'_> {
+        PidMemberships {
+            next: self.chain_head(pid),
             table: self,
         }
     }

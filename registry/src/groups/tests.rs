@@ -317,6 +317,13 @@ fn which_groups_lists_the_groups_of_a_scope_and_of_a_pid() {
     assert_eq!(t.which_groups_of("b", pid(0, 1)).count(), 1);
     assert_eq!(t.which_groups_of("c", pid(0, 1)).count(), 0);
     assert_eq!(t.which_groups_of("a", pid(0, 9)).count(), 0);
+    // All scopes, newest first, one item per occurrence.
+    let all: Vec<(&str, &str)> = t
+        .memberships_of_pid(pid(0, 1))
+        .map(|m| (m.scope.as_str(), m.group.as_str()))
+        .collect();
+    assert_eq!(all, [("b", "g1"), ("a", "g2"), ("a", "g2"), ("a", "g1")]);
+    assert_eq!(t.memberships_of_pid(pid(0, 9)).count(), 0);
 }
 
 #[test]
