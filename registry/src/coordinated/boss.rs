@@ -230,7 +230,7 @@ impl CoordinatedGroups {
         let others = self.others();
         let r = self.replica(key);
         let seq = r.seq;
-        if let Some(&(_, refused)) = r.recent.iter().find(|(o, _)| *o == origin) {
+        if let Some(refused) = r.recent.get(&origin) {
             let term = self.terms.get_mut(key).expect("serving term");
             if term.inflight.iter().any(|f| f.origin == origin) {
                 return; // answered when its acks are in

@@ -408,6 +408,19 @@ impl RegistryCore for CoordinatedGroups {
         &self.table
     }
 
+    /// The table plus the partitions' replica bookkeeping (dedupe windows dominate: up to
+    /// `dedupe_per_partition` origins per partition in use). Map nodes and pending requests
+    /// are not counted (bounded by the partitions and calls in flight).
+    fn heap_bytes(&self) -> usize {
+        let per_replica = std::mem::size_of::<(Key, Replica)>();
+        self.table.heap_bytes()
+            + self
+                .replicas
+                .values()
+                .map(|r| per_replica + r.recent.heap_bytes())
+                .sum::<usize>()
+    }
+
     fn drain_events(&mut self) -> Vec<GroupEvent> {
         self.table.drain_events()
     }

@@ -22,7 +22,7 @@
 //! membership view may not show yet; they go through `observe` before anything is applied, so
 //! a re-join applied here early is never removed by the old identity's later `Down`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use meshreg_membership::{NodeId, Time};
 
@@ -30,6 +30,67 @@ use super::groups::{CoordinatedGroups, Key, Out};
 use super::message::{Entry, Message, NackReason, Op, Origin, PartitionState, Refused};
 use super::placement;
 use crate::groups::{GroupTable, ScopeName};
+
+/// A partition's dedupe window: the origins of its last applied ops, oldest first, each with
+/// whether it was refused, indexed so that a request is checked in O(1) (a linear scan of the
+/// window per request was most of a boss's work).
+///
+/// Invariant: `index[o]` counts the occurrences of `o` in `order` and holds the newest one's
+/// refusal flag.
+#[derive(Default)]
+pub(crate) struct Recent {
+    order: VecDeque<(Origin, bool)>,
+    index: HashMap<Origin, (bool, u32)>,
+}
+
+impl Recent {
+    /// Remembers `origin`, forgetting the oldest entries beyond `cap`.
+    pub(crate) fn push(&mut self, origin: Origin, refused: bool, cap: usize) {
+        self.order.push_back((origin, refused));
+        let e = self.index.entry(origin).or_insert((refused, 0));
+        *e = (refused, e.1 + 1);
+        while self.order.len() > cap {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        let Some((o, _)) = self.order.pop_front() else {
+            return;
+        };
+        if let Some(e) = self.index.get_mut(&o) {
+            e.1 -= 1;
+            if e.1 == 0 {
+                self.index.remove(&o);
+            }
+        }
+    }
+
+    /// Whether `origin` was applied recently, and if so whether it was refused.
+    pub(crate) fn get(&self, origin: &Origin) -> Option<bool> {
+        self.index.get(origin).map(|e| e.0)
+    }
+
+    /// The window, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(Origin, bool)> {
+        self.order.iter()
+    }
+
+    /// Heap bytes of the window and its index.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.order.capacity() * size_of::<(Origin, bool)>()
+            + crate::groups::heap::map_bytes(&self.index)
+    }
+
+    /// Replaces the window (a recovered state).
+    pub(crate) fn replace(&mut self, entries: Vec<(Origin, bool)>) {
+        self.order.clear();
+        self.index.clear();
+        for (o, refused) in entries {
+            self.push(o, refused, usize::MAX);
+        }
+    }
+}
 
 /// What one node knows of one partition.
 #[derive(Default)]
@@ -43,7 +104,7 @@ pub(crate) struct Replica {
     /// Last applied sequence number.
     pub(crate) seq: u64,
     /// Origins of the last applied ops, oldest first, at most `dedupe_per_partition`.
-    pub(crate) recent: VecDeque<(Origin, bool)>,
+    pub(crate) recent: Recent,
     /// Applies that arrived early, by seq: `(epoch, origin, op)`.
     held: BTreeMap<u64, (u64, Origin, Op)>,
     /// The boss of this partition in this node's view when last computed (to notice changes).
@@ -93,10 +154,7 @@ impl CoordinatedGroups {
         let r = self.replica(key);
         r.seq += 1;
         r.written_epoch = epoch;
-        r.recent.push_back((origin, refused));
-        while r.recent.len() > cap {
-            r.recent.pop_front();
-        }
+        r.recent.push(origin, refused, cap);
         refused
     }
 
@@ -326,7 +384,7 @@ impl CoordinatedGroups {
         let r = self.replica(key);
         r.seq = state.seq;
         r.written_epoch = state.written_epoch;
-        r.recent = state.recent.into();
+        r.recent.replace(state.recent);
     }
 }
 
@@ -389,5 +447,42 @@ fn replace_partition(
                 drop(table.join(scope, &k.0, k.1, meta));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+    use crate::coordinated::message::Ticket;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn origin(n: u64) -> Origin {
+        (
+            NodeId::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1), 1),
+            Ticket::Exit(n),
+        )
+    }
+
+    #[test]
+    fn the_window_forgets_the_oldest_and_its_index_follows() {
+        let mut r = Recent::default();
+        for n in 0..5 {
+            r.push(origin(n), n % 2 == 1, 3);
+        }
+        assert_eq!(r.get(&origin(0)), None);
+        assert_eq!(r.get(&origin(1)), None);
+        assert_eq!(r.get(&origin(2)), Some(false));
+        assert_eq!(r.get(&origin(3)), Some(true));
+        assert_eq!(r.iter().count(), 3);
+        // A repeated origin stays known until its last occurrence leaves the window.
+        r.push(origin(4), false, 3);
+        r.push(origin(9), false, 3);
+        r.push(origin(9), false, 3);
+        assert_eq!(r.get(&origin(4)), Some(false));
+        r.push(origin(8), false, 3);
+        assert_eq!(r.get(&origin(4)), None);
+        r.replace(vec![(origin(7), true)]);
+        assert_eq!(r.get(&origin(9)), None);
+        assert_eq!(r.get(&origin(7)), Some(true));
     }
 }

@@ -260,12 +260,10 @@ impl CoordinatedGroups {
         }
         for (ticket, p) in old_pending {
             let key = self.key_of(&p.op);
-            let applied = self.replicas.get(&key).and_then(|r| {
-                r.recent
-                    .iter()
-                    .find(|(o, _)| *o == (old, ticket))
-                    .map(|&(_, refused)| refused)
-            });
+            let applied = self
+                .replicas
+                .get(&key)
+                .and_then(|r| r.recent.get(&(old, ticket)));
             match (applied, &p.op) {
                 (None, _) => {
                     let ticket = self.internal_ticket();
