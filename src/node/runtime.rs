@@ -340,8 +340,13 @@ impl Shared {
         }
     }
 
+    /// When the loop wakes for a timer due at `t`: rounded up to the next whole millisecond,
+    /// so timers armed by a burst of calls fire together under one lock instead of one wake-up
+    /// each (a coordinated join arms a retry timer per call). No profile needs finer timers.
     pub(crate) fn deadline_instant(&self, t: Time) -> tokio::time::Instant {
-        tokio::time::Instant::from_std(self.started + t)
+        let ms = t.as_nanos().div_ceil(1_000_000);
+        let rounded = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX));
+        tokio::time::Instant::from_std(self.started + rounded)
     }
 }
 

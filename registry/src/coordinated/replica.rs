@@ -22,7 +22,7 @@
 //! membership view may not show yet; they go through `observe` before anything is applied, so
 //! a re-join applied here early is never removed by the old identity's later `Down`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use meshreg_membership::{NodeId, Time};
 
@@ -32,43 +32,32 @@ use super::placement;
 use crate::groups::{GroupTable, ScopeName};
 
 /// A partition's dedupe window: the origins of its last applied ops, oldest first, each with
-/// whether it was refused, indexed so that a request is checked in O(1) (a linear scan of the
-/// window per request was most of a boss's work).
-///
-/// Invariant: `index[o]` counts the occurrences of `o` in `order` and holds the newest one's
-/// refusal flag.
+/// whether it was refused. Checked by a scan (at most `dedupe_per_partition` entries, 256 by
+/// default): an index would double the window's memory, which at 256 partitions per scope is
+/// the backend's main fixed cost.
 #[derive(Default)]
 pub(crate) struct Recent {
     order: VecDeque<(Origin, bool)>,
-    index: HashMap<Origin, (bool, u32)>,
 }
 
 impl Recent {
-    /// Remembers `origin`, forgetting the oldest entries beyond `cap`.
+    /// Remembers `origin`, forgetting the oldest entries beyond `cap`. Evicts before pushing so
+    /// the buffer never grows past `cap` (a full window would otherwise double its capacity).
     pub(crate) fn push(&mut self, origin: Origin, refused: bool, cap: usize) {
+        while self.order.len() >= cap.max(1) {
+            self.order.pop_front();
+        }
         self.order.push_back((origin, refused));
-        let e = self.index.entry(origin).or_insert((refused, 0));
-        *e = (refused, e.1 + 1);
-        while self.order.len() > cap {
-            self.pop_front();
-        }
     }
 
-    fn pop_front(&mut self) {
-        let Some((o, _)) = self.order.pop_front() else {
-            return;
-        };
-        if let Some(e) = self.index.get_mut(&o) {
-            e.1 -= 1;
-            if e.1 == 0 {
-                self.index.remove(&o);
-            }
-        }
-    }
-
-    /// Whether `origin` was applied recently, and if so whether it was refused.
+    /// Whether `origin` was applied recently, and if so whether it was refused (newest first:
+    /// a retry is usually of a recent op).
     pub(crate) fn get(&self, origin: &Origin) -> Option<bool> {
-        self.index.get(origin).map(|e| e.0)
+        self.order
+            .iter()
+            .rev()
+            .find(|(o, _)| o == origin)
+            .map(|&(_, refused)| refused)
     }
 
     /// The window, oldest first.
@@ -76,19 +65,14 @@ impl Recent {
         self.order.iter()
     }
 
-    /// Heap bytes of the window and its index.
-    pub(crate) fn heap_bytes(&self) -> usize {
-        self.order.capacity() * size_of::<(Origin, bool)>()
-            + crate::groups::heap::map_bytes(&self.index)
-    }
-
     /// Replaces the window (a recovered state).
     pub(crate) fn replace(&mut self, entries: Vec<(Origin, bool)>) {
-        self.order.clear();
-        self.index.clear();
-        for (o, refused) in entries {
-            self.push(o, refused, usize::MAX);
-        }
+        self.order = entries.into();
+    }
+
+    /// Heap bytes of the window.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.order.capacity() * size_of::<(Origin, bool)>()
     }
 }
 
@@ -464,7 +448,7 @@ mod recent_tests {
     }
 
     #[test]
-    fn the_window_forgets_the_oldest_and_its_index_follows() {
+    fn the_window_forgets_the_oldest_and_never_outgrows_its_cap() {
         let mut r = Recent::default();
         for n in 0..5 {
             r.push(origin(n), n % 2 == 1, 3);
@@ -474,13 +458,7 @@ mod recent_tests {
         assert_eq!(r.get(&origin(2)), Some(false));
         assert_eq!(r.get(&origin(3)), Some(true));
         assert_eq!(r.iter().count(), 3);
-        // A repeated origin stays known until its last occurrence leaves the window.
-        r.push(origin(4), false, 3);
-        r.push(origin(9), false, 3);
-        r.push(origin(9), false, 3);
-        assert_eq!(r.get(&origin(4)), Some(false));
-        r.push(origin(8), false, 3);
-        assert_eq!(r.get(&origin(4)), None);
+        assert!(r.order.capacity() < 8, "capacity {}", r.order.capacity());
         r.replace(vec![(origin(7), true)]);
         assert_eq!(r.get(&origin(9)), None);
         assert_eq!(r.get(&origin(7)), Some(true));
