@@ -20,6 +20,12 @@
 //! sent a `Sync`) acknowledged that seq. A request whose `(requester, ticket)` is in the
 //! replicated dedupe window is not applied again: it is answered once every live node is known
 //! to hold the current state.
+//!
+//! A node that comes Up during a serving term is sent a `Sync`, which it takes only if it holds
+//! no written state of the partition (a new node). One that does hold some (it was live in
+//! another history: the other side of a healed partition, seen here for the first time)
+//! answers `Nack { Unrecovered }`, and the term is restarted so that recovery merges its state
+//! (`merge_own`) instead of the `Sync` overwriting it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -431,6 +437,22 @@ impl CoordinatedGroups {
                 }
             }
             NackReason::StaleEpoch { .. } => {}
+            NackReason::Unrecovered => {
+                // `from` came Up with written state this term's recovery never collected (a
+                // history of the other side of a healed partition): recover again, so that it
+                // is merged rather than overwritten. Once per term: later refusals of the same
+                // Syncs and Applies name the dropped epoch.
+                let epoch = match what {
+                    Refused::Apply { epoch, .. } | Refused::Recover { epoch } => epoch,
+                    Refused::Request(_) => return,
+                };
+                if epoch == term.epoch && term.recovery.is_none() {
+                    let term = self.terms.remove(&key).expect("present");
+                    if self.boss_of(&key.0, key.1) == self.me {
+                        self.start_term(now, &key, term.queued, out);
+                    }
+                }
+            }
             NackReason::NotBoss => {
                 if term.recovery.is_none() {
                     term.laggards.insert(from);
@@ -455,7 +477,8 @@ impl CoordinatedGroups {
     /// A renewed identity (not its root) may hold memberships of its own that it re-joined
     /// in another history (the other side of a healed partition): a serving term is then
     /// restarted, so that its recovery merges them (see `merge_own`) instead of a `Sync`
-    /// overwriting them.
+    /// overwriting them. Any other node is sent a `Sync`, which it refuses (`Unrecovered`,
+    /// see `on_nack`) if it, too, holds written state of another history.
     pub(super) fn bosses_on_up(&mut self, now: Time, node: NodeId, out: &mut Out) {
         let keys: Vec<Key> = self.terms.keys().cloned().collect();
         let renewed = node != node.root();

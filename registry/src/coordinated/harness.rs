@@ -292,17 +292,26 @@ impl Cluster {
     /// Node `i` restarts as its next creation (a new root), empty, and every live node sees it
     /// Up.
     pub fn restart(&mut self, i: usize) {
+        let peers = self.live();
+        self.restart_among(i, &peers);
+    }
+
+    /// Node `i` restarts as its next creation (a new root), empty; only `peers` (the live ones
+    /// among them) see it Up, and it sees only them (the others are cut off). Returns its
+    /// identity.
+    pub fn restart_among(&mut self, i: usize, peers: &[usize]) -> NodeId {
         let id = self.nodes[i].me().next_creation();
         let partitions = self.nodes[i].config().partitions_per_scope;
         self.nodes[i] = CoordinatedGroups::new(id, CLUSTER, partitions);
         self.alive[i] = true;
-        for j in 0..self.nodes.len() {
+        for &j in peers {
             if j != i && self.alive[j] {
                 let other = self.nodes[j].me();
                 self.member_event(j, MemberEvent::Up(id));
                 self.member_event(i, MemberEvent::Up(other));
             }
         }
+        id
     }
 
     /// Sorted `(scope, group, pid, meta)` of node `i`'s whole table.

@@ -123,6 +123,11 @@ pub enum NackReason {
         /// The epoch this node knows.
         known: u64,
     },
+    /// A `Sync` or `Apply` of a term whose recovery did not collect this node's state, while
+    /// this node holds written state of the partition (from a history the boss did not see:
+    /// the other side of a healed partition). Installing it would undo what completed there;
+    /// the boss recovers again, with this node's report.
+    Unrecovered,
 }
 
 /// Why a boss refused an op (the caller's fault; nothing changed). The requester rebuilds the

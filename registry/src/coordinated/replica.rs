@@ -7,9 +7,15 @@
 //! - `Recover(e)` needs `e > promised`, or `e == promised` from the same boss (a re-send);
 //!   accepting is the promise: older terms are refused from then on.
 //! - `Apply(e)` / `Sync(e)` need `e >= promised` (a higher one is adopted: a node that came Up
-//!   after a recovery learns the term from its `Sync`).
+//!   after a recovery learns the term from its `Sync`), and, from a term this node did not
+//!   promise (another epoch, or the same epoch of another boss), no written state here. Written
+//!   state the term's recovery did not collect comes from a history the boss never saw (the
+//!   node kept writing on the other side of a partition, and the boss's side learned of it only
+//!   at the heal); replacing it with the boss's state would bring back what was left there
+//!   (`Nack { Unrecovered }`: the boss recovers again and merges it).
 //!
-//! Otherwise the node answers `Nack { NotBoss | StaleEpoch { known } }` and changes nothing.
+//! Otherwise the node answers `Nack { NotBoss | StaleEpoch { known } | Unrecovered }` and
+//! changes nothing.
 //!
 //! Order: `seq` of a partition is applied strictly in order. An early Apply is held (FIFO
 //! links make that rare: it takes a boss change); a duplicate is re-acknowledged, not applied.
@@ -170,6 +176,31 @@ impl CoordinatedGroups {
         false
     }
 
+    /// Whether this node may take an `Apply`/`Sync` of term `epoch` from `boss` (which
+    /// [`Self::accepts`]): a term it promised, or any term while it holds no written state of
+    /// `key`. Answers `Nack { Unrecovered }` otherwise (see the module docs).
+    fn in_term(
+        &mut self,
+        boss: NodeId,
+        key: &Key,
+        epoch: u64,
+        what: Refused,
+        out: &mut Out,
+    ) -> bool {
+        let r = self.replica(key);
+        if r.seq == 0 || (r.epoch == epoch && r.boss == Some(boss)) {
+            return true;
+        }
+        let nack = Message::Nack {
+            scope: key.0.clone(),
+            partition: key.1,
+            what,
+            reason: NackReason::Unrecovered,
+        };
+        self.send(boss, &nack, out);
+        false
+    }
+
     /// Adopts term `epoch` of `boss` (not older than the promised one); drops held Applies of
     /// older terms, which that term may have ordered differently.
     fn adopt_term(&mut self, key: &Key, epoch: u64, boss: NodeId) {
@@ -196,7 +227,10 @@ impl CoordinatedGroups {
         // node's view has not shown that identity Up yet.
         self.observe(now, origin.0, out);
         let key = self.key_of(&op);
-        if !self.accepts(from, &key, epoch, Refused::Apply { epoch, seq }, out) {
+        let what = Refused::Apply { epoch, seq };
+        if !self.accepts(from, &key, epoch, what, out)
+            || !self.in_term(from, &key, epoch, what, out)
+        {
             return;
         }
         self.adopt_term(&key, epoch, from);
@@ -268,7 +302,10 @@ impl CoordinatedGroups {
         state: PartitionState,
         out: &mut Out,
     ) {
-        if !self.accepts(from, &key, epoch, Refused::Recover { epoch }, out) {
+        let what = Refused::Recover { epoch };
+        if !self.accepts(from, &key, epoch, what, out)
+            || !self.in_term(from, &key, epoch, what, out)
+        {
             return;
         }
         self.adopt_term(&key, epoch, from);

@@ -7,7 +7,7 @@ use meshreg_membership::{Channel, MemberEvent};
 use proptest::prelude::*;
 
 use super::harness::{CLUSTER, Cluster, group, node_id, scope};
-use super::message::{self, Message, NackReason, Op, Refused, Ticket};
+use super::message::{self, Message, NackReason, Op, PartitionState, Refused, Ticket};
 use super::{CoordinatedGroups, DEFAULT_PARTITIONS_PER_SCOPE};
 use crate::groups::GroupError;
 use crate::{CallError, MessageError, Pid, RegistryCore, RegistryOutput};
@@ -374,6 +374,163 @@ fn a_fenced_boss_restarts_its_term_above_the_known_epoch() {
         .filter(|o| matches!(o, RegistryOutput::Send { .. }))
         .count();
     assert_eq!(recovers, 2, "a new term recovers from both other nodes");
+}
+
+#[test]
+fn a_sync_of_a_term_it_did_not_promise_is_refused_by_a_node_with_written_state() {
+    let mut c = Cluster::new(2, DEFAULT_PARTITIONS_PER_SCOPE);
+    let boss = c.boss_index(0, "s", "g");
+    let other = 1 - boss;
+    c.join(boss, "s", "g", 1, b"");
+    c.settle();
+    let p = c.nodes[other].partition_of("s", "g");
+    assert_eq!(c.nodes[other].epoch_of("s", p), 1);
+    let boss_id = c.nodes[boss].me();
+    // A state of term 2, whose recovery never asked `other`: it would drop the membership.
+    let sync = Message::Sync {
+        scope: scope("s"),
+        partition: p,
+        epoch: 2,
+        state: PartitionState {
+            written_epoch: 2,
+            seq: 5,
+            recent: Vec::new(),
+            entries: Vec::new(),
+            owners: vec![boss_id],
+        },
+    };
+    let mut out = Vec::new();
+    let now = c.now;
+    c.nodes[other]
+        .handle_message(
+            now,
+            boss_id.addr(),
+            Channel::Stream,
+            &sealed(&sync),
+            &mut out,
+        )
+        .unwrap();
+    let nack = Message::Nack {
+        scope: scope("s"),
+        partition: p,
+        what: Refused::Recover { epoch: 2 },
+        reason: NackReason::Unrecovered,
+    };
+    assert_eq!(
+        out,
+        vec![RegistryOutput::Send {
+            to: boss_id.addr(),
+            channel: Channel::Stream,
+            payload: sealed(&nack)
+        }]
+    );
+    assert_eq!(c.nodes[other].applied_seq("s", p), 1);
+    assert_eq!(c.nodes[other].epoch_of("s", p), 1);
+    assert_eq!(c.nodes[other].table().members("s", "g").len(), 1);
+
+    // The boss of term 1 takes the same refusal as a cue to recover again, with `other`.
+    let refusal = Message::Nack {
+        scope: scope("s"),
+        partition: p,
+        what: Refused::Recover { epoch: 1 },
+        reason: NackReason::Unrecovered,
+    };
+    let mut out = Vec::new();
+    let from = c.nodes[other].me().addr();
+    c.nodes[boss]
+        .handle_message(now, from, Channel::Stream, &sealed(&refusal), &mut out)
+        .unwrap();
+    assert_eq!(c.nodes[boss].epoch_of("s", p), 2);
+    let recover = Message::Recover {
+        scope: scope("s"),
+        partition: p,
+        epoch: 2,
+    };
+    assert!(out.contains(&RegistryOutput::Send {
+        to: from,
+        channel: Channel::Stream,
+        payload: sealed(&recover)
+    }));
+    c.settle();
+    assert_eq!(c.assert_converged().len(), 1);
+}
+
+/// The shape of seed 0 in `prop_no_stale_read_after_leave` (4 nodes, partition {0, 2} | {1, 3},
+/// node 3 restarted during the cut, then heal): the restarted node learns node 0's membership
+/// from node 1 before node 1 notices the cut, never sees node 0, and bosses the group's
+/// partition on its side with a higher epoch. Node 0 leaves on its side. At the heal, the
+/// restarted node's `Sync` must not bring the completed leave back on node 0 (node 0 would then
+/// re-join it everywhere when it renews).
+#[test]
+fn a_boss_from_the_other_side_of_a_healed_partition_does_not_undo_a_completed_leave() {
+    let mut c = Cluster::new(4, 16);
+    let (x, a, b, f) = (0, 2, 1, 3);
+    // Node 0 as a first incarnation (a root identity, as in the simulator): an identity that
+    // renewed gets a recovery at any boss it comes Up at anyway.
+    c.crash(x);
+    c.restart(x);
+    c.settle();
+    let id = |c: &Cluster, i: usize| c.nodes[i].me();
+    assert_eq!(id(&c, x), id(&c, x).root());
+    let fresh = id(&c, f).next_creation();
+    // A group the restarted node bosses in every view that holds it.
+    let views = [
+        vec![id(&c, b), fresh],
+        vec![id(&c, x), id(&c, b), id(&c, a), fresh],
+        vec![id(&c, x), id(&c, a), fresh],
+    ];
+    let g = (0..200)
+        .map(|k| format!("g{k}"))
+        .find(|g| {
+            let p = c.nodes[0].partition_of("s", g);
+            views
+                .iter()
+                .all(|v| super::boss_of("s", p, v.iter().copied()) == Some(fresh))
+        })
+        .unwrap();
+    let req = c.join(x, "s", &g, 1, b"");
+    c.settle();
+    ok_everywhere(&c, x, req, 1);
+
+    // The cut: nothing crosses it.
+    let side = move |i: usize| i == x || i == a;
+    c.hold = Some(Box::new(move |from, to, _| side(from) != side(to)));
+    let old_f = c.crash_silently(f);
+    assert_eq!(c.restart_among(f, &[b]), fresh);
+    c.settle();
+    assert_eq!(c.nodes[f].table().members("s", g.as_str()).len(), 1);
+    // Failure detection on both sides.
+    for (i, gone) in [(x, [b, f]), (a, [b, f]), (b, [x, a])] {
+        for j in gone {
+            let down = if j == f { old_f } else { id(&c, j) };
+            c.member_event(i, MemberEvent::Down(down));
+        }
+    }
+    c.settle();
+    let left = c.leave(x, "s", &g, 1);
+    c.settle();
+    let done = c.completion(x, left).expect("completed");
+    assert_eq!(done.result, Ok(()));
+    assert_eq!((done.occurrences[&x], done.occurrences[&a]), (0, 0));
+    // The premise: the restarted node never saw node 0 Up, so it sees no Down of it either and
+    // still holds the membership as node 1 reported it before the cut was noticed.
+    assert_eq!(done.occurrences[&f], 1);
+
+    // Heal: the restarted node and node 0 meet for the first time.
+    c.hold = None;
+    c.held.clear(); // what was sent across the cut is lost with the links
+    let x_id = id(&c, x);
+    c.member_event(f, MemberEvent::Up(x_id));
+    c.member_event(x, MemberEvent::Up(fresh));
+    c.settle();
+    let pid = c.pid(x, 1);
+    for i in [x, f] {
+        assert_eq!(
+            c.nodes[i].table().occurrences(scope("s"), group(&g), pid),
+            0,
+            "node {i} lists the membership node 0 left"
+        );
+    }
 }
 
 #[test]
