@@ -358,11 +358,15 @@ impl CoordinatedGroups {
         if !rec.waiting.remove(&from) {
             return;
         }
+        let owners = state.owners.clone();
         let rank = (state.written_epoch, state.seq);
         rec.reports.insert(from, (rank, state_digest(&state)));
         own_entries(&mut rec.own, from, &state);
         if rank > (rec.best.written_epoch, rec.best.seq) {
             rec.best = state;
+        }
+        for owner in owners {
+            self.took_word_of(owner, from, out);
         }
         self.maybe_finish_recovery(now, &key, out);
     }
