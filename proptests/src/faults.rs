@@ -61,6 +61,23 @@ pub enum Fault {
     },
 }
 
+/// `steps` as Rust source (`vec![(346, Fault::Partition { .. }), ..]`): a failing property prints
+/// it so that the case can be pasted into a regression `#[test]` (a run is a pure function of its
+/// parameters and schedule).
+pub fn rust_schedule(steps: &[(u32, Fault)]) -> String {
+    let items: Vec<String> = steps
+        .iter()
+        .map(|(ms, f)| format!("({ms}, Fault::{f:?})"))
+        .collect();
+    format!("vec![{}]", items.join(", "))
+}
+
+/// [`rust_schedule`] for a schedule without times (applied with [`apply`]).
+pub fn rust_steps(steps: &[Fault]) -> String {
+    let items: Vec<String> = steps.iter().map(|f| format!("Fault::{f:?}")).collect();
+    format!("vec![{}]", items.join(", "))
+}
+
 fn victim(node: u32, n: u32) -> Option<u32> {
     (n > 3).then(|| 3 + node % (n - 3))
 }

@@ -122,8 +122,7 @@ struct Bound {
     /// Occurrences the reference model holds after the leave.
     max: u32,
     at_ns: u64,
-    /// Nodes whose identity during the leave was declared Down by someone by its completion:
-    /// the boss may have completed without them (see [`stale_reads_after_leave`]).
+    /// Nodes the boss may have completed the leave without (see [`stale_reads_after_leave`]).
     exempt: BTreeSet<u32>,
 }
 
@@ -144,8 +143,13 @@ struct Sweep {
     table: HashMap<(u32, Key), i64>,
     /// Identity of each node now.
     current: BTreeMap<u32, NodeId>,
-    /// Identities some node declared Down.
-    dead: HashSet<NodeId>,
+    /// Per node instance (node, start count), the identities it holds Up (reported Up, not Down
+    /// since); a crashed instance keeps its last view (its `Done`s may still be in flight).
+    live_at: HashMap<(u32, u32), HashSet<NodeId>>,
+    /// Starts per node: the current instance of node `n` is `(n, starts[n])`.
+    starts: HashMap<u32, u32>,
+    /// The instance each identity belongs to.
+    instance_of: HashMap<NodeId, (u32, u32)>,
     /// Open leaves: identities each node had while the leave was in flight.
     window: HashMap<u64, BTreeMap<u32, BTreeSet<NodeId>>>,
 }
@@ -154,6 +158,10 @@ impl Sweep {
     fn on_member(&mut self, node: u32, fact: MemberFact) {
         match fact {
             MemberFact::Started(id) | MemberFact::Renewed(id) => {
+                if matches!(fact, MemberFact::Started(_)) {
+                    *self.starts.entry(node).or_default() += 1;
+                }
+                self.instance_of.insert(id, self.instance(node));
                 self.current.insert(node, id);
                 for w in self.window.values_mut() {
                     w.entry(node).or_default().insert(id);
@@ -164,10 +172,19 @@ impl Sweep {
                 self.table.retain(|(n, _), _| *n != node);
             }
             MemberFact::Event(MemberEvent::Down(id)) => {
-                self.dead.insert(id);
+                if let Some(live) = self.live_at.get_mut(&self.instance(node)) {
+                    live.remove(&id);
+                }
             }
-            MemberFact::Event(MemberEvent::Up(_)) => {}
+            MemberFact::Event(MemberEvent::Up(id)) => {
+                let at = self.instance(node);
+                self.live_at.entry(at).or_default().insert(id);
+            }
         }
+    }
+
+    fn instance(&self, node: u32) -> (u32, u32) {
+        (node, self.starts.get(&node).copied().unwrap_or(0))
     }
 
     fn open_window(&mut self, req: u64) {
@@ -179,11 +196,28 @@ impl Sweep {
         self.window.insert(req, w);
     }
 
-    /// Nodes with an identity during the window of `req` that was declared Down.
-    fn exempt(&mut self, req: u64) -> BTreeSet<u32> {
+    /// The nodes exempt from the bound of `req` (called on `requester`): those with an identity
+    /// during its window that, at the completion, is not live at some node instance that may
+    /// have been the boss (the boss answered the requester, so it is the requester or an
+    /// identity the requester holds live, with the view it had last: it may have crashed since it
+    /// sent its `Done`). Never the requester itself: the boss waits for it.
+    fn exempt(&mut self, req: u64, requester: u32) -> BTreeSet<u32> {
         let w = self.window.remove(&req).unwrap_or_default();
+        let empty = HashSet::new();
+        let at = self.instance(requester);
+        let live_at = |i: &(u32, u32)| self.live_at.get(i).unwrap_or(&empty);
+        let mut bosses: Vec<(u32, u32)> = live_at(&at)
+            .iter()
+            .filter_map(|id| self.instance_of.get(id).copied())
+            .collect();
+        bosses.push(at);
         w.into_iter()
-            .filter(|(_, ids)| ids.iter().any(|id| self.dead.contains(id)))
+            .filter(|(n, ids)| {
+                *n != requester
+                    && ids
+                        .iter()
+                        .any(|id| bosses.iter().any(|b| b.0 != *n && !live_at(b).contains(id)))
+            })
             .map(|(n, _)| n)
             .collect()
     }
@@ -197,11 +231,19 @@ impl Sweep {
 /// - a join of `key` was in flight when the leave completed, or one ever ended `Unavailable`
 ///   (it may be ordered after the leave), or the pid exited by then (its exit leaves complete
 ///   asynchronously, so the model's count is not an upper bound of anything yet);
-/// - a node whose identity at any time between the leave's call and its completion was declared
-///   Down by some node by the completion: the boss waits only for the nodes live in its own view,
-///   so a node cut off (partition, false Down after loss) may keep the old count until it renews
-///   and re-syncs. Nodes that restarted are held to the bound (a fresh table must never learn
-///   stale state).
+/// - a node other than the requester with an identity, at any time between the leave's call and
+///   its completion, that at the completion was not live at some node that may have been the
+///   boss (the requester, or a node live in the requester's view: the boss's `Done` came from
+///   one): the boss waits only for the nodes live in its own view, so a node cut off from it may
+///   keep the old count until it renews, or learns of the owner's next generation, and re-syncs.
+///   That covers a node (re)started on the other side of a partition (it gets that side's state,
+///   memberships of nodes it never sees included, until the node it got them from declares
+///   those Down: it gets no `Down` of its own about a node it never saw `Up`), and the nodes a
+///   boss restarted during a cut never saw.
+///   The requester itself is always held to the bound (it applied the leave before its `Done`,
+///   and nothing may bring it back there), and so are nodes restarted within the boss's view (a
+///   fresh table must never learn stale state). A node declared Down only by the other side of
+///   a cut is held to it too: the boss's side saw it live and waited for it.
 pub fn stale_reads_after_leave(h: &History) -> Vec<Violation> {
     let mut s = Sweep::default();
     let mut bounds: HashMap<Key, Bound> = HashMap::new();
@@ -228,7 +270,7 @@ pub fn stale_reads_after_leave(h: &History) -> Vec<Violation> {
                 s.exited.insert(*pid);
             }
             Record::Done { req, outcome } => {
-                let Some((_, key, join, _)) = s.calls.remove(req) else {
+                let Some((requester, key, join, _)) = s.calls.remove(req) else {
                     continue;
                 };
                 if join {
@@ -244,7 +286,7 @@ pub fn stale_reads_after_leave(h: &History) -> Vec<Violation> {
                     }
                     continue;
                 }
-                let exempt = s.exempt(*req);
+                let exempt = s.exempt(*req, requester);
                 if *outcome != Outcome::Ok {
                     continue;
                 }

@@ -9,7 +9,7 @@
 //! backend re-joins them through the bosses under the new identity.
 
 use meshreg_membership::Profile;
-use meshreg_proptests::faults::Fault;
+use meshreg_proptests::faults::{self, Fault};
 use meshreg_proptests::groups::{self, Backend, OpMix, Plan, Workload};
 use meshreg_proptests::scenario::{Boot, MembershipKind, Scenario, SimParams};
 use proptest::prelude::*;
@@ -53,16 +53,23 @@ fn check(
         record: false,
     };
     let (run, _) = groups::run_plan(&params, &w, &plan, backend).map_err(TestCaseError::fail)?;
-    prop_assert!(
-        run.groups.groups_converged,
-        "{backend} did not converge to the model: {:?}; replay: {} --duplicate {} --reorder {} --backend {backend} --joins 150 --leaves 50 --join-rate 100 --scopes 2 --groups 5 (plus {})",
-        run.groups,
+    let replay = format!(
+        "{} --duplicate {} --reorder {} --backend {backend} --joins 150 --leaves 50 --join-rate 100 --scopes 2 --groups 5 (plus {}); regression test: check(Backend::{backend:?}, {seed}, {nodes}, Scenario::{scenario:?}, {loss:?}, {}).unwrap()",
         run.membership.replay,
         params.duplicate,
         params.reorder,
-        plan.describe()
+        plan.describe(),
+        faults::rust_schedule(&plan.faults)
     );
-    prop_assert!(run.groups.joins_ok > 0);
+    prop_assert!(
+        run.groups.groups_converged,
+        "{backend} did not converge to the model: {:?}; replay: {replay}",
+        run.groups
+    );
+    prop_assert!(
+        run.groups.joins_ok > 0,
+        "{backend}: no join completed; replay: {replay}"
+    );
     Ok(())
 }
 

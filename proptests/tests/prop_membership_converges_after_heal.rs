@@ -22,13 +22,21 @@ fn check<C: MembershipCore>(
     schedule: &[Fault],
     factory: Factory<C>,
 ) -> Result<(), TestCaseError> {
+    let factory_src = match name {
+        "swim" => format!("swim_factory(Profile::Test, {n})"),
+        _ => "mesh_factory(Profile::Test)".to_owned(),
+    };
+    let regression = format!(
+        "check({name:?}, {n}, {seed}, &{}, {factory_src}).unwrap()",
+        faults::rust_steps(schedule)
+    );
     let mut sim: Sim<C> = booted(n, seed, factory);
     let up = sim.run_until_or(20 * SEC, |s| {
         s.observer().live_count() == n && s.observer().converged()
     });
     prop_assert!(
         up,
-        "{name} seed {seed}: {n} nodes did not converge after boot"
+        "{name} seed {seed}: {n} nodes did not converge after boot; regression test: {regression}"
     );
     faults::apply(&mut sim, schedule);
     faults::heal_all(&mut sim);
@@ -42,7 +50,7 @@ fn check<C: MembershipCore>(
     }
     prop_assert!(
         ok,
-        "{name} seed {seed} nodes {n}: {} live nodes still not converged {HEAL_BOUND_S} s after heal; schedule {schedule:?}",
+        "{name} seed {seed} nodes {n}: {} live nodes still not converged {HEAL_BOUND_S} s after heal; regression test: {regression}",
         sim.observer().unconverged_nodes()
     );
     Ok(())

@@ -123,11 +123,12 @@ proptest! {
 
     #[test]
     fn prop_same_seed_and_schedule_replay_exactly(seed in any::<u64>(), n in 4u32..12, schedule in proptest::collection::vec(fault(), 1..6)) {
+        let case = format!("trace({n}, {seed}, &{}, ..)", faults::rust_steps(&schedule));
         let a = trace(n, seed, &schedule, swim_factory(Profile::Test, n));
         let b = trace(n, seed, &schedule, swim_factory(Profile::Test, n));
-        prop_assert_eq!(a, b, "swim seed {} not reproducible", seed);
+        prop_assert_eq!(a, b, "swim not reproducible: {} twice with swim_factory(Profile::Test, {})", &case, n);
         let a = trace(n, seed, &schedule, mesh_factory(Profile::Test));
         let b = trace(n, seed, &schedule, mesh_factory(Profile::Test));
-        prop_assert_eq!(a, b, "mesh seed {} not reproducible", seed);
+        prop_assert_eq!(a, b, "mesh not reproducible: {} twice with mesh_factory(Profile::Test)", &case);
     }
 }

@@ -10,7 +10,9 @@ use std::net::SocketAddrV4;
 use crate::groups::GroupEvent;
 use crate::{CallError, RegistryCore, RegistryOutput, RequestId};
 use meshreg_membership::wire::{HEADER_LEN, Kind};
-use meshreg_membership::{Channel, Error, LinkEvent, MembershipCore, NodeId, Output, Time};
+use meshreg_membership::{
+    Channel, Error, LinkEvent, MemberEvent, MembershipCore, NodeId, Output, Time,
+};
 
 /// Timers of a [`Stack`]: the membership core's or the backend's.
 #[derive(Clone, Debug)]
@@ -98,10 +100,18 @@ impl<M: MembershipCore, R: RegistryCore> Stack<M, R> {
     }
 
     /// Carries the membership core's outputs out, feeding its events to the backend.
+    ///
+    /// A `Down(old)` reported together with the `Up(new)` of a newer generation at the same
+    /// address (it renewed or restarted, and said Hello) reaches the backend after that `Up`:
+    /// both backends retire `old` on the first evidence of `new` (a later `Down(old)` changes
+    /// nothing), and so know, when they retire it, who replaces it. The coordinated boss then
+    /// waits for `new` where it waited for `old`, rather than completing an op the renewed node,
+    /// which keeps its table, has not applied.
     fn route_membership(&mut self, now: Time, out: &mut Out<M, R>) {
         let mut mout = std::mem::take(&mut self.mout);
         let mut rout = std::mem::take(&mut self.rout);
-        for o in mout.drain(..) {
+        let mut outputs = mout.drain(..).peekable();
+        while let Some(o) = outputs.next() {
             match o {
                 Output::Send {
                     to,
@@ -123,12 +133,31 @@ impl<M: MembershipCore, R: RegistryCore> Stack<M, R> {
                     out.push(Output::Renewed(id));
                 }
                 Output::Left(id) => out.push(Output::Left(id)),
+                Output::Event(MemberEvent::Down(old)) => {
+                    let next = outputs.next_if(|n| {
+                        matches!(n, Output::Event(MemberEvent::Up(new))
+                            if new.addr() == old.addr() && new.generation() > old.generation())
+                    });
+                    if let Some(Output::Event(up)) = next {
+                        // Backend order: Up first; the driver sees the membership core's.
+                        self.registry.member_event(now, up, &mut rout);
+                        self.registry
+                            .member_event(now, MemberEvent::Down(old), &mut rout);
+                        out.push(Output::Event(MemberEvent::Down(old)));
+                        out.push(Output::Event(up));
+                    } else {
+                        self.registry
+                            .member_event(now, MemberEvent::Down(old), &mut rout);
+                        out.push(Output::Event(MemberEvent::Down(old)));
+                    }
+                }
                 Output::Event(e) => {
                     self.registry.member_event(now, e, &mut rout);
                     out.push(Output::Event(e));
                 }
             }
         }
+        drop(outputs);
         self.mout = mout;
         self.route_registry(now, &mut rout, out);
         self.rout = rout;
@@ -235,5 +264,161 @@ impl<M: MembershipCore, R: RegistryCore> MembershipCore for Stack<M, R> {
 
     fn members(&self) -> Vec<NodeId> {
         self.membership.members()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddrV4;
+    use std::time::Duration;
+
+    use meshreg_membership::{
+        Channel, Error, LinkEvent, MemberEvent, MembershipCore, NodeId, Output, Time, loopback_addr,
+    };
+
+    use super::Stack;
+    use crate::groups::{GroupEvent, GroupName, GroupTable, ScopeName};
+    use crate::{MessageError, Pid, RegistryCore, RegistryOutput, RequestId};
+
+    /// Emits the events it is given on its next timer.
+    struct Script {
+        id: NodeId,
+        next: Vec<MemberEvent>,
+    }
+
+    impl MembershipCore for Script {
+        type Timer = ();
+        fn id(&self) -> NodeId {
+            self.id
+        }
+        fn start(&mut self, _: Time, _: &[SocketAddrV4], _: &mut Vec<Output<()>>) {}
+        fn handle_datagram(
+            &mut self,
+            _: Time,
+            _: SocketAddrV4,
+            _: &[u8],
+            _: &mut Vec<Output<()>>,
+        ) -> Result<(), Error> {
+            Ok(())
+        }
+        fn handle_stream(
+            &mut self,
+            _: Time,
+            _: SocketAddrV4,
+            _: &[u8],
+            _: &mut Vec<Output<()>>,
+        ) -> Result<(), Error> {
+            Ok(())
+        }
+        fn handle_link(&mut self, _: Time, _: LinkEvent, _: &mut Vec<Output<()>>) {}
+        fn handle_timer(&mut self, _: Time, (): (), out: &mut Vec<Output<()>>) {
+            out.extend(self.next.drain(..).map(Output::Event));
+        }
+        fn leave(&mut self, _: Time, _: &mut Vec<Output<()>>) {}
+        fn num_members(&self) -> usize {
+            0
+        }
+        fn members(&self) -> Vec<NodeId> {
+            Vec::new()
+        }
+    }
+
+    /// Records the membership events it is fed.
+    struct Recorder {
+        table: GroupTable,
+        seen: Vec<MemberEvent>,
+    }
+
+    impl RegistryCore for Recorder {
+        type Timer = ();
+        fn table(&self) -> &GroupTable {
+            &self.table
+        }
+        fn drain_events(&mut self) -> Vec<GroupEvent> {
+            Vec::new()
+        }
+        fn start(&mut self, _: Time, _: &mut Vec<RegistryOutput<()>>) {}
+        fn member_event(&mut self, _: Time, e: MemberEvent, _: &mut Vec<RegistryOutput<()>>) {
+            self.seen.push(e);
+        }
+        fn join(
+            &mut self,
+            _: Time,
+            _: RequestId,
+            _: &ScopeName,
+            _: &GroupName,
+            _: Pid,
+            _: &[u8],
+            _: &mut Vec<RegistryOutput<()>>,
+        ) {
+        }
+        fn leave(
+            &mut self,
+            _: Time,
+            _: RequestId,
+            _: &ScopeName,
+            _: &GroupName,
+            _: Pid,
+            _: &mut Vec<RegistryOutput<()>>,
+        ) {
+        }
+        fn process_exit(&mut self, _: Time, _: Pid, _: &mut Vec<RegistryOutput<()>>) {}
+        fn handle_message(
+            &mut self,
+            _: Time,
+            _: SocketAddrV4,
+            _: Channel,
+            _: &[u8],
+            _: &mut Vec<RegistryOutput<()>>,
+        ) -> Result<(), MessageError> {
+            Ok(())
+        }
+        fn handle_timer(&mut self, _: Time, (): (), _: &mut Vec<RegistryOutput<()>>) {}
+    }
+
+    #[test]
+    fn a_down_replaced_by_a_newer_generation_reaches_the_backend_after_its_up() {
+        let me = NodeId::new(loopback_addr(0, 7000), 1 << 16);
+        let other = NodeId::new(loopback_addr(1, 7000), 1 << 16);
+        let third = NodeId::new(loopback_addr(2, 7000), 1 << 16);
+        let (old, new) = (other, other.next_generation());
+        let script = vec![
+            MemberEvent::Down(third),
+            MemberEvent::Down(old),
+            MemberEvent::Up(new),
+            MemberEvent::Up(third.next_creation()),
+        ];
+        let mut stack = Stack::new(
+            Script {
+                id: me,
+                next: script.clone(),
+            },
+            Recorder {
+                table: GroupTable::new(me),
+                seen: Vec::new(),
+            },
+        );
+        let mut out = Vec::new();
+        stack.handle_timer(Duration::ZERO, super::StackTimer::Membership(()), &mut out);
+        let reported: Vec<MemberEvent> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(e) => Some(*e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reported, script,
+            "the driver sees the membership core's order"
+        );
+        assert_eq!(
+            stack.registry.seen,
+            vec![
+                MemberEvent::Down(third),
+                MemberEvent::Up(new),
+                MemberEvent::Down(old),
+                MemberEvent::Up(third.next_creation()),
+            ]
+        );
     }
 }

@@ -358,11 +358,15 @@ impl CoordinatedGroups {
         if !rec.waiting.remove(&from) {
             return;
         }
+        let owners = state.owners.clone();
         let rank = (state.written_epoch, state.seq);
         rec.reports.insert(from, (rank, state_digest(&state)));
         own_entries(&mut rec.own, from, &state);
         if rank > (rec.best.written_epoch, rec.best.seq) {
             rec.best = state;
+        }
+        for owner in owners {
+            self.took_word_of(owner, from, out);
         }
         self.maybe_finish_recovery(now, &key, out);
     }
@@ -511,8 +515,17 @@ impl CoordinatedGroups {
         }
     }
 
-    /// `node` went Down: nothing more is awaited from it.
+    /// `node` went Down: nothing more is awaited from it. If it was retired by a newer
+    /// identity at its address (it renewed or restarted, see `observe`), ops in flight await
+    /// that one instead: a renewed node keeps its table, so the old identity's missing ack
+    /// means the new one may still list what the op removed. It acks, or goes Down, or (renewed)
+    /// comes Up and restarts the term, whose recovery answers the requester's retry.
     pub(super) fn bosses_on_down(&mut self, now: Time, node: NodeId, out: &mut Out) {
+        let successor = self
+            .known
+            .get(&node.addr())
+            .copied()
+            .filter(|k| k.generation() > node.generation() && !self.is_dead(*k));
         let keys: Vec<Key> = self.terms.keys().cloned().collect();
         for key in keys {
             let term = self.terms.get_mut(&key).expect("listed");
@@ -524,7 +537,11 @@ impl CoordinatedGroups {
                 rec.reports.remove(&node);
             }
             for f in &mut term.inflight {
-                f.waiting.remove(&node);
+                if f.waiting.remove(&node)
+                    && let Some(next) = successor
+                {
+                    f.waiting.insert(next);
+                }
             }
             self.maybe_finish_recovery(now, &key, out);
             self.complete_ready(now, &key, out);

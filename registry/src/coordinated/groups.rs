@@ -5,7 +5,7 @@
 //! node bosses: recovery, ordering, acks) and `replica.rs` (applying a partition's ops in
 //! order). This file holds the state they share and the input dispatch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
@@ -41,6 +41,9 @@ pub enum BossTimer {
         /// Which sending it guards (1-based).
         attempt: u32,
     },
+    /// Memberships of identities neither Up nor Down here were taken on another node's word:
+    /// watch those still in that state at their sources (see `watch.rs`).
+    Watch,
     /// A boss term has work left (nodes to hear from, nodes that refused): re-send.
     Term {
         /// Scope of the partition.
@@ -125,6 +128,19 @@ pub struct CoordinatedGroups {
     pub(super) terms: BTreeMap<Key, Term>,
     /// Local calls and exit leaves waiting for their `Done`.
     pub(super) pending: BTreeMap<Ticket, Pending>,
+    /// Identities neither Up nor Down here whose memberships this node took on the word of
+    /// the nodes listed (a `Sync`, a recovery report, an `Apply`): watched there once
+    /// [`BossTimer::Watch`] fires, unless they came Up or went Down meanwhile (`watch.rs`).
+    pub(super) unseen: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// A [`BossTimer::Watch`] is set.
+    pub(super) unseen_armed: bool,
+    /// Per identity, the nodes that hold its memberships on this node's word: told `Gone`
+    /// when it goes Down here.
+    pub(super) watchers: BTreeMap<NodeId, BTreeSet<NodeId>>,
+    /// Identities neither Up nor Down here that a node this one took their memberships from
+    /// declared Down (`Gone`): their memberships and ops are kept out of the table, as a dead
+    /// identity's, until they come Up here (see `watch.rs`).
+    pub(super) gone: BTreeSet<NodeId>,
     pub(super) next_exit: u64,
     pub(super) stats: BossStats,
 }
@@ -156,6 +172,10 @@ impl CoordinatedGroups {
             replicas: BTreeMap::new(),
             terms: BTreeMap::new(),
             pending: BTreeMap::new(),
+            unseen: BTreeMap::new(),
+            unseen_armed: false,
+            watchers: BTreeMap::new(),
+            gone: BTreeSet::new(),
             next_exit: 0,
             stats: BossStats::default(),
         }
@@ -207,9 +227,10 @@ impl CoordinatedGroups {
             .map_or(0, |(_, r)| r.epoch)
     }
 
-    /// Whether this node has nothing in flight: no pending call, no term recovering or waiting.
+    /// Whether this node has nothing in flight: no pending call, no term recovering or waiting,
+    /// no watch to send.
     pub fn is_quiet(&self) -> bool {
-        self.pending.is_empty() && self.terms.values().all(Term::is_idle)
+        self.pending.is_empty() && self.terms.values().all(Term::is_idle) && self.unseen.is_empty()
     }
 
     /// The partition key of `op`.
@@ -224,6 +245,12 @@ impl CoordinatedGroups {
         self.down_gen
             .get(&node.addr())
             .is_some_and(|&g| node.generation() <= g)
+    }
+
+    /// Whether memberships and ops of identity `node` stay out of the table: it is dead here,
+    /// or a node this one took its memberships from said it is gone (`watch.rs`).
+    pub(super) fn is_out(&self, node: NodeId) -> bool {
+        self.is_dead(node) || self.gone.contains(&node)
     }
 
     /// Sends `msg` to `to` (never this node: local deliveries are direct calls).
@@ -257,6 +284,7 @@ impl CoordinatedGroups {
         if self.is_dead(node) || self.live.get(&node.addr()) == Some(&node) {
             return;
         }
+        self.settle_unseen(node);
         self.live.insert(node.addr(), node);
         self.bosses_on_up(now, node, out);
         self.view_changed(now, out);
@@ -309,6 +337,8 @@ impl CoordinatedGroups {
         if self.live.get(&node.addr()) == Some(&node) {
             self.live.remove(&node.addr());
         }
+        self.settle_unseen(node);
+        self.tell_watchers(node, out);
         // Every node sees the Down and removes the memberships itself: no message needed, and
         // `is_dead` keeps in-flight Applies and states from re-adding them. By the invariant
         // of `known`, the root's memberships are all of this identity (or older).
@@ -397,6 +427,8 @@ impl CoordinatedGroups {
             Message::Handoff { scope, partition } => {
                 self.boss_handoff(now, (scope, partition), out);
             }
+            Message::Watch { nodes } => self.on_watch(from, nodes, out),
+            Message::Gone { nodes } => self.on_gone(nodes, out),
         }
     }
 }
@@ -558,6 +590,7 @@ impl RegistryCore for CoordinatedGroups {
     fn handle_timer(&mut self, now: Time, timer: BossTimer, out: &mut Out) {
         match timer {
             BossTimer::Retry { ticket, attempt } => self.retry_timer(now, ticket, attempt, out),
+            BossTimer::Watch => self.watch_timer(out),
             BossTimer::Term {
                 scope,
                 partition,

@@ -16,6 +16,8 @@ use crate::{MessageError, Pid, RequestId};
 pub const MAX_STATE_ENTRIES: usize = 1_000_000;
 /// Most dedupe entries one `State`/`Sync` message may carry.
 pub const MAX_DEDUPE_ENTRIES: usize = 65_536;
+/// Most identities one `Watch`/`Gone` message may carry.
+pub const MAX_WATCH_NODES: usize = 65_536;
 
 /// Who asked for an op: a call of the driver, or a leave this node issued itself because a
 /// process ended. Requesters number both kinds independently, so the kind is part of the key.
@@ -253,6 +255,18 @@ pub enum Message {
         /// The partition.
         partition: u16,
     },
+    /// Node -> a node it got memberships of `nodes` from, none of which it has seen Up: say
+    /// `Gone` when you see any of them Down (at once if you already have).
+    Watch {
+        /// The identities whose memberships the sender holds on the receiver's word.
+        nodes: Vec<NodeId>,
+    },
+    /// Answer to `Watch`: these identities are Down in the sender's view. A receiver that does
+    /// not see one of them Up itself drops its memberships, as its own `Down` would have.
+    Gone {
+        /// The identities declared Down.
+        nodes: Vec<NodeId>,
+    },
 }
 
 impl Message {
@@ -268,13 +282,16 @@ impl Message {
             Self::State { .. } => 6,
             Self::Sync { .. } => 7,
             Self::Handoff { .. } => 8,
+            Self::Watch { .. } => 9,
+            Self::Gone { .. } => 10,
         }
     }
 }
 
 /// Names of the message kinds, in [`Message::kind_index`] order.
-pub const KIND_NAMES: [&str; 9] = [
-    "request", "apply", "ack", "done", "nack", "recover", "state", "sync", "handoff",
+pub const KIND_NAMES: [&str; 11] = [
+    "request", "apply", "ack", "done", "nack", "recover", "state", "sync", "handoff", "watch",
+    "gone",
 ];
 
 /// Envelopes `msg` for `cluster`.
@@ -310,6 +327,7 @@ pub fn decode(bytes: &[u8], cluster: u32, meta_cap_bytes: usize) -> Result<Messa
                 || state.recent.len() > MAX_DEDUPE_ENTRIES
                 || state.entries.iter().any(|e| too_big(e.meta.len()))
         }
+        Message::Watch { nodes } | Message::Gone { nodes } => nodes.len() > MAX_WATCH_NODES,
         _ => false,
     };
     if bad {

@@ -15,6 +15,8 @@
 //!   every live node and answers `Done` once all acknowledged.
 //! - Replica (`replica.rs`): applies a partition's ops strictly in seq order, accepts boss
 //!   messages only from its view's boss with a current epoch, reports/replaces state.
+//! - Watch (`watch.rs`): memberships of an identity never seen Up here are dropped when the
+//!   node they came from sees that identity Down.
 //!
 //! Architecture Invariants:
 //! - Read-your-write: when `Completed(Ok)` is emitted, every node that was live in the boss's
@@ -25,7 +27,9 @@
 //! - A Down node's memberships are removed by every node on its Down (or on the first sign of
 //!   a newer generation at its address, whichever comes first: a later Down of a tombstoned
 //!   generation removes nothing), and ops whose origin is a generation declared Down never
-//!   reach the table again.
+//!   reach the table again. A node that holds memberships of an identity it never saw Up
+//!   removes them when the node it got them from declares that identity Down (`Watch`/`Gone`,
+//!   `watch.rs`), unless it sees it Up itself by then.
 //! - Pids name their node by its root (`NodeId::root`). A node that renews its identity (it
 //!   was declared Down but kept running) re-joins every local membership through the bosses
 //!   under the new identity; after a partition heals, a boss's recovery takes each reporting
@@ -40,6 +44,7 @@ mod placement;
 mod replica;
 mod requester;
 mod stats;
+mod watch;
 
 pub use groups::{BossTimer, CoordinatedConfig, CoordinatedGroups, DEFAULT_PARTITIONS_PER_SCOPE};
 pub use message::{Message, NackReason, Op, PartitionState, Refusal, Refused, Ticket};

@@ -126,7 +126,7 @@ impl CoordinatedGroups {
     /// checked order. Every replica holds the same state at the same seq, so all agree on the
     /// refusal (ops on dead pids excepted: nobody waits for those).
     pub(super) fn apply_next(&mut self, key: &Key, epoch: u64, origin: Origin, op: Op) -> bool {
-        let refused = if self.is_dead(origin.0) {
+        let refused = if self.is_out(origin.0) {
             false
         } else {
             match op {
@@ -234,6 +234,9 @@ impl CoordinatedGroups {
             return;
         }
         self.adopt_term(&key, epoch, from);
+        if matches!(op, Op::Join { .. }) {
+            self.took_word_of(origin.0, from, out);
+        }
         let r = self.replica(&key);
         if seq > r.seq {
             r.held.insert(seq, (epoch, origin, op));
@@ -309,6 +312,9 @@ impl CoordinatedGroups {
             return;
         }
         self.adopt_term(&key, epoch, from);
+        for &owner in &state.owners {
+            self.took_word_of(owner, from, out);
+        }
         self.install_state(now, &key, state, out);
         self.drain_held(&key);
         self.ack(from, &key, epoch, out);
@@ -396,7 +402,7 @@ impl CoordinatedGroups {
                 if e.pid.node == self.me.root() {
                     !keep_own && owner == self.me
                 } else {
-                    !self.is_dead(owner)
+                    !self.is_out(owner)
                 }
             })
             .collect();

@@ -33,6 +33,10 @@ pub(crate) struct Pending {
     /// Never given up after `max_attempts`: a re-join after renewal, whose loss would drop a
     /// live membership on the other nodes for good.
     persistent: bool,
+    /// A leave already applied under an older identity, ordered again under the current one
+    /// only to complete its call once the other nodes dropped the old memberships: answered
+    /// `Ok` whatever the boss says (it finds nothing to remove).
+    applied_before: bool,
 }
 
 impl CoordinatedGroups {
@@ -49,6 +53,7 @@ impl CoordinatedGroups {
             exit_after: false,
             call,
             persistent: false,
+            applied_before: false,
         };
         self.pending.insert(ticket, pending);
         self.dispatch(now, ticket, out);
@@ -160,6 +165,7 @@ impl CoordinatedGroups {
         let Some(p) = self.pending.remove(&ticket) else {
             return;
         };
+        let result = if p.applied_before { Ok(()) } else { result };
         if p.exit_after
             && let Op::Join {
                 scope, group, pid, ..
@@ -233,8 +239,12 @@ impl CoordinatedGroups {
     ///
     /// Requests pending under `old`: one this node already applied (its origin is in the
     /// partition's dedupe window) is in the memberships being re-joined, so a join completes
-    /// with the re-join of the same membership and a leave completes at once; any other is
-    /// re-issued under a fresh ticket (its effect under `old`, if any, is removed everywhere).
+    /// with the re-join of the same membership; any other is re-issued under a fresh ticket (its
+    /// effect under `old`, if any, is removed everywhere). An applied leave is not applied
+    /// everywhere yet: the other nodes still list the old identity's memberships until they learn
+    /// of the new one. It completes with a re-join (of the same membership if there is one), or,
+    /// with none, once ordered again under the new identity (a no-op there): a node applying an
+    /// op of the new identity has dropped every membership of `old` first (see `observe`).
     pub(super) fn renew_requests(&mut self, now: Time, old: NodeId, out: &mut Out) {
         let local = self.table.remove_node(self.me.root());
         let old_pending = std::mem::take(&mut self.pending);
@@ -254,6 +264,7 @@ impl CoordinatedGroups {
                 exit_after: false,
                 call: None,
                 persistent: true,
+                applied_before: false,
             };
             self.pending.insert(ticket, pending);
             fresh.push(ticket);
@@ -284,6 +295,38 @@ impl CoordinatedGroups {
                         q.exit_after |= p.exit_after;
                     } else if let Some(req) = p.call {
                         // Applied, then left again by a later op: nothing to carry.
+                        self.complete_call(req, Ok(()), out);
+                    }
+                }
+                (Some(false), Op::Leave { .. }) => {
+                    let free = |q: &Pending| q.persistent && q.call.is_none();
+                    let pick = |same: bool| {
+                        self.pending
+                            .iter()
+                            .find(|(_, q)| free(q) && (!same || same_membership(&q.op, &p.op)))
+                            .map(|(t, _)| *t)
+                    };
+                    let carrier = pick(true).or_else(|| pick(false));
+                    let touched = self.pending.values().any(|q| same_membership(&q.op, &p.op));
+                    if let Some(q) = carrier.and_then(|t| self.pending.get_mut(&t)) {
+                        q.call = p.call;
+                    } else if p.call.is_some() && !touched {
+                        // Nothing re-joined: order the leave again under the new identity. No
+                        // node holds that membership under it, so it removes nothing; its
+                        // answer says the others dropped the old identity's memberships.
+                        let ticket = self.internal_ticket();
+                        let again = Pending {
+                            attempts: 0,
+                            boss: self.me,
+                            persistent: true,
+                            applied_before: true,
+                            ..p
+                        };
+                        self.pending.insert(ticket, again);
+                        fresh.push(ticket);
+                    } else if let Some(req) = p.call {
+                        // A later op of the same membership is pending: it must not be undone,
+                        // and the old identity's memberships go on the others' Down anyway.
                         self.complete_call(req, Ok(()), out);
                     }
                 }

@@ -6,8 +6,8 @@ use super::message::KIND_NAMES;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BossStats {
     /// Messages sent, per kind, indexed like [`KIND_NAMES`] (`request`, `apply`, `ack`,
-    /// `done`, `nack`, `recover`, `state`, `sync`, `handoff`).
-    pub sent: [u64; 9],
+    /// `done`, `nack`, `recover`, `state`, `sync`, `handoff`, `watch`, `gone`).
+    pub sent: [u64; KIND_NAMES.len()],
     /// Bytes sent (envelopes included).
     pub bytes_sent: u64,
     /// Local calls completed with `Ok`.

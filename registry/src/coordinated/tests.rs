@@ -3,7 +3,7 @@
 use std::net::SocketAddrV4;
 
 use meshreg_membership::wire::{self, Kind};
-use meshreg_membership::{Channel, MemberEvent};
+use meshreg_membership::{Channel, MemberEvent, NodeId};
 use proptest::prelude::*;
 
 use super::harness::{CLUSTER, Cluster, group, node_id, scope};
@@ -455,29 +455,30 @@ fn a_sync_of_a_term_it_did_not_promise_is_refused_by_a_node_with_written_state()
     assert_eq!(c.assert_converged().len(), 1);
 }
 
-/// The shape of seed 0 in `prop_no_stale_read_after_leave` (4 nodes, partition {0, 2} | {1, 3},
-/// node 3 restarted during the cut, then heal): the restarted node learns node 0's membership
-/// from node 1 before node 1 notices the cut, never sees node 0, and bosses the group's
-/// partition on its side with a higher epoch. Node 0 leaves on its side. At the heal, the
-/// restarted node's `Sync` must not bring the completed leave back on node 0 (node 0 would then
-/// re-join it everywhere when it renews).
-#[test]
-fn a_boss_from_the_other_side_of_a_healed_partition_does_not_undo_a_completed_leave() {
-    let mut c = Cluster::new(4, 16);
-    let (x, a, b, f) = (0, 2, 1, 3);
+/// Nodes of [`cut_with_a_restart_on_the_far_side`]: `x` joins and leaves, `a` is on its side,
+/// `b` on the other, where `f` restarts.
+const CUT: (usize, usize, usize, usize) = (0, 2, 1, 3);
+
+/// The shape of seed 0 in `prop_no_stale_read_after_leave`: 4 nodes, node 0 (`x`) joined pid 1
+/// to the returned group, then a cut {0, 2} | {1, 3} (messages across it are held), and node 3
+/// (`f`) restarted on the far side before node 1 (`b`) noticed the cut. The restarted node
+/// bosses the group's partition in every view that holds it, so it learned node 0's membership
+/// from node 1's recovery report, but it never sees node 0. Returns the group, the restarted
+/// identity and the one before it.
+fn cut_with_a_restart_on_the_far_side(c: &mut Cluster) -> (String, NodeId, NodeId) {
+    let (x, a, b, f) = CUT;
     // Node 0 as a first incarnation (a root identity, as in the simulator): an identity that
     // renewed gets a recovery at any boss it comes Up at anyway.
     c.crash(x);
     c.restart(x);
     c.settle();
     let id = |c: &Cluster, i: usize| c.nodes[i].me();
-    assert_eq!(id(&c, x), id(&c, x).root());
-    let fresh = id(&c, f).next_creation();
-    // A group the restarted node bosses in every view that holds it.
+    assert_eq!(id(c, x), id(c, x).root());
+    let fresh = id(c, f).next_creation();
     let views = [
-        vec![id(&c, b), fresh],
-        vec![id(&c, x), id(&c, b), id(&c, a), fresh],
-        vec![id(&c, x), id(&c, a), fresh],
+        vec![id(c, b), fresh],
+        vec![id(c, x), id(c, b), id(c, a), fresh],
+        vec![id(c, x), id(c, a), fresh],
     ];
     let g = (0..200)
         .map(|k| format!("g{k}"))
@@ -490,43 +491,183 @@ fn a_boss_from_the_other_side_of_a_healed_partition_does_not_undo_a_completed_le
         .unwrap();
     let req = c.join(x, "s", &g, 1, b"");
     c.settle();
-    ok_everywhere(&c, x, req, 1);
+    ok_everywhere(c, x, req, 1);
 
-    // The cut: nothing crosses it.
     let side = move |i: usize| i == x || i == a;
     c.hold = Some(Box::new(move |from, to, _| side(from) != side(to)));
     let old_f = c.crash_silently(f);
     assert_eq!(c.restart_among(f, &[b]), fresh);
     c.settle();
     assert_eq!(c.nodes[f].table().members("s", g.as_str()).len(), 1);
-    // Failure detection on both sides.
-    for (i, gone) in [(x, [b, f]), (a, [b, f]), (b, [x, a])] {
-        for j in gone {
-            let down = if j == f { old_f } else { id(&c, j) };
-            c.member_event(i, MemberEvent::Down(down));
-        }
-    }
-    c.settle();
-    let left = c.leave(x, "s", &g, 1);
+    (g, fresh, old_f)
+}
+
+/// Node 0 leaves pid 1 of `g` on its side; the leave completes there.
+fn leave_on_the_near_side(c: &mut Cluster, g: &str) {
+    let (x, a, _, _) = CUT;
+    let left = c.leave(x, "s", g, 1);
     c.settle();
     let done = c.completion(x, left).expect("completed");
     assert_eq!(done.result, Ok(()));
     assert_eq!((done.occurrences[&x], done.occurrences[&a]), (0, 0));
-    // The premise: the restarted node never saw node 0 Up, so it sees no Down of it either and
-    // still holds the membership as node 1 reported it before the cut was noticed.
-    assert_eq!(done.occurrences[&f], 1);
+}
+
+#[test]
+fn memberships_of_a_node_never_seen_go_when_their_source_sees_it_down() {
+    let mut c = Cluster::new(4, 16);
+    let (x, a, b, f) = CUT;
+    let (g, _, old_f) = cut_with_a_restart_on_the_far_side(&mut c);
+    // The restarted node asked node 1, once, to tell it when node 0 goes.
+    assert_eq!(c.nodes[f].stats().sent_of("watch"), 1);
+    for (i, gone) in [(x, [b, f]), (a, [b, f]), (b, [x, a])] {
+        for j in gone {
+            let down = if j == f { old_f } else { c.nodes[j].me() };
+            c.member_event(i, MemberEvent::Down(down));
+        }
+    }
+    c.settle();
+    assert_eq!(c.nodes[b].stats().sent_of("gone"), 1);
+    assert!(
+        c.view(f)
+            .iter()
+            .all(|(_, _, pid, _)| pid.node.addr() != c.nodes[x].me().addr()),
+        "node 3 still lists node 0's memberships"
+    );
+    assert_eq!(c.view(f), c.view(b));
+    leave_on_the_near_side(&mut c, &g);
+    assert_eq!(c.view(f), c.view(b));
+}
+
+#[test]
+fn a_watch_of_a_node_already_down_is_answered_gone_at_once_and_gone_spares_a_live_node() {
+    let mut c = Cluster::new(3, 16);
+    c.join(2, "s", "g", 1, b"");
+    c.settle();
+    let (n0, n2) = (c.nodes[0].me(), c.nodes[2].me());
+    c.member_event(0, MemberEvent::Down(n2));
+    let mut out = Vec::new();
+    let now = c.now;
+    let watch = Message::Watch { nodes: vec![n2] };
+    let from = c.nodes[1].me().addr();
+    c.nodes[0]
+        .handle_message(now, from, Channel::Stream, &sealed(&watch), &mut out)
+        .unwrap();
+    let gone = Message::Gone { nodes: vec![n2] };
+    assert_eq!(
+        out,
+        vec![RegistryOutput::Send {
+            to: from,
+            channel: Channel::Stream,
+            payload: sealed(&gone)
+        }]
+    );
+    // Node 1 sees node 2 Up itself: its own view decides, not node 0's word.
+    let mut out = Vec::new();
+    c.nodes[1]
+        .handle_message(now, n0.addr(), Channel::Stream, &sealed(&gone), &mut out)
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(c.nodes[1].table().members("s", "g").len(), 1);
+}
+
+/// A `Gone` may come before the copy it is about: a recovery still holding a report taken before
+/// the cut was noticed, or a late `Sync`, must not bring the memberships in afterwards.
+#[test]
+fn memberships_of_a_node_said_gone_stay_out_until_it_comes_up_here() {
+    let mut c = Cluster::new(3, 16);
+    let g = group_not_bossed_by(&c, 0);
+    let boss = c.boss_index(0, "s", &g);
+    let p = c.nodes[0].partition_of("s", &g);
+    let unseen = NodeId::new(meshreg_membership::loopback_addr(5, 7000), 1 << 16);
+    let gone = Message::Gone {
+        nodes: vec![unseen],
+    };
+    let sync = Message::Sync {
+        scope: scope("s"),
+        partition: p,
+        epoch: 1,
+        state: PartitionState {
+            written_epoch: 1,
+            seq: 1,
+            recent: Vec::new(),
+            entries: vec![super::message::Entry {
+                group: group(&g),
+                pid: Pid {
+                    node: unseen,
+                    serial: 1,
+                },
+                meta: Box::default(),
+            }],
+            owners: vec![unseen, c.nodes[boss].me()],
+        },
+    };
+    let (now, boss_addr) = (c.now, c.nodes[boss].me().addr());
+    let mut out = Vec::new();
+    for m in [&gone, &sync] {
+        c.nodes[0]
+            .handle_message(now, boss_addr, Channel::Stream, &sealed(m), &mut out)
+            .unwrap();
+    }
+    assert_eq!(c.nodes[0].table().members("s", g.as_str()).len(), 0);
+    assert_eq!(
+        c.nodes[0].applied_seq("s", p),
+        1,
+        "the state itself is taken"
+    );
+    // Up here: this node's own view decides from now on.
+    c.member_event(0, MemberEvent::Up(unseen));
+    let mut out = Vec::new();
+    let again = Message::Sync {
+        scope: scope("s"),
+        partition: p,
+        epoch: 1,
+        state: match sync {
+            Message::Sync { state, .. } => state,
+            _ => unreachable!(),
+        },
+    };
+    c.nodes[0]
+        .handle_message(now, boss_addr, Channel::Stream, &sealed(&again), &mut out)
+        .unwrap();
+    assert_eq!(c.nodes[0].table().members("s", g.as_str()).len(), 1);
+}
+
+/// As above, but node 1 crashes before it notices the cut, so nobody tells the restarted node
+/// that node 0 is gone: it still lists node 0's membership when the cut heals, and bosses the
+/// partition in node 0's view then, with a higher epoch than node 0's side. Its `Sync` must not
+/// bring back the leave node 0 completed on its side (node 0 would then re-join it everywhere
+/// when it renews): node 0 refuses it (`Unrecovered`) and the boss merges node 0's state.
+#[test]
+fn a_boss_from_the_other_side_of_a_healed_partition_does_not_undo_a_completed_leave() {
+    let mut c = Cluster::new(4, 16);
+    let (x, a, b, f) = CUT;
+    let (g, fresh, old_f) = cut_with_a_restart_on_the_far_side(&mut c);
+    let b_id = c.crash_silently(b);
+    c.member_event(f, MemberEvent::Down(b_id));
+    for i in [x, a] {
+        c.member_event(i, MemberEvent::Down(b_id));
+        c.member_event(i, MemberEvent::Down(old_f));
+    }
+    c.settle();
+    leave_on_the_near_side(&mut c, &g);
+    let pid = c.pid(x, 1);
+    let listed = |c: &Cluster, i: usize| c.nodes[i].table().occurrences(scope("s"), group(&g), pid);
+    assert_eq!(
+        listed(&c, f),
+        1,
+        "the premise: node 3 kept node 0's membership"
+    );
 
     // Heal: the restarted node and node 0 meet for the first time.
     c.hold = None;
     c.held.clear(); // what was sent across the cut is lost with the links
-    let x_id = id(&c, x);
+    let x_id = c.nodes[x].me();
     c.member_event(f, MemberEvent::Up(x_id));
     c.member_event(x, MemberEvent::Up(fresh));
     c.settle();
-    let pid = c.pid(x, 1);
     for i in [x, f] {
         assert_eq!(
-            c.nodes[i].table().occurrences(scope("s"), group(&g), pid),
+            listed(&c, i),
             0,
             "node {i} lists the membership node 0 left"
         );
@@ -815,6 +956,90 @@ fn a_renewed_node_re_joins_its_memberships_everywhere() {
     for i in c.live() {
         assert!(c.nodes[i].is_quiet(), "node {i} still busy");
     }
+}
+
+/// Found by `prop_no_stale_read_after_leave` (seed 1206143698789191312): a node renews while an
+/// Apply to it is in flight; its new identity's `Up` at the boss retires the old one, whose ack
+/// the op was waiting for. The renewed node keeps its table, so the op must not complete on the
+/// old identity's retirement: the boss waits for the new one (here the new identity takes the
+/// partition over, and answers the requester's retry from a recovered state).
+#[test]
+fn a_renewal_does_not_complete_an_op_the_renewed_node_has_not_applied() {
+    let mut c = Cluster::new(3, 16);
+    let (boss, n) = (0, 2);
+    let g = (0..100)
+        .map(|k| format!("g{k}"))
+        .find(|g| c.boss_index(0, "s", g) == boss)
+        .unwrap();
+    c.join(1, "s", &g, 1, b"");
+    c.settle();
+    c.hold = Some(Box::new(move |from, to, m| {
+        from == boss && to == n && matches!(m, Message::Apply { .. })
+    }));
+    let left = c.leave(1, "s", &g, 1);
+    c.run();
+    assert!(c.completion(1, left).is_none());
+    let new = c.renew(n);
+    c.member_event(boss, MemberEvent::Up(new));
+    c.member_event(1, MemberEvent::Up(new));
+    c.run();
+    c.hold = None;
+    c.held.clear();
+    c.settle();
+    ok_everywhere(&c, 1, left, 0);
+    assert!(c.assert_converged().is_empty());
+}
+
+/// Node 1 (the boss of the group's partition) joins pid 1 to it `joins` times, leaves it once
+/// with its Applies held, and renews before anyone applied the leave; the others then see the
+/// renewal. Returns the leave's request id.
+fn leave_then_renew(c: &mut Cluster, joins: usize) -> u64 {
+    let x = 1;
+    let g = (0..100)
+        .map(|k| format!("g{k}"))
+        .find(|g| c.boss_index(0, "s", g) == x)
+        .unwrap();
+    for _ in 0..joins {
+        c.join(x, "s", &g, 1, b"");
+    }
+    c.settle();
+    c.hold = Some(Box::new(move |from, _, m| {
+        from == x && matches!(m, Message::Apply { .. })
+    }));
+    let left = c.leave(x, "s", &g, 1);
+    c.run();
+    assert!(c.completion(x, left).is_none());
+    let old = c.nodes[x].me();
+    let new = c.renew(x);
+    c.hold = None;
+    c.held.clear(); // the old identity's Applies: refused once it is Down anyway
+    for j in [0, 2, 3] {
+        c.member_event(j, MemberEvent::Down(old));
+        c.member_event(j, MemberEvent::Up(new));
+    }
+    c.settle();
+    left
+}
+
+/// Found by `prop_no_stale_read_after_leave` (seeds 5419089251074546709, 9061748316690936746): a
+/// node renews while its own leave is applied at home but not yet elsewhere. The leave used to
+/// complete at once, while the other nodes still listed the old identity's memberships, the
+/// left one included. It completes with the re-join of the occurrence left...
+#[test]
+fn a_leave_in_flight_when_its_node_renews_completes_once_every_node_dropped_it() {
+    let mut c = Cluster::new(4, 16);
+    let left = leave_then_renew(&mut c, 2);
+    ok_everywhere(&c, 1, left, 1);
+    assert_eq!(c.assert_converged().len(), 1);
+}
+
+/// ... or, with nothing to re-join, once ordered again (a no-op) under the new identity.
+#[test]
+fn a_leave_in_flight_when_its_node_renews_with_nothing_to_re_join_waits_for_the_others() {
+    let mut c = Cluster::new(4, 16);
+    let left = leave_then_renew(&mut c, 1);
+    ok_everywhere(&c, 1, left, 0);
+    assert!(c.assert_converged().is_empty());
 }
 
 #[test]
