@@ -566,6 +566,16 @@ impl SessionDriver {
                 .and_then(|r| r.peek(&k));
             if held.map(|s| s.pid) != Some(pid) {
                 lost += 1;
+                if std::env::var_os("MESHREG_DEBUG_LOST").is_some() && lost < 5 {
+                    let prim = p.primary(shard);
+                    eprintln!("lost key {key} pid {pid:?} shard {shard:?} primary {prim:?}");
+                    for j in 0..sim.len() as u32 {
+                        if let Some(c) = sim.core(j) {
+                            let r = c.sessions.replica(shard);
+                            eprintln!("  node {j} {:?} view-primary {:?} replica {:?} owned {}", sim.id(j), c.sessions.placement().primary(shard), r.map(|r| (r.role(), r.epoch(), r.len(), r.peek(&k))), c.sessions.owned().any(|(kk, _)| *kk == k));
+                        }
+                    }
+                }
             }
         }
         self.r.sessions_lost = lost;

@@ -479,6 +479,26 @@ impl SessionManager {
                         self.lose(p.shard, &r.key, r.pid, out);
                     }
                 }
+                let asserted = self.asserted.entry(p.shard).or_insert(0);
+                *asserted = (*asserted).max(p.sent_epoch);
+                let believed = self.believed.get(&p.shard).copied().unwrap_or(0);
+                if believed > p.sent_epoch {
+                    // Answered by a term older than the one requests now go to: assert there.
+                    self.reassert_shard(now, p.shard, out);
+                    return;
+                }
+                // Sessions acknowledged after this re-assertion was built may have been
+                // acknowledged by an older term: assert them here too.
+                let sent: std::collections::BTreeSet<&SessionKey> =
+                    all.iter().map(|r| &r.key).collect();
+                let missing: Vec<SessionKey> = self
+                    .owned
+                    .get(&p.shard)
+                    .map(|m| m.keys().filter(|k| !sent.contains(k)).cloned().collect())
+                    .unwrap_or_default();
+                if !missing.is_empty() {
+                    self.reassert_keys(now, p.shard, missing, out);
+                }
             }
             _ => {}
         }
@@ -512,14 +532,12 @@ impl SessionManager {
         }
     }
 
-    /// `epoch` serves `shard`: if it is newer than the last term re-asserted to, re-assert.
+    /// `epoch` serves `shard`: if it is newer than the last term that answered a
+    /// re-assertion, re-assert.
     fn learned_epoch(&mut self, now: Time, shard: ShardId, epoch: Epoch, out: &mut Out) {
-        let asserted = self.asserted.entry(shard).or_insert(0);
-        if epoch <= *asserted {
-            return;
+        if epoch > self.asserted.get(&shard).copied().unwrap_or(0) {
+            self.reassert_shard(now, shard, out);
         }
-        *asserted = epoch;
-        self.reassert_shard(now, shard, out);
     }
 
     /// Re-asserts every session owned in `shard`, unless a re-assertion of it is in flight

@@ -53,7 +53,7 @@ pub struct SessionManager {
     pub(super) announce: Vec<(ShardId, Epoch)>,
     /// Client: the epoch believed per shard (sent with requests).
     pub(super) believed: BTreeMap<ShardId, Epoch>,
-    /// Client: the newest term per shard this node re-asserted its sessions to.
+    /// Client: per shard, the newest epoch that answered a re-assertion of this node.
     pub(super) asserted: BTreeMap<ShardId, Epoch>,
     pub(super) next_id: u64,
     pub(super) calls: BTreeMap<u64, CallState>,

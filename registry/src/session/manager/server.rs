@@ -350,15 +350,17 @@ impl SessionManager {
         self.route_shard_outputs(out);
     }
 
-    /// A primary fills this node as its standby. Accepted from the primary of this node's view,
-    /// or at an epoch no older than the replica held; otherwise the sender learns the newer
-    /// epoch (and is fenced).
+    /// A primary fills this node as its standby. Accepted without a replica here, or replacing
+    /// one held from the primary of this view or of an epoch no newer; otherwise the sender
+    /// learns the newer epoch (and is fenced).
     pub(super) fn on_fill(&mut self, _now: Time, from: NodeId, snap: Snapshot, out: &mut Out) {
         let shard = snap.shard;
         self.note_epoch(shard, snap.epoch);
         let from_primary = self.placement.primary(shard) == Some(from);
         let held = self.replicas.get(&shard).map(|r| (r.shard.role(), r.shard.epoch()));
         let accept = match held {
+            // Views differ for a while after a change (SWIM disseminates Downs by gossip):
+            // a node not yet rank 1 in its own view still follows the primary that chose it.
             None => true,
             Some((Role::Primary, e)) => snap.epoch > e,
             Some((_, e)) => from_primary || snap.epoch >= e,
