@@ -561,7 +561,7 @@ impl SessionManager {
     }
 
     /// Re-asserts those of `keys` this node still owns in `shard`.
-    fn reassert_keys(&mut self, now: Time, shard: ShardId, keys: Vec<SessionKey>, out: &mut Out) {
+    pub(super) fn reassert_keys(&mut self, now: Time, shard: ShardId, keys: Vec<SessionKey>, out: &mut Out) {
         let Some(owned) = self.owned.get(&shard) else {
             return;
         };

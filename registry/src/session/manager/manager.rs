@@ -316,6 +316,16 @@ impl SessionManager {
                 self.on_epoch_report(now, node, round, &epochs, out);
             }
             ManagerMessage::Terms(terms) => self.on_terms(now, &terms, out),
+            ManagerMessage::Dropped(shards) => {
+                for shard in shards {
+                    let keys: Vec<SessionKey> = self
+                        .owned
+                        .get(&shard)
+                        .map(|m| m.keys().cloned().collect())
+                        .unwrap_or_default();
+                    self.reassert_keys(now, shard, keys, out);
+                }
+            }
         }
         self.finish(now, out);
         Ok(())

@@ -276,16 +276,25 @@ impl SessionManager {
             .live
             .get(&node.addr())
             .is_some_and(|l| l.root() == root && *l != node);
-        for r in self.replicas.values_mut() {
+        let mut dropped = Vec::new();
+        for (s, r) in &mut self.replicas {
             if r.shard.role() != Role::Primary {
                 continue;
             }
-            let _ = r.shard.drop_node(node, &mut self.sout);
+            let mut n = r.shard.drop_node(node, &mut self.sout).unwrap_or(0);
             if root != node && !renewed_live {
-                let _ = r.shard.drop_node(root, &mut self.sout);
+                n += r.shard.drop_node(root, &mut self.sout).unwrap_or(0);
+            }
+            if n > 0 {
+                dropped.push(*s);
             }
         }
         self.route_shard_outputs(out);
+        // The Down may be older than a renewal whose re-assertion already arrived here: the
+        // node (if it runs on) re-asserts once more.
+        if !dropped.is_empty() {
+            self.send(node.addr(), &ManagerMessage::Dropped(dropped), out);
+        }
     }
 
     /// A client request reached this node.

@@ -47,6 +47,9 @@ pub enum ManagerMessage {
     },
     /// A primary started serving these terms: owners of sessions there re-assert them.
     Terms(Vec<(ShardId, Epoch)>),
+    /// A primary removed the receiver's sessions from these shards because an identity of it
+    /// went Down: if it still runs (as a renewed identity), it re-asserts them.
+    Dropped(Vec<ShardId>),
 }
 
 /// Envelope `msg` for `cluster`.
