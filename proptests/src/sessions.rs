@@ -112,7 +112,10 @@ impl SessionWorkload {
             ));
         }
         if self.shards == 0 || self.shards > 65_536 {
-            return Err(format!("--shards must be in 1..=65536, got {}", self.shards));
+            return Err(format!(
+                "--shards must be in 1..=65536, got {}",
+                self.shards
+            ));
         }
         if !(self.rate.is_finite() && self.rate > 0.0) {
             return Err(format!("--join-rate must be positive, got {}", self.rate));
@@ -183,15 +186,32 @@ pub struct SessionReport {
 #[derive(Clone, Debug)]
 enum Op {
     /// A fresh key for a local process.
-    Register { key: u64, pid: Pid },
+    Register {
+        key: u64,
+        pid: Pid,
+    },
     /// A held key, from another node's process: must be `Taken`.
-    Conflict { key: u64, pid: Pid },
+    Conflict {
+        key: u64,
+        pid: Pid,
+    },
     /// By the holder.
-    Unregister { key: u64, pid: Pid },
+    Unregister {
+        key: u64,
+        pid: Pid,
+    },
     /// By a local process that does not hold the key: must be `NotHolder`.
-    NotHolder { key: u64, pid: Pid },
-    Lookup { key: u64 },
-    Probe { shard: ShardId, issued: u64 },
+    NotHolder {
+        key: u64,
+        pid: Pid,
+    },
+    Lookup {
+        key: u64,
+    },
+    Probe {
+        shard: ShardId,
+        issued: u64,
+    },
 }
 
 /// Drives a session workload over a simulation of [`SessionStack`]s.
@@ -314,7 +334,15 @@ impl SessionDriver {
         let sent = sim.invoke(i, |stack, now, out| {
             stack.call(now, out, |s, o| match o2 {
                 Op::Register { key, pid } | Op::Conflict { key, pid } => {
-                    s.register(now, req, SessionKey::U64(key), pid, b"meta", Policy::Reject, o);
+                    s.register(
+                        now,
+                        req,
+                        SessionKey::U64(key),
+                        pid,
+                        b"meta",
+                        Policy::Reject,
+                        o,
+                    );
                 }
                 Op::Unregister { key, pid } | Op::NotHolder { key, pid } => {
                     s.unregister(now, req, SessionKey::U64(key), pid, o);
@@ -359,25 +387,35 @@ impl SessionDriver {
                     pid: self.local_pid(sim, i),
                 }
             } else if r < 0.85 {
-                let Some((key, _)) = self.random_held() else { continue };
+                let Some((key, _)) = self.random_held() else {
+                    continue;
+                };
                 Op::Lookup { key }
             } else if r < 0.93 {
-                let Some((key, pid)) = self.random_held() else { continue };
-                let Some(owner) = crate::sim::index_of_node(&pid.node) else { continue };
+                let Some((key, pid)) = self.random_held() else {
+                    continue;
+                };
+                let Some(owner) = crate::sim::index_of_node(&pid.node) else {
+                    continue;
+                };
                 if !sim.observer().is_live(owner as usize) || sim.id(owner).root() != pid.node {
                     continue;
                 }
                 self.call(sim, owner, Op::Unregister { key, pid });
                 continue;
             } else if r < 0.97 {
-                let Some((key, holder)) = self.random_held() else { continue };
+                let Some((key, holder)) = self.random_held() else {
+                    continue;
+                };
                 let pid = self.local_pid(sim, i);
                 if pid.node == holder.node {
                     continue;
                 }
                 Op::Conflict { key, pid }
             } else {
-                let Some((key, holder)) = self.random_held() else { continue };
+                let Some((key, holder)) = self.random_held() else {
+                    continue;
+                };
                 let pid = self.local_pid(sim, i);
                 if pid == holder {
                     continue;
@@ -524,7 +562,9 @@ impl SessionDriver {
                 self.r.lookups_ok += 1;
                 // A session of a process that is gone but not yet detected Down is not
                 // stale: the cluster cannot know yet.
-                let found = found.map(|s| s.pid).filter(|p| !self.dead.contains(&p.node));
+                let found = found
+                    .map(|s| s.pid)
+                    .filter(|p| !self.dead.contains(&p.node));
                 if !self.flux.contains(&key) && found.as_ref() != self.model.get(&key) {
                     self.r.stale_reads += 1;
                 }
@@ -566,16 +606,6 @@ impl SessionDriver {
                 .and_then(|r| r.peek(&k));
             if held.map(|s| s.pid) != Some(pid) {
                 lost += 1;
-                if std::env::var_os("MESHREG_DEBUG_LOST").is_some() && lost < 5 {
-                    let prim = p.primary(shard);
-                    eprintln!("lost key {key} pid {pid:?} shard {shard:?} primary {prim:?}");
-                    for j in 0..sim.len() as u32 {
-                        if let Some(c) = sim.core(j) {
-                            let r = c.sessions.replica(shard);
-                            eprintln!("  node {j} {:?} view-primary {:?} replica {:?} owned {}", sim.id(j), c.sessions.placement().primary(shard), r.map(|r| (r.role(), r.epoch(), r.len(), r.peek(&k))), c.sessions.owned().any(|(kk, _)| *kk == k));
-                        }
-                    }
-                }
             }
         }
         self.r.sessions_lost = lost;
@@ -721,7 +751,11 @@ where
                 SessionScenario::PrimaryCrash => {
                     // Registrations that reach the primary, which dies before acknowledging.
                     for _ in 0..20 {
-                        let shard = *d.probes.keys().nth(d.rng.random_range(0..d.probes.len().max(1))).unwrap_or(&ShardId(0));
+                        let shard = *d
+                            .probes
+                            .keys()
+                            .nth(d.rng.random_range(0..d.probes.len().max(1)))
+                            .unwrap_or(&ShardId(0));
                         let mut key = d.next_key;
                         while shard_of(&SessionKey::U64(key), w.shards) != shard {
                             key += 1;

@@ -12,7 +12,9 @@ use std::net::SocketAddrV4;
 use meshreg_membership::wire::{HEADER_LEN, Kind};
 use meshreg_membership::{Channel, Error, LinkEvent, MembershipCore, NodeId, Output, Time};
 
-use crate::session::manager::{CallId, SessionCallError, SessionManager, SessionOutput, SessionTimer};
+use crate::session::manager::{
+    CallId, SessionCallError, SessionManager, SessionOutput, SessionTimer,
+};
 use crate::session::{Outcome, SessionKey};
 use crate::stack::{Stack, StackTimer};
 use crate::{Pid, RegistryCore};
@@ -27,7 +29,8 @@ pub enum SessionStackTimer<A, B> {
 }
 
 type InnerTimer<M, R> = StackTimer<<M as MembershipCore>::Timer, <R as RegistryCore>::Timer>;
-type Out<M, R> = Vec<Output<SessionStackTimer<<M as MembershipCore>::Timer, <R as RegistryCore>::Timer>>>;
+type Out<M, R> =
+    Vec<Output<SessionStackTimer<<M as MembershipCore>::Timer, <R as RegistryCore>::Timer>>>;
 
 /// A node's membership core, discovery backend and session manager.
 pub struct SessionStack<M: MembershipCore, R: RegistryCore> {

@@ -234,9 +234,15 @@ fn run_sessions(a: &SimArgs, membership: MembershipKind) -> anyhow::Result<()> {
     }
     eprintln!("simulating: {}", r.replay);
     let rows = [
-        ("nodes / session nodes", format!("{} / {}", r.nodes, r.session_nodes)),
+        (
+            "nodes / session nodes",
+            format!("{} / {}", r.nodes, r.session_nodes),
+        ),
         ("shards", r.shards.to_string()),
-        ("scenario / profile", format!("{} / {}", r.scenario, r.profile)),
+        (
+            "scenario / profile",
+            format!("{} / {}", r.scenario, r.profile),
+        ),
         (
             "registered (ok)",
             format!("{} ({})", r.sessions_registered, r.registers_ok),
@@ -254,7 +260,11 @@ fn run_sessions(a: &SimArgs, membership: MembershipKind) -> anyhow::Result<()> {
         ("epoch conflicts", r.epoch_conflicts.to_string()),
         (
             "failover (suspicion)",
-            format!("{} ({})", opt_ms(r.failover_ms), opt_ms(Some(r.suspicion_ms))),
+            format!(
+                "{} ({})",
+                opt_ms(r.failover_ms),
+                opt_ms(Some(r.suspicion_ms))
+            ),
         ),
         ("wall", format!("{:.1} s", r.wall_s)),
     ];

@@ -142,8 +142,11 @@ impl Node {
     }
 
     async fn start(config: NodeConfig) -> Result<Node, NodeError> {
-        let mut tconfig =
-            TransportConfig::new(config.listen_v4(), config.secret.clone(), config.cluster_id());
+        let mut tconfig = TransportConfig::new(
+            config.listen_v4(),
+            config.secret.clone(),
+            config.cluster_id(),
+        );
         tconfig.max_frame = config.max_frame_bytes;
         tconfig.queue_frames = config.queue_frames;
         tconfig.connect_timeout = config.heartbeat() * 10;

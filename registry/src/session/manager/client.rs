@@ -13,12 +13,12 @@ use std::time::Duration;
 
 use meshreg_membership::{NodeId, Time};
 
-use super::manager::SessionManager;
+use super::node::SessionManager;
 use super::{CallId, Out, SessionCallError, SessionOutput, SessionTimer};
 use crate::Pid;
 use crate::session::{
-    Answer, Body, Call, Epoch, Outcome, Policy, Reassertion, Replaced, Reply, Request,
-    RequestId, SessionError, SessionKey, ShardId,
+    Answer, Body, Call, Epoch, Outcome, Policy, Reassertion, Replaced, Reply, Request, RequestId,
+    SessionError, SessionKey, ShardId,
 };
 
 /// An acknowledged session of a local process.
@@ -26,6 +26,8 @@ use crate::session::{
 pub(crate) struct Owned {
     pub(super) pid: Pid,
     pub(super) meta: Box<[u8]>,
+    /// The newest epoch known to hold it (acknowledged or re-asserted there).
+    pub(super) epoch: Epoch,
 }
 
 /// Why a request was sent.
@@ -305,7 +307,10 @@ impl SessionManager {
         let after = Duration::from_millis(10u64 << shift).min(max);
         out.push(SessionOutput::SetTimer {
             after,
-            timer: SessionTimer::Retry { id, arming: p.arming },
+            timer: SessionTimer::Retry {
+                id,
+                arming: p.arming,
+            },
         });
     }
 
@@ -384,9 +389,9 @@ impl SessionManager {
             self.finish_part(call, part, result, out);
         }
         self.exiting.retain(|pid| {
-            self.pending.values().any(|q| {
-                matches!(&q.body, Body::One(Call::Register { pid: p2, .. }) if p2 == pid)
-            })
+            self.pending
+                .values()
+                .any(|q| matches!(&q.body, Body::One(Call::Register { pid: p2, .. }) if p2 == pid))
         });
     }
 
@@ -452,6 +457,7 @@ impl SessionManager {
                 let owned = Owned {
                     pid: *pid,
                     meta: metadata.clone(),
+                    epoch: p.sent_epoch,
                 };
                 let keys = self.owned.entry(p.shard).or_default();
                 if let Some(prev) = keys.insert(key.clone(), owned)
@@ -489,13 +495,19 @@ impl SessionManager {
                 }
                 // Sessions acknowledged after this re-assertion was built may have been
                 // acknowledged by an older term: assert them here too.
-                let sent: std::collections::BTreeSet<&SessionKey> =
-                    all.iter().map(|r| &r.key).collect();
-                let missing: Vec<SessionKey> = self
-                    .owned
-                    .get(&p.shard)
-                    .map(|m| m.keys().filter(|k| !sent.contains(k)).cloned().collect())
-                    .unwrap_or_default();
+                let Some(owned) = self.owned.get_mut(&p.shard) else {
+                    return;
+                };
+                for r in all {
+                    if let Some(o) = owned.get_mut(&r.key).filter(|o| o.pid == r.pid) {
+                        o.epoch = o.epoch.max(p.sent_epoch);
+                    }
+                }
+                let missing: Vec<SessionKey> = owned
+                    .iter()
+                    .filter(|(_, o)| o.epoch < p.sent_epoch)
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 if !missing.is_empty() {
                     self.reassert_keys(now, p.shard, missing, out);
                 }
@@ -561,7 +573,13 @@ impl SessionManager {
     }
 
     /// Re-asserts those of `keys` this node still owns in `shard`.
-    pub(super) fn reassert_keys(&mut self, now: Time, shard: ShardId, keys: Vec<SessionKey>, out: &mut Out) {
+    pub(super) fn reassert_keys(
+        &mut self,
+        now: Time,
+        shard: ShardId,
+        keys: Vec<SessionKey>,
+        out: &mut Out,
+    ) {
         let Some(owned) = self.owned.get(&shard) else {
             return;
         };
@@ -578,7 +596,13 @@ impl SessionManager {
         let chunk = self.config.reassert_chunk.max(1);
         for c in entries.chunks(chunk) {
             self.stats.reasserted += c.len() as u64;
-            self.submit(now, Purpose::Reassert, shard, Body::Reassert(c.to_vec()), out);
+            self.submit(
+                now,
+                Purpose::Reassert,
+                shard,
+                Body::Reassert(c.to_vec()),
+                out,
+            );
         }
     }
 }

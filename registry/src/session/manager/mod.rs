@@ -7,7 +7,7 @@
 //!
 //! - `placement.rs` ([`Placement`]): key -> shard by a stable hash; per shard, live session
 //!   nodes ranked by rendezvous weight: rank 0 primary, rank 1 standby.
-//! - `manager.rs`: the state, the membership view and input dispatch.
+//! - `node.rs`: the state, the membership view and input dispatch.
 //! - `server.rs`: the [`Shard`](crate::session::Shard)s this node is primary or standby of:
 //!   epoch recovery rounds, promotion, filling standbys, fencing, dropping Down nodes.
 //! - `client.rs`: routing calls to primaries (batched per destination and instant), retries
@@ -51,7 +51,7 @@
 //! - iteration is in `BTreeMap` order: outputs depend only on the inputs.
 
 mod client;
-mod manager;
+mod node;
 mod placement;
 mod server;
 pub mod wire;
@@ -65,7 +65,7 @@ use std::time::Duration;
 
 use meshreg_membership::Channel;
 
-pub use manager::{ManagerStats, SessionManager};
+pub use node::{ManagerStats, SessionManager};
 pub use placement::{DEFAULT_SHARDS, Placement, shard_of, weight};
 pub use wire::ManagerMessage;
 

@@ -141,9 +141,15 @@ mod tests {
     #[test]
     fn keys_map_to_stable_shards_in_range() {
         // Pinned values: a change would split a mixed-version cluster's shards.
-        assert_eq!(shard_of(&SessionKey::U64(42), 1024), shard_of(&42u64.into(), 1024));
+        assert_eq!(
+            shard_of(&SessionKey::U64(42), 1024),
+            shard_of(&42u64.into(), 1024)
+        );
         assert!(shard_of(&"user-1".into(), 1024).0 < 1024);
-        assert_ne!(shard_of(&SessionKey::U64(1), 1024), shard_of(&SessionKey::U64(2), 1024));
+        assert_ne!(
+            shard_of(&SessionKey::U64(1), 1024),
+            shard_of(&SessionKey::U64(2), 1024)
+        );
         assert_eq!(shard_of(&SessionKey::U64(7), 1), ShardId(0));
     }
 

@@ -14,12 +14,11 @@ use std::net::SocketAddrV4;
 
 use meshreg_membership::{NodeId, Time};
 
-use super::manager::SessionManager;
-use super::wire::ManagerMessage;
 use super::Out;
+use super::node::SessionManager;
+use super::wire::ManagerMessage;
 use crate::session::{
-    Epoch, ReplicaAck, Replicate, Reply, Request, Role, Seq, SessionError, Shard, ShardId,
-    Snapshot,
+    Epoch, ReplicaAck, Replicate, Reply, Request, Role, Seq, SessionError, Shard, ShardId, Snapshot,
 };
 
 /// Requests a recovering shard keeps for when it serves; more are refused `NotPrimary`.
@@ -205,7 +204,11 @@ impl SessionManager {
     /// Ends a round once nobody is left to hear from: take the next term, promote or start
     /// empty, drop sessions of nodes gone meanwhile, fill the standby, announce.
     fn maybe_finish_recovery(&mut self, now: Time, shard: ShardId, out: &mut Out) {
-        if !self.recovering.get(&shard).is_some_and(|r| r.waiting.is_empty()) {
+        if !self
+            .recovering
+            .get(&shard)
+            .is_some_and(|r| r.waiting.is_empty())
+        {
             return;
         }
         let Some(rec) = self.recovering.remove(&shard) else {
@@ -348,9 +351,7 @@ impl SessionManager {
         self.note_epoch(ack.shard, ack.epoch);
         if let Some(r) = self.replicas.get_mut(&ack.shard) {
             if r.fill_seq.is_some_and(|s| {
-                ack.epoch == r.shard.epoch()
-                    && ack.seq >= s
-                    && r.shard.standby_node() == Some(from)
+                ack.epoch == r.shard.epoch() && ack.seq >= s && r.shard.standby_node() == Some(from)
             }) {
                 r.fill_seq = None;
             }
@@ -366,7 +367,10 @@ impl SessionManager {
         let shard = snap.shard;
         self.note_epoch(shard, snap.epoch);
         let from_primary = self.placement.primary(shard) == Some(from);
-        let held = self.replicas.get(&shard).map(|r| (r.shard.role(), r.shard.epoch()));
+        let held = self
+            .replicas
+            .get(&shard)
+            .map(|r| (r.shard.role(), r.shard.epoch()));
         let accept = match held {
             // Views differ for a while after a change (SWIM disseminates Downs by gossip):
             // a node not yet rank 1 in its own view still follows the primary that chose it.
@@ -447,9 +451,8 @@ impl SessionManager {
                 .replicas
                 .get(&shard)
                 .is_some_and(|r| r.shard.role() == Role::Primary);
-            if mine && !serving {
-                self.reconcile(now, shard, out);
-            } else if !mine && (serving || self.recovering.contains_key(&shard)) {
+            let stray = !mine && (serving || self.recovering.contains_key(&shard));
+            if (mine && !serving) || stray {
                 self.reconcile(now, shard, out);
             }
         }

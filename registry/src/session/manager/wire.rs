@@ -92,11 +92,14 @@ mod tests {
     }
 
     fn arb_message() -> impl Strategy<Value = ManagerMessage> {
-        let req = (0u32..4, any::<u64>(), any::<u64>(), 0u32..1024).prop_map(|(n, id, k, s)| {
-            Request {
+        let req =
+            (0u32..4, any::<u64>(), any::<u64>(), 0u32..1024).prop_map(|(n, id, k, s)| Request {
                 shard: ShardId(s),
                 epoch: id ^ k,
-                id: RequestId { client: node(n), id },
+                id: RequestId {
+                    client: node(n),
+                    id,
+                },
                 answered_below: id / 2,
                 body: Body::One(Call::Register {
                     key: SessionKey::U64(k),
@@ -107,16 +110,15 @@ mod tests {
                     metadata: vec![1, 2, 3].into_boxed_slice(),
                     policy: Policy::Reject,
                 }),
-            }
-        });
+            });
         prop_oneof![
             proptest::collection::vec(req, 0..4).prop_map(ManagerMessage::Requests),
-            (any::<u64>(), proptest::collection::vec(0u32..1024, 0..8)).prop_map(
-                |(round, s)| ManagerMessage::EpochQuery {
+            (any::<u64>(), proptest::collection::vec(0u32..1024, 0..8)).prop_map(|(round, s)| {
+                ManagerMessage::EpochQuery {
                     round,
-                    shards: s.into_iter().map(ShardId).collect()
+                    shards: s.into_iter().map(ShardId).collect(),
                 }
-            ),
+            }),
             proptest::collection::vec((0u32..1024, any::<u64>()), 0..8).prop_map(|v| {
                 ManagerMessage::Terms(v.into_iter().map(|(s, e)| (ShardId(s), e)).collect())
             }),
