@@ -222,6 +222,8 @@ impl SessionManager {
         self.me = new;
         self.live.insert(new.addr(), new);
         self.view_changed(now, out);
+        // Standbys follow the identity that filled them: fill them again from the new one.
+        self.refill_all(out);
         let shards: Vec<ShardId> = self.owned.keys().copied().collect();
         for shard in shards {
             self.reassert_shard(now, shard, out);

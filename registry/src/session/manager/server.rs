@@ -103,6 +103,20 @@ impl SessionManager {
         }
     }
 
+    /// Fills every standby again (after this node renewed its identity).
+    pub(super) fn refill_all(&mut self, out: &mut Out) {
+        let serving: Vec<ShardId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.shard.role() == Role::Primary && r.shard.standby_node().is_some())
+            .map(|(s, _)| *s)
+            .collect();
+        for s in serving {
+            let standby = self.placement.standby(s);
+            self.attach(s, standby, out);
+        }
+    }
+
     fn start_recovery(&mut self, now: Time, shard: ShardId, out: &mut Out) {
         if self.recovering.contains_key(&shard) {
             return;
