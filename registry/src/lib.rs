@@ -8,13 +8,15 @@
 //! - [`crdt`]: the gossip backend ([`crdt::GossipGroups`]); [`coordinated`]: the boss-node
 //!   backend ([`coordinated::CoordinatedGroups`]); [`session`]: the session-manager shard.
 //! - [`stack`]: one node's membership core and backend run together ([`stack::Stack`]), as
-//!   both drivers run them.
+//!   both drivers run them; [`session_stack`]: the same plus the session manager
+//!   ([`session::manager::SessionManager`]).
 
 pub mod coordinated;
 pub mod core;
 pub mod crdt;
 pub mod groups;
 pub mod session;
+pub mod session_stack;
 pub mod stack;
 
 pub use crate::core::{CallError, MessageError, RegistryCore, RegistryOutput, RequestId};

@@ -5,6 +5,7 @@ use clap::Args;
 use meshreg_membership::Profile;
 use meshreg_proptests::groups::{self, Backend, GroupReport, Workload};
 use meshreg_proptests::scenario::{self, Boot, MembershipKind, Report, Scenario, SimParams};
+use meshreg_proptests::sessions::{self, SessionScenario, SessionWorkload};
 use meshreg_proptests::sim::LatencyModel;
 
 /// Flags of `meshreg sim`.
@@ -44,9 +45,10 @@ pub struct SimArgs {
     /// announce (all join in the first second through seeds) or preseed (start converged).
     #[arg(long, default_value = "announce", value_parser = parse::<Boot>)]
     boot: Boot,
-    /// Fault: none, crash-one, partition-half or churn.
-    #[arg(long, default_value = "none", value_parser = parse::<Scenario>)]
-    scenario: Scenario,
+    /// Fault: none, crash-one, partition-half or churn; with `--workload sessions`: none,
+    /// primary-crash, primary-pause or session-partition.
+    #[arg(long, default_value = "none")]
+    scenario: String,
     /// Threads used to build preseeded nodes (the event loop itself is single-threaded).
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -69,6 +71,18 @@ pub struct SimArgs {
     /// Group workload: operations per second, cluster-wide.
     #[arg(long, default_value_t = 2_000.0)]
     join_rate: f64,
+    /// Run a session-manager workload (`sessions`) instead of membership or groups alone.
+    #[arg(long, value_parser = parse_workload)]
+    workload: Option<WorkloadKind>,
+    /// Session workload: registrations to issue (lookups and unregisters come on top).
+    #[arg(long, default_value_t = 2_000)]
+    sessions: u32,
+    /// Session workload: nodes with the session role (the last ones).
+    #[arg(long, default_value_t = 4)]
+    session_nodes: u32,
+    /// Session workload: shards.
+    #[arg(long, default_value_t = 1024)]
+    shards: u32,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -80,6 +94,20 @@ where
     T::Err: std::fmt::Display,
 {
     s.parse::<T>().map_err(|e| e.to_string())
+}
+
+/// What `--workload` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WorkloadKind {
+    /// The session manager's workload and failover scenarios.
+    Sessions,
+}
+
+fn parse_workload(s: &str) -> Result<WorkloadKind, String> {
+    match s {
+        "sessions" => Ok(WorkloadKind::Sessions),
+        _ => Err(format!("unknown workload {s:?} (expected sessions)")),
+    }
 }
 
 fn parse_latency_model(s: &str) -> Result<LatencyModel, String> {
@@ -112,6 +140,10 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         Some(Backend::Coordinated) => MembershipKind::Mesh,
         None => a.membership,
     };
+    if a.workload == Some(WorkloadKind::Sessions) {
+        return run_sessions(&a, membership);
+    }
+    let scenario = a.scenario.parse::<Scenario>().map_err(|e| anyhow!(e))?;
     let params = SimParams {
         membership,
         nodes: a.nodes,
@@ -124,7 +156,7 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         reorder: a.reorder,
         profile: a.profile,
         boot: a.boot,
-        scenario: a.scenario,
+        scenario,
         threads: a.threads,
     };
     params.validate().map_err(|e| anyhow!(e))?;
@@ -160,6 +192,84 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
         );
     } else {
         print_table(&report);
+    }
+    Ok(())
+}
+
+/// `meshreg sim --workload sessions`.
+fn run_sessions(a: &SimArgs, membership: MembershipKind) -> anyhow::Result<()> {
+    let scenario = a
+        .scenario
+        .parse::<SessionScenario>()
+        .map_err(|e| anyhow!(e))?;
+    let params = SimParams {
+        membership,
+        nodes: a.nodes,
+        seed: a.seed,
+        duration_s: a.duration_s,
+        latency_ms: a.latency_ms,
+        latency_model: a.latency_model,
+        loss: a.loss,
+        duplicate: a.duplicate,
+        reorder: a.reorder,
+        profile: a.profile,
+        boot: a.boot,
+        scenario: Scenario::None,
+        threads: a.threads,
+    };
+    let w = SessionWorkload {
+        sessions: a.sessions,
+        rate: a.join_rate,
+        session_nodes: a.session_nodes,
+        shards: a.shards,
+        scenario,
+    };
+    let r = sessions::run(&params, &w).map_err(|e| anyhow!(e))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).context("encoding the report")?
+        );
+        return Ok(());
+    }
+    eprintln!("simulating: {}", r.replay);
+    let rows = [
+        (
+            "nodes / session nodes",
+            format!("{} / {}", r.nodes, r.session_nodes),
+        ),
+        ("shards", r.shards.to_string()),
+        (
+            "scenario / profile",
+            format!("{} / {}", r.scenario, r.profile),
+        ),
+        (
+            "registered (ok)",
+            format!("{} ({})", r.sessions_registered, r.registers_ok),
+        ),
+        ("lookups ok", r.lookups_ok.to_string()),
+        (
+            "calls failed / unfinished",
+            format!("{} / {}", r.calls_failed, r.calls_unfinished),
+        ),
+        (
+            "sessions lost / checked",
+            format!("{} / {}", r.sessions_lost, r.sessions_checked),
+        ),
+        ("stale reads", r.stale_reads.to_string()),
+        ("epoch conflicts", r.epoch_conflicts.to_string()),
+        (
+            "failover (suspicion)",
+            format!(
+                "{} ({})",
+                opt_ms(r.failover_ms),
+                opt_ms(Some(r.suspicion_ms))
+            ),
+        ),
+        ("wall", format!("{:.1} s", r.wall_s)),
+    ];
+    for (k, v) in rows {
+        println!("{k:<26} {v}");
     }
     Ok(())
 }

@@ -52,6 +52,7 @@ mod dedupe;
 mod hash;
 mod int_map;
 mod key;
+pub mod manager;
 mod message;
 mod shard;
 mod state;

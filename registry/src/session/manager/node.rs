@@ -1,0 +1,453 @@
+//! [`SessionManager`]: the state both sides share, the membership view, input dispatch, and
+//! the end-of-input flush (local deliveries, batched sends).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddrV4;
+use std::time::Duration;
+
+use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
+
+use super::client::{CallState, Owned, Pending};
+use super::placement::Placement;
+use super::server::{Recovery, Replica};
+use super::wire::{self, ManagerMessage};
+use super::{ManagerConfig, Out, SessionOutput, SessionTimer};
+use crate::MessageError;
+use crate::session::{Epoch, Output, Reply, Request, SessionKey, ShardId};
+
+/// Counters of one node's session manager.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManagerStats {
+    /// Terms this node started as primary.
+    pub terms_started: u64,
+    /// Sessions sent in re-assertions.
+    pub reasserted: u64,
+    /// Sessions reported lost to local processes.
+    pub lost: u64,
+    /// Requests sent again (timeouts, refusals, primary changes).
+    pub resent: u64,
+    /// Messages refused (malformed, from a non-member).
+    pub refused: u64,
+}
+
+/// One node's session manager. See the [module docs](super) for the protocol.
+pub struct SessionManager {
+    pub(super) me: NodeId,
+    pub(super) cluster: u32,
+    pub(super) config: ManagerConfig,
+    /// Live members by address, this node included.
+    pub(super) live: BTreeMap<SocketAddrV4, NodeId>,
+    /// Addresses with the session role (the driver knows roles).
+    pub(super) session_addrs: BTreeSet<SocketAddrV4>,
+    pub(super) placement: Placement,
+    /// Server: the highest epoch seen per shard (reported in recovery rounds).
+    pub(super) seen: BTreeMap<ShardId, Epoch>,
+    /// Server: replicas of the shards this node is primary or standby of.
+    pub(super) replicas: BTreeMap<ShardId, Replica>,
+    /// Server: shards this node is becoming primary of.
+    pub(super) recovering: BTreeMap<ShardId, Recovery>,
+    pub(super) next_round: u64,
+    /// Server: terms started, for the driver (`drain_terms`).
+    pub(super) terms_log: Vec<(ShardId, Epoch)>,
+    /// Server: terms to announce at the end of this input.
+    pub(super) announce: Vec<(ShardId, Epoch)>,
+    /// Client: the epoch believed per shard (sent with requests).
+    pub(super) believed: BTreeMap<ShardId, Epoch>,
+    /// Client: per shard, the newest epoch that answered a re-assertion of this node.
+    pub(super) asserted: BTreeMap<ShardId, Epoch>,
+    pub(super) next_id: u64,
+    pub(super) calls: BTreeMap<u64, CallState>,
+    pub(super) pending: BTreeMap<u64, Pending>,
+    /// Client: acknowledged sessions of local processes, per shard.
+    pub(super) owned: BTreeMap<ShardId, BTreeMap<SessionKey, Owned>>,
+    /// Client: ended processes with registrations still in flight (undone on completion).
+    pub(super) exiting: BTreeSet<crate::Pid>,
+    /// Client: requests to send at the next flush, per primary.
+    pub(super) outbox: BTreeMap<SocketAddrV4, Vec<Request>>,
+    pub(super) flush_armed: bool,
+    /// Requests to this node's own shards and replies to its own calls, delivered at the end
+    /// of the input (never recursively).
+    pub(super) local_requests: Vec<Request>,
+    pub(super) local_replies: Vec<Reply>,
+    /// Replies released in this input, per client node.
+    pub(super) replies: BTreeMap<SocketAddrV4, Vec<Reply>>,
+    /// Scratch for shard outputs.
+    pub(super) sout: Vec<Output>,
+    pub(super) stats: ManagerStats,
+    pub(super) ticking: bool,
+}
+
+impl SessionManager {
+    /// The manager of node `me` in `cluster`. It starts alone, with no session node known: the
+    /// driver forwards membership events and the session-role set.
+    pub fn new(me: NodeId, cluster: u32, config: ManagerConfig) -> Self {
+        let mut live = BTreeMap::new();
+        live.insert(me.addr(), me);
+        Self {
+            me,
+            cluster,
+            placement: Placement::new(config.shards),
+            config,
+            live,
+            session_addrs: BTreeSet::new(),
+            seen: BTreeMap::new(),
+            replicas: BTreeMap::new(),
+            recovering: BTreeMap::new(),
+            next_round: 0,
+            terms_log: Vec::new(),
+            announce: Vec::new(),
+            believed: BTreeMap::new(),
+            asserted: BTreeMap::new(),
+            next_id: 1,
+            calls: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            owned: BTreeMap::new(),
+            exiting: BTreeSet::new(),
+            outbox: BTreeMap::new(),
+            flush_armed: false,
+            local_requests: Vec::new(),
+            local_replies: Vec::new(),
+            replies: BTreeMap::new(),
+            sout: Vec::new(),
+            stats: ManagerStats::default(),
+            ticking: false,
+        }
+    }
+
+    /// This node.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ManagerStats {
+        &self.stats
+    }
+
+    /// The shard map in this node's view.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The replica this node holds of `shard`, if any.
+    pub fn replica(&self, shard: ShardId) -> Option<&crate::session::Shard> {
+        self.replicas.get(&shard).map(|r| &r.shard)
+    }
+
+    /// Every replica this node holds.
+    pub fn replicas(&self) -> impl Iterator<Item = &crate::session::Shard> {
+        self.replicas.values().map(|r| &r.shard)
+    }
+
+    /// Sessions of local processes this node believes acknowledged, in shard and key order.
+    pub fn owned(&self) -> impl Iterator<Item = (&SessionKey, crate::Pid)> {
+        self.owned
+            .values()
+            .flat_map(|m| m.iter().map(|(k, o)| (k, o.pid)))
+    }
+
+    /// Calls (and internal requests) not yet answered.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Terms this node started since the last drain, `(shard, epoch)` in order (for checkers:
+    /// an epoch must never be started by two nodes).
+    pub fn drain_terms(&mut self) -> Vec<(ShardId, Epoch)> {
+        std::mem::take(&mut self.terms_log)
+    }
+
+    /// Arms the upkeep timer.
+    pub fn start(&mut self, _now: Time, out: &mut Out) {
+        if !self.ticking {
+            self.ticking = true;
+            out.push(SessionOutput::SetTimer {
+                after: self.config.tick,
+                timer: SessionTimer::Tick,
+            });
+        }
+    }
+
+    /// A membership change reported by this node's membership core.
+    pub fn member_event(&mut self, now: Time, event: MemberEvent, out: &mut Out) {
+        match event {
+            MemberEvent::Up(node) => {
+                if node.addr() == self.me.addr() || self.live.get(&node.addr()) == Some(&node) {
+                    return;
+                }
+                // A newer generation at an address replaces the older one.
+                if let Some(old) = self.live.insert(node.addr(), node)
+                    && old.generation() < node.generation()
+                {
+                    self.drop_node_everywhere(old, out);
+                }
+            }
+            MemberEvent::Down(node) => {
+                if node.addr() == self.me.addr() || self.live.get(&node.addr()) != Some(&node) {
+                    return;
+                }
+                self.live.remove(&node.addr());
+                self.drop_node_everywhere(node, out);
+            }
+        }
+        self.view_changed(now, out);
+        self.finish(now, out);
+    }
+
+    /// The addresses of the nodes with the session role (this node included if it has it).
+    pub fn set_session_nodes(
+        &mut self,
+        now: Time,
+        nodes: impl IntoIterator<Item = SocketAddrV4>,
+        out: &mut Out,
+    ) {
+        self.session_addrs = nodes.into_iter().collect();
+        self.view_changed(now, out);
+        self.finish(now, out);
+    }
+
+    /// This node was declared Down and renewed its identity to `new` while its processes kept
+    /// running. The primaries dropped its sessions on the Down, so it re-asserts every owned
+    /// session (pids and the client id name the root identity, which a renewal keeps).
+    pub fn renewed(&mut self, now: Time, new: NodeId, out: &mut Out) {
+        if new.addr() != self.me.addr() || new.generation() <= self.me.generation() {
+            return;
+        }
+        self.live.remove(&self.me.addr());
+        self.me = new;
+        self.live.insert(new.addr(), new);
+        self.view_changed(now, out);
+        // Standbys follow the identity that filled them: fill them again from the new one.
+        self.refill_all(out);
+        let shards: Vec<ShardId> = self.owned.keys().copied().collect();
+        for shard in shards {
+            self.reassert_shard(now, shard, out);
+        }
+        self.finish(now, out);
+    }
+
+    /// The live session nodes, this node included if it has the role.
+    fn session_nodes(&self) -> Vec<NodeId> {
+        self.live
+            .values()
+            .copied()
+            .filter(|n| self.session_addrs.contains(&n.addr()))
+            .collect()
+    }
+
+    /// After any change of the live set or the roles: new placement, server transitions for
+    /// the shards that moved, client re-routing.
+    fn view_changed(&mut self, now: Time, out: &mut Out) {
+        let before = self.placement.clone();
+        let changed = self.placement.set_nodes(self.session_nodes());
+        for &shard in &changed {
+            self.reconcile(now, shard, out);
+        }
+        // A new primary may not have every owned session (it may start empty, or never
+        // announce its term to this node): re-assert there.
+        for shard in changed {
+            if before.primary(shard) != self.placement.primary(shard) {
+                self.reassert_shard(now, shard, out);
+            }
+        }
+        self.recoveries_on_view(now, out);
+        self.reroute(now, out);
+    }
+
+    /// Sends `msg` to `to` (never this node).
+    pub(super) fn send(&mut self, to: SocketAddrV4, msg: &ManagerMessage, out: &mut Out) {
+        debug_assert_ne!(to, self.me.addr(), "local deliveries are direct");
+        out.push(SessionOutput::Send {
+            to,
+            channel: Channel::Stream,
+            payload: wire::encode(msg, self.cluster),
+        });
+    }
+
+    /// A session message arrived.
+    pub fn handle_message(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        channel: Channel,
+        bytes: &[u8],
+        out: &mut Out,
+    ) -> Result<(), MessageError> {
+        let decoded = if channel == Channel::Stream {
+            wire::decode(bytes, self.cluster)
+        } else {
+            Err(MessageError::Malformed(
+                "session messages travel on streams".into(),
+            ))
+        };
+        let checked = decoded.and_then(|msg| match self.live.get(&from) {
+            Some(&node) if node != self.me => Ok((node, msg)),
+            _ => Err(MessageError::NotAMember(from)),
+        });
+        let (node, msg) = match checked {
+            Ok(x) => x,
+            Err(e) => {
+                self.stats.refused += 1;
+                return Err(e);
+            }
+        };
+        match msg {
+            ManagerMessage::Requests(reqs) => {
+                for r in reqs {
+                    self.serve_request(now, r, out);
+                }
+            }
+            ManagerMessage::Replies(replies) => {
+                for r in replies {
+                    self.on_reply(now, Some(node), r, out);
+                }
+            }
+            ManagerMessage::Replicate(m) => self.on_replicate(node, m, out),
+            ManagerMessage::Ack(a) => self.on_ack(node, a, out),
+            ManagerMessage::Replaced(r) => self.on_replaced(r, out),
+            ManagerMessage::Fill(s) => self.on_fill(now, node, s, out),
+            ManagerMessage::EpochQuery { round, shards } => {
+                self.on_epoch_query(node, round, &shards, out);
+            }
+            ManagerMessage::EpochReport { round, epochs } => {
+                self.on_epoch_report(now, node, round, &epochs, out);
+            }
+            ManagerMessage::Terms(terms) => self.on_terms(now, &terms, out),
+            ManagerMessage::Dropped(shards) => {
+                for shard in shards {
+                    let keys: Vec<SessionKey> = self
+                        .owned
+                        .get(&shard)
+                        .map(|m| m.keys().cloned().collect())
+                        .unwrap_or_default();
+                    self.reassert_keys(now, shard, keys, out);
+                }
+            }
+        }
+        self.finish(now, out);
+        Ok(())
+    }
+
+    /// A timer set earlier fired.
+    pub fn handle_timer(&mut self, now: Time, timer: SessionTimer, out: &mut Out) {
+        match timer {
+            SessionTimer::Flush => {
+                self.flush_armed = false;
+                self.flush_outbox(out);
+            }
+            SessionTimer::Tick => {
+                self.server_tick(now, out);
+                out.push(SessionOutput::SetTimer {
+                    after: self.config.tick,
+                    timer: SessionTimer::Tick,
+                });
+            }
+            SessionTimer::Retry { id, arming } => self.retry_timer(now, id, arming, out),
+        }
+        self.finish(now, out);
+    }
+
+    /// Queues `req` for `to` (this node: delivered at the end of the input).
+    pub(super) fn enqueue(&mut self, to: NodeId, req: Request, out: &mut Out) {
+        if to == self.me {
+            self.local_requests.push(req);
+            return;
+        }
+        self.outbox.entry(to.addr()).or_default().push(req);
+        if !self.flush_armed {
+            self.flush_armed = true;
+            out.push(SessionOutput::SetTimer {
+                after: Duration::ZERO,
+                timer: SessionTimer::Flush,
+            });
+        }
+    }
+
+    fn flush_outbox(&mut self, out: &mut Out) {
+        for (to, reqs) in std::mem::take(&mut self.outbox) {
+            self.send(to, &ManagerMessage::Requests(reqs), out);
+        }
+    }
+
+    /// Carries out the shard outputs collected in `sout`.
+    pub(super) fn route_shard_outputs(&mut self, out: &mut Out) {
+        let mut sout = std::mem::take(&mut self.sout);
+        for o in sout.drain(..) {
+            match o {
+                Output::Reply(r) => {
+                    if r.to.client.addr() == self.me.addr() {
+                        self.local_replies.push(r);
+                    } else {
+                        self.replies.entry(r.to.client.addr()).or_default().push(r);
+                    }
+                }
+                Output::Replicate { to, msg } => {
+                    self.send(to.addr(), &ManagerMessage::Replicate(msg), out);
+                }
+                Output::Ack { to, msg } => self.send(to.addr(), &ManagerMessage::Ack(msg), out),
+                Output::Notify { to, msg } => {
+                    if to.addr() == self.me.addr() {
+                        self.on_replaced(msg, out);
+                    } else {
+                        self.send(to.addr(), &ManagerMessage::Replaced(msg), out);
+                    }
+                }
+                Output::Fenced { shard, epoch } => {
+                    self.note_epoch(shard, epoch);
+                    // A fenced replica serves nothing and is revived only from a snapshot.
+                    self.replicas.remove(&shard);
+                }
+            }
+        }
+        self.sout = sout;
+    }
+
+    /// End of every input: deliver local requests and replies until none is left, then send
+    /// the replies and term announcements collected, one message per destination.
+    pub(super) fn finish(&mut self, now: Time, out: &mut Out) {
+        loop {
+            if !self.local_requests.is_empty() {
+                for r in std::mem::take(&mut self.local_requests) {
+                    self.serve_request(now, r, out);
+                }
+            } else if !self.local_replies.is_empty() {
+                for r in std::mem::take(&mut self.local_replies) {
+                    self.on_reply(now, None, r, out);
+                }
+            } else {
+                break;
+            }
+        }
+        for (to, replies) in std::mem::take(&mut self.replies) {
+            self.send(to, &ManagerMessage::Replies(replies), out);
+        }
+        if !self.announce.is_empty() {
+            let terms = std::mem::take(&mut self.announce);
+            let others: Vec<SocketAddrV4> = self
+                .live
+                .keys()
+                .copied()
+                .filter(|a| *a != self.me.addr())
+                .collect();
+            for to in others {
+                self.send(to, &ManagerMessage::Terms(terms.clone()), out);
+            }
+            self.on_terms(now, &terms, out);
+            // Re-assertions to this node's own shards are local requests.
+            if !self.local_requests.is_empty() || !self.local_replies.is_empty() {
+                self.finish(now, out);
+            }
+        }
+    }
+
+    /// Remembers that `epoch` exists for `shard`.
+    pub(super) fn note_epoch(&mut self, shard: ShardId, epoch: Epoch) {
+        let e = self.seen.entry(shard).or_insert(0);
+        *e = (*e).max(epoch);
+    }
+}
