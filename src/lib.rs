@@ -7,4 +7,7 @@ pub mod transport;
 
 pub use meshreg_membership::{MemberEvent, NodeId, Profile};
 pub use meshreg_registry::Pid;
-pub use node::{Backend, DownReason, Message, Node, NodeBuilder, NodeConfig, NodeError, Process};
+pub use node::{
+    Backend, DownReason, Message, Node, NodeBuilder, NodeConfig, NodeError, Policy, Process,
+    SessionKey, Sessions,
+};

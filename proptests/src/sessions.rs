@@ -631,16 +631,7 @@ pub fn suspicion_ms(profile: Profile, membership: MembershipKind, n: u32) -> f64
 
 /// Session-manager settings for a simulated node.
 pub fn manager_config(profile: Profile, shards: u32) -> ManagerConfig {
-    let deadline = match profile {
-        Profile::Lan => Duration::from_secs(60),
-        Profile::Wan => Duration::from_secs(300),
-        Profile::Test => Duration::from_secs(20),
-    };
-    ManagerConfig {
-        shards,
-        call_deadline: deadline,
-        ..ManagerConfig::default()
-    }
+    ManagerConfig::for_profile(profile, shards)
 }
 
 fn with_sessions<M: MembershipCore + 'static, R: RegistryCore + 'static>(

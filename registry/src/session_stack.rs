@@ -76,6 +76,19 @@ impl<M: MembershipCore, R: RegistryCore> SessionStack<M, R> {
         self.sout = sout;
     }
 
+    /// Runs a discovery-backend call at `now` (join, leave, process exit), routing its outputs.
+    pub fn group_call(
+        &mut self,
+        now: Time,
+        out: &mut Out<M, R>,
+        f: impl FnOnce(&mut R, &mut Vec<crate::RegistryOutput<R::Timer>>),
+    ) {
+        let mut iout = std::mem::take(&mut self.iout);
+        self.inner.call(now, &mut iout, f);
+        self.iout = iout;
+        self.route_inner(now, out);
+    }
+
     fn route_sessions(&mut self, now: Time, sout: &mut Vec<SessionOutput>, out: &mut Out<M, R>) {
         for o in sout.drain(..) {
             match o {

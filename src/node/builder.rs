@@ -93,8 +93,12 @@ pub struct NodeConfig {
     pub cluster: String,
     /// Timer profile.
     pub profile: Profile,
-    /// Roles this node offers (e.g. `session` for the session manager).
+    /// Roles this node offers (e.g. [`SESSION_ROLE`](super::SESSION_ROLE): it serves session
+    /// shards). Every node learns every node's roles (they are memberships of the reserved
+    /// scope [`ROLES_SCOPE`](super::ROLES_SCOPE)).
     pub roles: BTreeSet<String>,
+    /// Number of session shards. Every node of a cluster must use the same number.
+    pub session_shards: u32,
     /// About how many nodes the cluster will have (SWIM sizes suspicion and retransmission
     /// counts from it).
     pub expected_size: u32,
@@ -146,6 +150,19 @@ impl NodeConfig {
         }
         if self.cluster.is_empty() {
             return bad("cluster", "must not be empty".into());
+        }
+        if let Some(r) = self
+            .roles
+            .iter()
+            .find(|r| meshreg_registry::groups::GroupName::new(r).is_err() || r.is_empty())
+        {
+            return bad("roles", format!("{r:?}: 1 to 255 bytes"));
+        }
+        if !(1..=1 << 20).contains(&self.session_shards) {
+            return bad(
+                "session_shards",
+                format!("{}: between 1 and 1048576", self.session_shards),
+            );
         }
         if self.expected_size == 0 {
             return bad("expected_size", "must be at least 1".into());
@@ -223,6 +240,7 @@ impl Default for NodeConfig {
             cluster: "meshreg".into(),
             profile: Profile::Lan,
             roles: BTreeSet::new(),
+            session_shards: meshreg_registry::session::manager::DEFAULT_SHARDS,
             expected_size: 64,
             max_meta_bytes: DEFAULT_META_CAP_BYTES,
             max_frame_bytes: MAX_FRAME_PAYLOAD + 64,
@@ -302,6 +320,12 @@ impl NodeBuilder {
     /// Adds a role.
     pub fn role(mut self, role: impl Into<String>) -> Self {
         self.config.roles.insert(role.into());
+        self
+    }
+
+    /// Number of session shards (the same on every node).
+    pub fn session_shards(mut self, shards: u32) -> Self {
+        self.config.session_shards = shards;
         self
     }
 

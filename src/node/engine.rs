@@ -12,7 +12,11 @@ use std::net::SocketAddrV4;
 use meshreg_membership::Time;
 use meshreg_membership::{Channel, Error, LinkEvent, MemberEvent, MembershipCore, NodeId, Output};
 use meshreg_registry::groups::{GroupEvent, GroupName, GroupTable, ScopeName};
-use meshreg_registry::stack::{Stack, StackTimer};
+use meshreg_registry::session::manager::{
+    CallId, ManagerStats, SessionCallError, SessionManager, SessionOutput,
+};
+use meshreg_registry::session::{Outcome, SessionKey};
+use meshreg_registry::session_stack::{SessionStack, SessionStackTimer};
 use meshreg_registry::{CallError, Pid, RegistryCore, RequestId};
 
 /// What the stack asks the runtime to do, in order.
@@ -38,7 +42,14 @@ pub(crate) enum Action {
     Completed(RequestId, Result<(), CallError>),
     /// The group table changed.
     Group(GroupEvent),
+    /// A local session call finished.
+    SessionCompleted(CallId, Result<Outcome, SessionCallError>),
+    /// A local process lost its session (replaced, or found taken on re-assertion).
+    SessionLost(SessionKey, Pid),
 }
+
+/// A session-manager call run by [`Engine::session`].
+pub(crate) type SessionCall<'a> = &'a mut dyn FnMut(&mut SessionManager, &mut Vec<SessionOutput>);
 
 /// One node's membership core plus discovery backend, with timers kept inside.
 pub(crate) trait Engine: Send {
@@ -88,6 +99,11 @@ pub(crate) trait Engine: Send {
     );
     /// A local process ended.
     fn process_exit(&mut self, now: Time, pid: Pid, out: &mut Vec<Action>);
+    /// Runs a session-manager call (register, lookup, the session-role set).
+    fn session(&mut self, now: Time, f: SessionCall<'_>, out: &mut Vec<Action>);
+    /// The session manager's counters, the sessions held by this node's replicas and their
+    /// heap bytes.
+    fn session_stats(&self) -> (ManagerStats, usize, usize);
     /// Leaves the cluster cleanly.
     fn leave_cluster(&mut self, now: Time, out: &mut Vec<Action>);
     /// What this node knows of the groups.
@@ -98,13 +114,13 @@ pub(crate) trait Engine: Send {
     fn members(&self) -> Vec<NodeId>;
 }
 
-/// [`Engine`] over a [`Stack`].
+/// [`Engine`] over a [`SessionStack`] (membership, discovery backend, session manager).
 pub(crate) struct StackEngine<M: MembershipCore, R: RegistryCore> {
-    stack: Stack<M, R>,
+    stack: SessionStack<M, R>,
     /// Armed timers by (deadline, arming order): fired in that order, as the simulator does.
-    timers: BTreeMap<(Time, u64), StackTimer<M::Timer, R::Timer>>,
+    timers: BTreeMap<(Time, u64), SessionStackTimer<M::Timer, R::Timer>>,
     armed: u64,
-    out: Vec<Output<StackTimer<M::Timer, R::Timer>>>,
+    out: Vec<Output<SessionStackTimer<M::Timer, R::Timer>>>,
 }
 
 impl<M, R> StackEngine<M, R>
@@ -112,7 +128,7 @@ where
     M: MembershipCore,
     R: RegistryCore,
 {
-    pub(crate) fn new(stack: Stack<M, R>) -> Self {
+    pub(crate) fn new(stack: SessionStack<M, R>) -> Self {
         Self {
             stack,
             timers: BTreeMap::new(),
@@ -145,13 +161,26 @@ where
                 Output::Left(id) => out.push(Action::Left(id)),
             }
         }
+        let inner = &mut self.stack.inner;
         out.extend(
-            self.stack
+            inner
                 .completed
                 .drain(..)
                 .map(|(_, req, result)| Action::Completed(req, result)),
         );
-        out.extend(self.stack.log.drain(..).map(|(_, e)| Action::Group(e)));
+        out.extend(inner.log.drain(..).map(|(_, e)| Action::Group(e)));
+        out.extend(
+            self.stack
+                .completed
+                .drain(..)
+                .map(|(_, req, result)| Action::SessionCompleted(req, result)),
+        );
+        out.extend(
+            self.stack
+                .lost
+                .drain(..)
+                .map(|(_, key, pid)| Action::SessionLost(key, pid)),
+        );
     }
 }
 
@@ -219,7 +248,7 @@ where
         meta: &[u8],
         out: &mut Vec<Action>,
     ) {
-        self.stack.call(now, &mut self.out, |r, o| {
+        self.stack.group_call(now, &mut self.out, |r, o| {
             r.join(now, req, scope, group, pid, meta, o)
         });
         self.flush(now, out);
@@ -234,7 +263,7 @@ where
         pid: Pid,
         out: &mut Vec<Action>,
     ) {
-        self.stack.call(now, &mut self.out, |r, o| {
+        self.stack.group_call(now, &mut self.out, |r, o| {
             r.leave(now, req, scope, group, pid, o)
         });
         self.flush(now, out);
@@ -242,8 +271,25 @@ where
 
     fn process_exit(&mut self, now: Time, pid: Pid, out: &mut Vec<Action>) {
         self.stack
-            .call(now, &mut self.out, |r, o| r.process_exit(now, pid, o));
+            .group_call(now, &mut self.out, |r, o| r.process_exit(now, pid, o));
+        self.stack
+            .call(now, &mut self.out, |s, o| s.process_exit(now, pid, o));
         self.flush(now, out);
+    }
+
+    fn session(&mut self, now: Time, f: SessionCall<'_>, out: &mut Vec<Action>) {
+        self.stack.call(now, &mut self.out, f);
+        self.flush(now, out);
+    }
+
+    fn session_stats(&self) -> (ManagerStats, usize, usize) {
+        let m = &self.stack.sessions;
+        let (mut n, mut heap) = (0, 0);
+        for s in m.replicas() {
+            n += s.len();
+            heap += s.heap_bytes();
+        }
+        (m.stats().clone(), n, heap)
     }
 
     fn leave_cluster(&mut self, now: Time, out: &mut Vec<Action>) {
@@ -252,11 +298,11 @@ where
     }
 
     fn table(&self) -> &GroupTable {
-        self.stack.registry.table()
+        self.stack.inner.registry.table()
     }
 
     fn heap_bytes(&self) -> usize {
-        self.stack.registry.heap_bytes()
+        self.stack.inner.registry.heap_bytes()
     }
 
     fn members(&self) -> Vec<NodeId> {
@@ -269,15 +315,19 @@ mod tests {
     use super::*;
     use meshreg_membership::{Mesh, Profile};
     use meshreg_registry::coordinated::{CoordinatedConfig, CoordinatedGroups};
+    use meshreg_registry::session::manager::ManagerConfig;
+    use meshreg_registry::stack::Stack;
     use std::net::Ipv4Addr;
     use std::time::Duration;
 
     fn engine() -> StackEngine<Mesh, CoordinatedGroups> {
         let id = NodeId::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7000), 1 << 16);
-        StackEngine::new(Stack::new(
+        let stack = Stack::new(
             Mesh::new(id, 1, Profile::Test, 1),
             CoordinatedGroups::with_config(id, 1, CoordinatedConfig::for_profile(Profile::Test)),
-        ))
+        );
+        let sessions = SessionManager::new(id, 1, ManagerConfig::for_profile(Profile::Test, 64));
+        StackEngine::new(SessionStack::new(stack, sessions))
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod monitor;
 mod process;
 mod proto;
 mod runtime;
+mod sessions;
 mod stats;
 mod subscribe;
 
@@ -42,6 +43,9 @@ pub use builder::{Backend, MIN_SECRET_BYTES, NodeBuilder, NodeConfig};
 pub use error::NodeError;
 pub use monitor::{DownReason, ProcessMonitor};
 pub use process::{Message, Process};
+pub use sessions::{
+    Policy, ROLES_SCOPE, Registered, SESSION_ROLE, Session, SessionKey, SessionLost, Sessions,
+};
 pub use stats::NodeStats;
 pub use subscribe::{MemberInfo, Subscription};
 
@@ -96,7 +100,12 @@ fn clock_creation() -> u16 {
 }
 
 fn build_engine(config: &NodeConfig, id: NodeId, seed: u64) -> Result<Box<dyn Engine>, NodeError> {
+    use meshreg_registry::session::manager::{ManagerConfig, SessionManager};
+    use meshreg_registry::session_stack::SessionStack;
     let cluster = config.cluster_id();
+    let mut mc = ManagerConfig::for_profile(config.profile, config.session_shards);
+    mc.shard.hash_seed = mix64(seed ^ 0x5e55);
+    let sessions = SessionManager::new(id, cluster, mc);
     let table = meshreg_registry::groups::GroupTableConfig {
         meta_cap_bytes: config.max_meta_bytes,
     };
@@ -108,9 +117,10 @@ fn build_engine(config: &NodeConfig, id: NodeId, seed: u64) -> Result<Box<dyn En
             let swim = Swim::new(id, cluster, config.profile, config.expected_size, seed);
             let groups =
                 GossipGroups::with_table_config(id, cluster, config.profile, mix64(seed), table);
-            Ok(Box::new(StackEngine::new(
-                meshreg_registry::stack::Stack::new(swim, groups),
-            )))
+            let stack = meshreg_registry::stack::Stack::new(swim, groups);
+            Ok(Box::new(StackEngine::new(SessionStack::new(
+                stack, sessions,
+            ))))
         }
         #[cfg(feature = "coordinated")]
         Backend::Coordinated => {
@@ -120,9 +130,10 @@ fn build_engine(config: &NodeConfig, id: NodeId, seed: u64) -> Result<Box<dyn En
             let mut cc = CoordinatedConfig::for_profile(config.profile);
             cc.table = table;
             let groups = CoordinatedGroups::with_config(id, cluster, cc);
-            Ok(Box::new(StackEngine::new(
-                meshreg_registry::stack::Stack::new(mesh, groups),
-            )))
+            let stack = meshreg_registry::stack::Stack::new(mesh, groups);
+            Ok(Box::new(StackEngine::new(SessionStack::new(
+                stack, sessions,
+            ))))
         }
         #[expect(
             unreachable_patterns,
@@ -180,13 +191,15 @@ impl Node {
         let (stop_tx, stop_rx) = oneshot::channel();
         let task = tokio::spawn(runtime::run(shared.clone(), events, stop_rx));
         tracing::info!(node = %shared.config.name, %addr, backend = %shared.config.backend, "node started");
-        Ok(Node {
+        let node = Node {
             inner: Arc::new(Inner {
                 shared,
                 stop: Mutex::new(Some(stop_tx)),
                 task: Mutex::new(Some(task)),
             }),
-        })
+        };
+        node.announce_roles();
+        Ok(node)
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -312,7 +325,11 @@ impl Node {
 
     // ---- groups ----
 
+    /// Names for a join or leave: the reserved scope is refused.
     fn names(scope: &str, group: &str) -> Result<(ScopeName, GroupName), NodeError> {
+        if scope == ROLES_SCOPE {
+            return Err(NodeError::ReservedScope(scope.to_owned()));
+        }
         Ok((ScopeName::new(scope)?, GroupName::new(group)?))
     }
 
@@ -531,6 +548,12 @@ impl Node {
         let st = shared.lock();
         s.memberships = st.engine.table().membership_count() as u64;
         s.backend_heap_bytes = st.engine.heap_bytes() as u64;
+        let (m, held, heap) = st.engine.session_stats();
+        s.sessions_held = held as u64;
+        s.sessions_heap_bytes = heap as u64;
+        s.session_terms_started = m.terms_started;
+        s.sessions_reasserted = m.reasserted;
+        s.session_requests_resent = m.resent;
         s
     }
 
@@ -586,6 +609,8 @@ impl Node {
         let mut st = shared.lock();
         st.monitors.shutdown();
         st.pending.clear();
+        st.session_pending.clear();
+        st.session_subs = Default::default();
         st.scope_subs.clear();
         st.group_subs.clear();
         st.member_subs = Default::default();

@@ -19,6 +19,8 @@ use std::time::Instant;
 use meshreg_membership::wire::{HEADER_LEN, Kind};
 use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
 use meshreg_registry::groups::{GroupEvent, GroupName, ScopeName};
+use meshreg_registry::session::Outcome;
+use meshreg_registry::session::manager::{CallId, SessionCallError};
 use meshreg_registry::{CallError, Pid, RequestId};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -27,6 +29,7 @@ use super::engine::{Action, Engine};
 use super::monitor::{DownReason, Monitors};
 use super::process::Message;
 use super::proto::{self, ProcMsg};
+use super::sessions::{ROLES_SCOPE, SESSION_ROLE, SessionLost};
 use super::stats::Counters;
 use super::subscribe::Subscribers;
 use crate::transport::{Transport, TransportEvent};
@@ -38,6 +41,13 @@ pub(crate) struct State {
     pub(crate) scope_subs: HashMap<ScopeName, Subscribers<GroupEvent>>,
     pub(crate) group_subs: HashMap<(ScopeName, GroupName), Subscribers<GroupEvent>>,
     pub(crate) member_subs: Subscribers<MemberEvent>,
+    /// Session calls in flight.
+    pub(crate) session_pending: HashMap<CallId, SessionReply>,
+    /// Subscribers of lost sessions of local processes.
+    pub(crate) session_subs: Subscribers<SessionLost>,
+    /// The session-role group changed: the session manager must get the new set before the
+    /// lock is released.
+    roles_dirty: bool,
     pub(crate) monitors: Monitors,
     /// Live members by root (a node's processes outlive its renewals): root -> identity.
     pub(crate) live: HashMap<NodeId, NodeId>,
@@ -48,6 +58,9 @@ pub(crate) struct State {
     sleeping_until: Option<Time>,
     actions: Vec<Action>,
 }
+
+/// Where a session call's answer goes.
+pub(crate) type SessionReply = oneshot::Sender<Result<Outcome, SessionCallError>>;
 
 /// State shared by the node handle, its processes and the driver loop.
 pub(crate) struct Shared {
@@ -93,6 +106,9 @@ impl Shared {
                 scope_subs: HashMap::new(),
                 group_subs: HashMap::new(),
                 member_subs: Subscribers::default(),
+                session_pending: HashMap::new(),
+                session_subs: Subscribers::default(),
+                roles_dirty: false,
                 monitors: Monitors::default(),
                 live: HashMap::new(),
                 stopped: false,
@@ -136,6 +152,25 @@ impl Shared {
         for a in actions.drain(..) {
             self.apply(st, a);
         }
+        // The session-role set follows the reserved group: fed to the session manager within
+        // the same input, so placement never lags the table it is derived from. Bounded: the
+        // session manager's outputs never change the group table.
+        while std::mem::take(&mut st.roles_dirty) {
+            let nodes: Vec<SocketAddrV4> = st
+                .engine
+                .table()
+                .members(ROLES_SCOPE, SESSION_ROLE)
+                .map(|m| m.pid.node.addr())
+                .collect();
+            st.engine.session(
+                now,
+                &mut |m, o| m.set_session_nodes(now, nodes.iter().copied(), o),
+                &mut actions,
+            );
+            for a in actions.drain(..) {
+                self.apply(st, a);
+            }
+        }
         st.actions = actions;
     }
 
@@ -173,7 +208,21 @@ impl Shared {
                     let _ = tx.send(result);
                 }
             }
-            Action::Group(e) => publish_group_event(st, &e),
+            Action::Group(e) => {
+                let m = &e.membership;
+                if m.scope.as_str() == ROLES_SCOPE && m.group.as_str() == SESSION_ROLE {
+                    st.roles_dirty = true;
+                }
+                publish_group_event(st, &e);
+            }
+            Action::SessionCompleted(req, result) => {
+                if let Some(tx) = st.session_pending.remove(&req) {
+                    let _ = tx.send(result);
+                }
+            }
+            Action::SessionLost(key, pid) => {
+                st.session_subs.publish(&SessionLost { key, pid });
+            }
         }
     }
 
@@ -400,7 +449,14 @@ pub(crate) async fn run(
                 }
             }
             () = tokio::time::sleep_until(sleep_until) => deadline = shared.fire_timers(),
-            () = shared.wake.notified() => deadline = shared.next_deadline(),
+            () = shared.wake.notified() => {
+                // A call armed an earlier timer; one already due (a session flush, armed with
+                // zero delay) fires now rather than at the next whole millisecond.
+                deadline = shared.next_deadline();
+                if deadline.is_some_and(|t| t <= shared.now()) {
+                    deadline = shared.fire_timers();
+                }
+            }
         }
     }
 }

@@ -47,6 +47,16 @@ pub struct NodeStats {
     pub memberships: u64,
     /// Heap bytes of the group backend.
     pub backend_heap_bytes: u64,
+    /// Sessions held by this node's shard replicas (primaries and standbys).
+    pub sessions_held: u64,
+    /// Heap bytes of those replicas.
+    pub sessions_heap_bytes: u64,
+    /// Session terms this node started as a primary.
+    pub session_terms_started: u64,
+    /// Sessions this node re-asserted at new primaries after a failover.
+    pub sessions_reasserted: u64,
+    /// Session requests sent again (timeouts, refusals, primary changes).
+    pub session_requests_resent: u64,
 }
 
 impl Counters {

@@ -187,4 +187,23 @@ impl Default for ManagerConfig {
     }
 }
 
+impl ManagerConfig {
+    /// Settings for a timer profile with `shards` shards: the call deadline outlasts the
+    /// profile's failure detection plus a failover, so every call of a single failure ends
+    /// definite.
+    pub fn for_profile(profile: meshreg_membership::Profile, shards: u32) -> Self {
+        use meshreg_membership::Profile;
+        let call_deadline = match profile {
+            Profile::Lan => Duration::from_secs(60),
+            Profile::Wan => Duration::from_secs(300),
+            Profile::Test => Duration::from_secs(20),
+        };
+        Self {
+            shards,
+            call_deadline,
+            ..Self::default()
+        }
+    }
+}
+
 pub(crate) type Out = Vec<SessionOutput>;
