@@ -15,6 +15,7 @@ mod agent;
 mod fleet;
 mod multi;
 mod report;
+mod sessions;
 mod single;
 
 use std::future::Future;
@@ -46,6 +47,10 @@ enum BenchCommand {
     /// `single.mem_rss.*` is the growth of this process's resident set (VmRSS) per
     /// membership, the closer analogue of `erlang:memory(total)` (allocator slack included).
     Groups(GroupsArgs),
+    /// The session manager: one shard on one core (registrations, lookups, memory per
+    /// session), then 4 nodes in separate OS processes on loopback (aggregate registrations/s,
+    /// lookup latency at half that load).
+    Sessions(sessions::SessionsArgs),
     /// One benchmark node driven by JSON lines on stdin (started by `groups --processes`).
     #[command(hide = true)]
     Worker(fleet::WorkerArgs),
@@ -161,6 +166,7 @@ impl Ctx {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Groups(a) => groups(a),
+        BenchCommand::Sessions(a) => sessions::run(a),
         BenchCommand::Worker(a) => fleet::worker(a),
     }
 }

@@ -64,6 +64,8 @@ pub struct NodeSpec {
     pub seed: Option<SocketAddrV4>,
     /// Cluster size hint.
     pub expected_size: u32,
+    /// Roles of the node (e.g. `session`).
+    pub roles: Vec<String>,
 }
 
 /// A controller's request to one agent.
@@ -119,6 +121,26 @@ pub enum Cmd {
         node: SocketAddrV4,
         count: usize,
     },
+    /// Reply `Ok` once the node knows `nodes` session-role nodes and a register, lookup and
+    /// unregister of a probe key all succeeded (every shard then has a primary in its view).
+    SessionsReady { nodes: usize },
+    /// Register u64 keys `base..base + count` (policy `Reject`) from `concurrency` concurrent
+    /// callers, each with its own process, each call awaited before the caller's next; reply
+    /// `Load`.
+    SessionRegister {
+        base: u64,
+        count: u64,
+        concurrency: usize,
+    },
+    /// Look up keys drawn from `base..base + span` at `rate` calls per second (open loop:
+    /// issued on schedule whether or not earlier calls answered) for `millis`; reply
+    /// `Latencies`.
+    SessionLookup {
+        base: u64,
+        span: u64,
+        rate: f64,
+        millis: u64,
+    },
     /// Reply `Stats`.
     Stats,
     /// Stop the node abruptly (peers detect a failure); reply `T0` stamped just before.
@@ -140,6 +162,19 @@ pub enum Reply {
     Count { n: usize },
     /// The node's counters that the benchmarks use.
     Stats { memberships: u64, heap_bytes: u64 },
+    /// A load phase: stamps around it and its call counts.
+    Load {
+        t0: u64,
+        t1: u64,
+        ok: u64,
+        failed: u64,
+    },
+    /// Per-call latencies in microseconds, plus failed calls and lookups that found nothing.
+    Latencies {
+        us: Vec<u32>,
+        failed: u64,
+        missing: u64,
+    },
     /// The command failed.
     Error { msg: String },
 }
@@ -177,6 +212,8 @@ pub struct Agent {
     bulk: Vec<Process>,
     bulk_sentinel: Option<Process>,
     held: Vec<Process>,
+    /// Holders of the sessions registered by `SessionRegister`: alive until the agent stops.
+    session_holders: Vec<Process>,
     watchers: Vec<JoinHandle<()>>,
 }
 
@@ -190,6 +227,9 @@ impl Agent {
             .secret(spec.secret.clone())
             .cluster("meshreg-bench")
             .expected_size(spec.expected_size);
+        for role in &spec.roles {
+            b = b.role(role.clone());
+        }
         if let Some(seed) = spec.seed {
             b = b.seed(seed.into());
         }
@@ -203,6 +243,7 @@ impl Agent {
             bulk: Vec::new(),
             bulk_sentinel: None,
             held: Vec::new(),
+            session_holders: Vec::new(),
             watchers: Vec::new(),
         })
     }
@@ -333,6 +374,18 @@ impl Agent {
                 self.watchers.push(task);
                 Ok(Reply::Ok)
             }
+            Cmd::SessionsReady { nodes } => self.sessions_ready(nodes).await,
+            Cmd::SessionRegister {
+                base,
+                count,
+                concurrency,
+            } => self.session_register(base, count, concurrency).await,
+            Cmd::SessionLookup {
+                base,
+                span,
+                rate,
+                millis,
+            } => Ok(session_lookup(&self.node, base, span, rate, millis).await),
             Cmd::Stats => {
                 let s = self.node.stats();
                 Ok(Reply::Stats {
@@ -385,6 +438,106 @@ impl Agent {
         }
         self.held.extend(procs);
         Ok(Reply::Ok)
+    }
+}
+
+impl Agent {
+    async fn sessions_ready(&mut self, nodes: usize) -> anyhow::Result<Reply> {
+        use meshreg::node::{ROLES_SCOPE, SESSION_ROLE};
+        while self.node.members(ROLES_SCOPE, SESSION_ROLE).len() < nodes {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let p = self.node.process();
+        let key = u64::MAX - u64::from(self.node.addr().port());
+        let s = self.node.sessions();
+        s.register(key, p.pid(), meshreg::Policy::Replace).await?;
+        let found = s.lookup(key).await?.map(|s| s.pid);
+        anyhow::ensure!(found == Some(p.pid()), "probe key read back as {found:?}");
+        s.unregister(key, p.pid()).await?;
+        Ok(Reply::Ok)
+    }
+
+    async fn session_register(
+        &mut self,
+        base: u64,
+        count: u64,
+        concurrency: usize,
+    ) -> anyhow::Result<Reply> {
+        let callers = concurrency.clamp(1, 100_000) as u64;
+        let t0 = self.clock.now();
+        let mut tasks = Vec::with_capacity(callers as usize);
+        for j in 0..callers.min(count) {
+            let p = self.node.process();
+            let pid = p.pid();
+            self.session_holders.push(p);
+            let s = self.node.sessions();
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut k = base + j;
+                while k < base + count {
+                    match s.register(k, pid, meshreg::Policy::Reject).await {
+                        Ok(_) => ok += 1,
+                        Err(_) => failed += 1,
+                    }
+                    k += callers;
+                }
+                (ok, failed)
+            }));
+        }
+        let (mut ok, mut failed) = (0, 0);
+        for t in tasks {
+            let (o, f) = t.await?;
+            ok += o;
+            failed += f;
+        }
+        Ok(Reply::Load {
+            t0,
+            t1: self.clock.now(),
+            ok,
+            failed,
+        })
+    }
+}
+
+/// Open-loop lookups: every millisecond, the calls due by then are issued as their own tasks
+/// (so a slow answer never delays the schedule); each records its latency.
+async fn session_lookup(node: &Node, base: u64, span: u64, rate: f64, millis: u64) -> Reply {
+    let s = node.sessions();
+    let start = Instant::now();
+    let total = (rate * millis as f64 / 1000.0).round() as u64;
+    let mut issued = 0u64;
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while issued < total {
+        tick.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(total);
+        while issued < due {
+            let key = base + meshreg::membership::mix64(issued ^ base) % span.max(1);
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = s.lookup(key).await;
+                (t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32, r)
+            }));
+            issued += 1;
+        }
+    }
+    let (mut us, mut failed, mut missing) = (Vec::with_capacity(tasks.len()), 0, 0);
+    for t in tasks {
+        match t.await {
+            Ok((lat, Ok(Some(_)))) => us.push(lat),
+            Ok((lat, Ok(None))) => {
+                us.push(lat);
+                missing += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    Reply::Latencies {
+        us,
+        failed,
+        missing,
     }
 }
 

@@ -42,6 +42,9 @@ pub struct WorkerArgs {
     /// Cluster size hint.
     #[arg(long, default_value_t = 8)]
     expected_size: u32,
+    /// A role of the node (repeatable).
+    #[arg(long)]
+    role: Vec<String>,
 }
 
 /// Runs one benchmark node driven by JSON lines on stdin; answers on stdout.
@@ -56,6 +59,7 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         secret,
         seed: args.seed,
         expected_size: args.expected_size,
+        roles: args.role,
     };
     // Two worker threads per node, as the Erlang nodes run two schedulers each.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -221,6 +225,15 @@ impl Fleet {
 
     /// Starts one node; its index.
     pub async fn start(&mut self, seed: Option<SocketAddrV4>) -> anyhow::Result<usize> {
+        self.start_with_roles(seed, Vec::new()).await
+    }
+
+    /// Starts one node with `roles`; its index.
+    pub async fn start_with_roles(
+        &mut self,
+        seed: Option<SocketAddrV4>,
+        roles: Vec<String>,
+    ) -> anyhow::Result<usize> {
         let index = self.members.len();
         let spec = NodeSpec {
             backend: self.backend,
@@ -228,6 +241,7 @@ impl Fleet {
             secret: self.secret.clone(),
             seed,
             expected_size: self.expected_size,
+            roles,
         };
         let (reply_tx, mut replies) = mpsc::unbounded_channel();
         let events = self.events_tx.clone();
@@ -436,6 +450,9 @@ fn spawn_worker(spec: &NodeSpec, route: Emit) -> anyhow::Result<ChildGuard> {
         .stderr(Stdio::inherit());
     if let Some(seed) = spec.seed {
         cmd.args(["--seed", &seed.to_string()]);
+    }
+    for role in &spec.roles {
+        cmd.args(["--role", role]);
     }
     let mut child = cmd.spawn().context("starting a benchmark worker")?;
     let stdin = child.stdin.take();

@@ -141,23 +141,28 @@ impl Reference {
     /// Reads a harness results file (`name value unit` lines, `#` comments). A missing file
     /// gives an empty reference: the table then shows `-`.
     pub fn load(path: &Path) -> Self {
+        Self::load_with(path, "pg.")
+    }
+
+    /// Like [`Self::load`] for the metrics named `prefix...`, keyed without the prefix.
+    pub fn load_with(path: &Path, prefix: &str) -> Self {
         match std::fs::read_to_string(path) {
             Ok(text) => Self {
-                values: Self::parse(&text),
+                values: Self::parse(&text, prefix),
                 source: Some(path.display().to_string()),
             },
             Err(_) => Self::default(),
         }
     }
 
-    fn parse(text: &str) -> HashMap<String, f64> {
+    fn parse(text: &str, prefix: &str) -> HashMap<String, f64> {
         text.lines()
             .filter(|l| !l.trim_start().starts_with('#'))
             .filter_map(|l| {
                 let mut it = l.split_whitespace();
                 let name = it.next()?;
                 let value = it.next()?.parse::<f64>().ok()?;
-                let key = name.strip_prefix("pg.")?;
+                let key = name.strip_prefix(prefix)?;
                 Some((key.to_owned(), value))
             })
             .collect()
@@ -256,13 +261,15 @@ mod tests {
 
     #[test]
     fn reference_lines_lose_their_pg_prefix_and_comments_are_skipped() {
-        let r = Reference::parse(
-            "# metric value unit\npg.single.join_seq.1g_10k  8745  ops/s\n\
-             pg.bulk.x.verified ok -\nglobal.k1.register_seq 3033 ops/s\n",
-        );
+        let text = "# metric value unit\npg.single.join_seq.1g_10k  8745  ops/s\n\
+             pg.bulk.x.verified ok -\nglobal.k1.register_seq 3033 ops/s\n";
+        let r = Reference::parse(text, "pg.");
         assert_eq!(r.get("single.join_seq.1g_10k"), Some(&8745.0));
         assert!(!r.contains_key("bulk.x.verified"));
         assert_eq!(r.len(), 1);
+        let g = Reference::parse(text, "global.");
+        assert_eq!(g.get("k1.register_seq"), Some(&3033.0));
+        assert_eq!(g.len(), 1);
     }
 
     #[test]

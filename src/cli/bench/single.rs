@@ -61,7 +61,7 @@ pub async fn many_groups(ctx: &Ctx) -> anyhow::Result<Vec<Metric>> {
 }
 
 /// Memory of this process: resident set (from `/proc/self/status` VmRSS), bytes.
-fn rss_bytes() -> u64 {
+pub(super) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
