@@ -325,3 +325,38 @@ fn the_standby_takes_over_with_its_sessions_when_the_primary_goes_down() {
     let epoch = r.epoch();
     assert!(b.drain_terms().contains(&(shard, epoch)));
 }
+
+#[test]
+fn a_call_to_a_shard_this_node_serves_completes_within_the_call() {
+    // A lone session node serves every shard itself: the call must not wait for some later
+    // input (a tick, a message) to be delivered to its own shard.
+    let mut m = manager(1, &[1], &[1]);
+    let mut out = Vec::new();
+    let pid = Pid {
+        node: node(1),
+        serial: 9,
+    };
+    m.register(T0, 1, SessionKey::U64(5), pid, b"", Policy::Reject, &mut out);
+    m.lookup(T0, 2, SessionKey::U64(5), &mut out);
+    m.lookup_many(T0, 3, vec![SessionKey::U64(5), SessionKey::U64(6)], &mut out);
+    let done: Vec<CallId> = out
+        .iter()
+        .filter_map(|o| match o {
+            SessionOutput::Completed { req, result } => {
+                assert!(result.is_ok(), "{result:?}");
+                Some(*req)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, vec![1, 2, 3]);
+    out.clear();
+    m.unregister(T0, 4, SessionKey::U64(5), pid, &mut out);
+    assert!(out.iter().any(|o| matches!(
+        o,
+        SessionOutput::Completed {
+            req: 4,
+            result: Ok(Outcome::One(Answer::Unregistered))
+        }
+    )));
+}
