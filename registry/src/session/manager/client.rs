@@ -53,6 +53,10 @@ pub(crate) struct Pending {
     attempt: u32,
     /// Only the retry timer of the current arming counts.
     arming: u32,
+    /// Sent to a primary and waiting: re-sent by the upkeep tick once this passes. (Not a
+    /// timer per request: at hundreds of thousands of calls per second, arming and discarding
+    /// one timer per call cost as much as the call.)
+    resend_at: Option<Time>,
     deadline: Time,
 }
 
@@ -240,6 +244,7 @@ impl SessionManager {
                 target: None,
                 attempt: 0,
                 arming: 0,
+                resend_at: None,
                 deadline: now + self.config.call_deadline,
             },
         );
@@ -279,10 +284,14 @@ impl SessionManager {
         p.attempt += 1;
         p.arming += 1;
         let arming = p.arming;
-        let after = match target {
-            Some(_) => self.config.request_timeout,
-            None => self.config.backoff_max,
-        };
+        p.resend_at = target.map(|_| now + self.config.request_timeout);
+        if target.is_none() {
+            // No primary in this view: try again soon (the view may change first).
+            out.push(SessionOutput::SetTimer {
+                after: self.config.backoff_max,
+                timer: SessionTimer::Retry { id, arming },
+            });
+        }
         if let Some(to) = target {
             let req = Request {
                 shard: p.shard,
@@ -296,10 +305,19 @@ impl SessionManager {
             };
             self.enqueue(to, req, out);
         }
-        out.push(SessionOutput::SetTimer {
-            after,
-            timer: SessionTimer::Retry { id, arming },
-        });
+    }
+
+    /// Upkeep: re-sends every request whose reply is overdue.
+    pub(super) fn resend_overdue(&mut self, now: Time, out: &mut Out) {
+        let due: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.resend_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.send_request(now, id, out);
+        }
     }
 
     fn retry_later(&mut self, id: u64, out: &mut Out) {
@@ -308,6 +326,7 @@ impl SessionManager {
             return;
         };
         p.arming += 1;
+        p.resend_at = None;
         let shift = p.attempt.min(16);
         let after = Duration::from_millis(10u64 << shift).min(max);
         out.push(SessionOutput::SetTimer {

@@ -83,7 +83,8 @@ pub enum SessionTimer {
     Flush,
     /// Periodic upkeep: retransmissions to standbys, recovery re-asks, role checks.
     Tick,
-    /// A request got no definite answer in time: re-send it (if `arming` is still current).
+    /// A request that found no primary, or was refused for routing, is due again: re-send it
+    /// (if `arming` is still current). Overdue replies are swept by `Tick` instead.
     Retry {
         /// The request's wire id.
         id: u64,
@@ -162,7 +163,8 @@ pub struct ManagerConfig {
     pub shard: ShardConfig,
     /// Period of the upkeep timer.
     pub tick: Duration,
-    /// How long a request waits for its reply before it is sent again.
+    /// How long a request waits for its reply before it is sent again (checked every `tick`,
+    /// so a re-send happens between this and this plus `tick`).
     pub request_timeout: Duration,
     /// Longest wait between retries after a routing refusal (doubling from 10 ms).
     pub backoff_max: Duration,

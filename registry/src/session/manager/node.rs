@@ -13,7 +13,7 @@ use super::server::{Recovery, Replica};
 use super::wire::{self, ManagerMessage};
 use super::{ManagerConfig, Out, SessionOutput, SessionTimer};
 use crate::MessageError;
-use crate::session::{Epoch, Output, Reply, Request, SessionKey, ShardId};
+use crate::session::{Epoch, Output, ReplicaAck, Replicate, Reply, Request, SessionKey, ShardId};
 
 /// Counters of one node's session manager.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -71,6 +71,10 @@ pub struct SessionManager {
     pub(super) local_replies: Vec<Reply>,
     /// Replies released in this input, per client node.
     pub(super) replies: BTreeMap<SocketAddrV4, Vec<Reply>>,
+    /// Replication entries to send at the end of this input, per standby node.
+    pub(super) replicate_out: BTreeMap<SocketAddrV4, Vec<Replicate>>,
+    /// Acknowledgements to send at the end of this input, per primary node and shard.
+    pub(super) ack_out: BTreeMap<SocketAddrV4, BTreeMap<ShardId, ReplicaAck>>,
     /// Scratch for shard outputs.
     pub(super) sout: Vec<Output>,
     pub(super) stats: ManagerStats,
@@ -108,6 +112,8 @@ impl SessionManager {
             local_requests: Vec::new(),
             local_replies: Vec::new(),
             replies: BTreeMap::new(),
+            replicate_out: BTreeMap::new(),
+            ack_out: BTreeMap::new(),
             sout: Vec::new(),
             stats: ManagerStats::default(),
             ticking: false,
@@ -259,8 +265,25 @@ impl SessionManager {
         self.reroute(now, out);
     }
 
-    /// Sends `msg` to `to` (never this node).
+    /// Sends `msg` to `to` (never this node), after any replication batched for `to` so the
+    /// link's order is the order things happened in.
     pub(super) fn send(&mut self, to: SocketAddrV4, msg: &ManagerMessage, out: &mut Out) {
+        self.flush_batched(to, out);
+        self.send_now(to, msg, out);
+    }
+
+    /// Sends the replication entries and acknowledgements batched for `to`.
+    fn flush_batched(&mut self, to: SocketAddrV4, out: &mut Out) {
+        if let Some(entries) = self.replicate_out.remove(&to) {
+            self.send_now(to, &ManagerMessage::Replicate(entries), out);
+        }
+        if let Some(acks) = self.ack_out.remove(&to) {
+            let acks = acks.into_values().collect();
+            self.send_now(to, &ManagerMessage::Acks(acks), out);
+        }
+    }
+
+    fn send_now(&mut self, to: SocketAddrV4, msg: &ManagerMessage, out: &mut Out) {
         debug_assert_ne!(to, self.me.addr(), "local deliveries are direct");
         out.push(SessionOutput::Send {
             to,
@@ -307,8 +330,16 @@ impl SessionManager {
                     self.on_reply(now, Some(node), r, out);
                 }
             }
-            ManagerMessage::Replicate(m) => self.on_replicate(node, m, out),
-            ManagerMessage::Ack(a) => self.on_ack(node, a, out),
+            ManagerMessage::Replicate(entries) => {
+                for m in entries {
+                    self.on_replicate(node, m, out);
+                }
+            }
+            ManagerMessage::Acks(acks) => {
+                for a in acks {
+                    self.on_ack(node, a, out);
+                }
+            }
             ManagerMessage::Replaced(r) => self.on_replaced(r, out),
             ManagerMessage::Fill(s) => self.on_fill(now, node, s, out),
             ManagerMessage::EpochQuery { round, shards } => {
@@ -342,6 +373,7 @@ impl SessionManager {
             }
             SessionTimer::Tick => {
                 self.server_tick(now, out);
+                self.resend_overdue(now, out);
                 out.push(SessionOutput::SetTimer {
                     after: self.config.tick,
                     timer: SessionTimer::Tick,
@@ -386,10 +418,19 @@ impl SessionManager {
                         self.replies.entry(r.to.client.addr()).or_default().push(r);
                     }
                 }
+                // Batched per destination until the end of the input (or until another
+                // message to that node, which must not overtake them).
                 Output::Replicate { to, msg } => {
-                    self.send(to.addr(), &ManagerMessage::Replicate(msg), out);
+                    self.replicate_out.entry(to.addr()).or_default().push(msg);
                 }
-                Output::Ack { to, msg } => self.send(to.addr(), &ManagerMessage::Ack(msg), out),
+                Output::Ack { to, msg } => {
+                    let acks = self.ack_out.entry(to.addr()).or_default();
+                    let a = acks.entry(msg.shard).or_insert(msg);
+                    // Cumulative: the newest (epoch, seq) says everything the older ones did.
+                    if (msg.epoch, msg.seq) > (a.epoch, a.seq) {
+                        *a = msg;
+                    }
+                }
                 Output::Notify { to, msg } => {
                     if to.addr() == self.me.addr() {
                         self.on_replaced(msg, out);
@@ -425,6 +466,15 @@ impl SessionManager {
         }
         for (to, replies) in std::mem::take(&mut self.replies) {
             self.send(to, &ManagerMessage::Replies(replies), out);
+        }
+        let batched: BTreeSet<SocketAddrV4> = self
+            .replicate_out
+            .keys()
+            .chain(self.ack_out.keys())
+            .copied()
+            .collect();
+        for to in batched {
+            self.flush_batched(to, out);
         }
         if !self.announce.is_empty() {
             let terms = std::mem::take(&mut self.announce);

@@ -336,9 +336,22 @@ fn a_call_to_a_shard_this_node_serves_completes_within_the_call() {
         node: node(1),
         serial: 9,
     };
-    m.register(T0, 1, SessionKey::U64(5), pid, b"", Policy::Reject, &mut out);
+    m.register(
+        T0,
+        1,
+        SessionKey::U64(5),
+        pid,
+        b"",
+        Policy::Reject,
+        &mut out,
+    );
     m.lookup(T0, 2, SessionKey::U64(5), &mut out);
-    m.lookup_many(T0, 3, vec![SessionKey::U64(5), SessionKey::U64(6)], &mut out);
+    m.lookup_many(
+        T0,
+        3,
+        vec![SessionKey::U64(5), SessionKey::U64(6)],
+        &mut out,
+    );
     let done: Vec<CallId> = out
         .iter()
         .filter_map(|o| match o {

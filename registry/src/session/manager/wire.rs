@@ -23,10 +23,12 @@ pub enum ManagerMessage {
     Requests(Vec<Request>),
     /// Primary (or a refusing replica) to client: the replies released in one input.
     Replies(Vec<Reply>),
-    /// Primary to standby: one log entry.
-    Replicate(Replicate),
-    /// Standby to primary (or to a stale primary, to fence it).
-    Ack(ReplicaAck),
+    /// Primary to standby: the log entries of one input, in `seq` order per shard (one
+    /// message per standby node however many entries and shards).
+    Replicate(Vec<Replicate>),
+    /// Standby to primary (or to a stale primary, to fence it): cumulative acknowledgements
+    /// of one input, at most one per shard.
+    Acks(Vec<ReplicaAck>),
     /// Primary to the node of a process whose key a `Replace` took.
     Replaced(Replaced),
     /// Primary to its new standby: the state to fill it from.
