@@ -192,6 +192,18 @@ impl SessionManager {
                 {
                     self.drop_node_everywhere(old, out);
                 }
+                // Term announcements went to the nodes live at the time: tell a newcomer the
+                // terms this node serves, so its first call to each shard is not refused as
+                // stale (one extra round trip per shard and client otherwise).
+                let serving: Vec<(ShardId, Epoch)> = self
+                    .replicas
+                    .iter()
+                    .filter(|(_, r)| r.shard.role() == crate::session::Role::Primary)
+                    .map(|(s, r)| (*s, r.shard.epoch()))
+                    .collect();
+                if !serving.is_empty() {
+                    self.send(node.addr(), &ManagerMessage::Terms(serving), out);
+                }
             }
             MemberEvent::Down(node) => {
                 if node.addr() == self.me.addr() || self.live.get(&node.addr()) != Some(&node) {

@@ -373,3 +373,20 @@ fn a_call_to_a_shard_this_node_serves_completes_within_the_call() {
         }
     )));
 }
+
+#[test]
+fn a_newcomer_is_told_the_terms_this_node_serves() {
+    let mut m = manager(1, &[1], &[1]);
+    let served: Vec<(ShardId, crate::session::Epoch)> = m.drain_terms();
+    assert_eq!(served.len(), 4);
+    let mut out = Vec::new();
+    m.member_event(T0, MemberEvent::Up(node(2)), &mut out);
+    let terms: Vec<_> = sent(&out)
+        .into_iter()
+        .filter_map(|(to, msg)| match msg {
+            ManagerMessage::Terms(t) => Some((to, t)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(terms, vec![(node(2).addr(), served)]);
+}
