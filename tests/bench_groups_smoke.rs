@@ -2,50 +2,25 @@
 //! process, coordinated backend, and reports every key it promises with a sensible value.
 //! Speed is never asserted here: targets live in the benchmarks' output, not in tests.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn bench_groups_at_one_percent_reports_every_key() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshreg"))
-        .args(["bench", "groups", "--backend", "coordinated"])
-        .args(["--scale", "0.01", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting meshreg");
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for meshreg") {
-            break status;
-        }
-        if t0.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bench groups --scale 0.01 did not finish within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut out = String::new();
-    let mut err = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{err}\nstdout:\n{out}"
+    let out = common::run_meshreg(
+        &[
+            "bench",
+            "groups",
+            "--backend",
+            "coordinated",
+            "--scale",
+            "0.01",
+            "--json",
+        ],
+        LIMIT,
     );
     let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
     assert_eq!(json["backend"], "coordinated");

@@ -2,44 +2,29 @@
 //! e2e part on 4 worker processes (2 with the session role); every promised key is reported
 //! with a sensible value. Speed is never asserted here: targets live in the benchmark output.
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
 #[test]
 fn bench_sessions_at_a_small_size_reports_every_key() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshreg"))
-        .args(["bench", "sessions", "--sessions", "20000"])
-        .args(["--registrations", "4000", "--concurrency", "16"])
-        .args(["--lookup-ms", "300", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting meshreg");
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for meshreg") {
-            break status;
-        }
-        if t0.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("bench sessions did not finish within {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    if let Some(mut o) = child.stdout.take() {
-        o.read_to_string(&mut out).expect("stdout");
-    }
-    if let Some(mut e) = child.stderr.take() {
-        e.read_to_string(&mut err).expect("stderr");
-    }
-    assert!(
-        status.success(),
-        "exit {status}; stderr:\n{err}\nstdout:\n{out}"
+    let out = common::run_meshreg(
+        &[
+            "bench",
+            "sessions",
+            "--sessions",
+            "20000",
+            "--registrations",
+            "4000",
+            "--concurrency",
+            "16",
+            "--lookup-ms",
+            "300",
+            "--json",
+        ],
+        LIMIT,
     );
     let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
     for key in [

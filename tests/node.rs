@@ -4,18 +4,19 @@
 //! poll a condition with a deadline; nothing asserts on how long something took.
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
 
+mod common;
+
+use common::SECRET;
+
 use std::future::Future;
 use std::time::Duration;
 
 use meshreg::{Backend, DownReason, MemberEvent, Node, NodeError, Pid, Profile};
 
-const SECRET: &[u8] = b"integration-test-cluster-secret";
 const LIMIT: Duration = Duration::from_secs(60);
 
 async fn bounded<F: Future<Output = ()>>(f: F) {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .expect("test exceeded its time bound");
+    common::bounded(LIMIT, f).await;
 }
 
 async fn start(backend: Backend, seed: Option<&Node>) -> Node {
@@ -39,14 +40,9 @@ async fn start_with(
     b.start().await.unwrap()
 }
 
-/// Polls `cond` every 10 ms until it holds (the caller's `bounded` limits the wait).
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let mut waited = Duration::ZERO;
-    while !cond() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waited += Duration::from_millis(10);
-        assert!(waited < LIMIT, "timed out waiting until {what}");
-    }
+/// Polls `cond` every 10 ms until it holds (within the test's limit).
+async fn until(what: &str, cond: impl FnMut() -> bool) {
+    common::until(LIMIT, what, cond).await;
 }
 
 async fn connected(nodes: &[&Node]) {

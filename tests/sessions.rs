@@ -6,6 +6,10 @@
 //! condition with a deadline; nothing asserts on how long something took.
 #![expect(clippy::unwrap_used, reason = "a test fails loudly on any error")]
 
+mod common;
+
+use common::SECRET;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
@@ -15,13 +19,10 @@ use meshreg::registry::session::SessionError;
 use meshreg::registry::session::manager::SessionCallError;
 use meshreg::{Backend, Node, NodeError, Pid, Policy, Process, Profile, SessionKey};
 
-const SECRET: &[u8] = b"integration-test-cluster-secret";
 const LIMIT: Duration = Duration::from_secs(90);
 
 async fn bounded<F: Future<Output = ()>>(f: F) {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .expect("test exceeded its time bound");
+    common::bounded(LIMIT, f).await;
 }
 
 async fn start(backend: Backend, seed: Option<&Node>, session: bool) -> Node {
@@ -41,14 +42,9 @@ async fn start(backend: Backend, seed: Option<&Node>, session: bool) -> Node {
     b.start().await.unwrap()
 }
 
-/// Polls `cond` every 10 ms until it holds.
-async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-    let mut waited = Duration::ZERO;
-    while !cond() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        waited += Duration::from_millis(10);
-        assert!(waited < LIMIT, "timed out waiting until {what}");
-    }
+/// Polls `cond` every 10 ms until it holds (within the test's limit).
+async fn until(what: &str, cond: impl FnMut() -> bool) {
+    common::until(LIMIT, what, cond).await;
 }
 
 /// Starts `n` nodes, the first `sessions` of them with the session role, and waits until every

@@ -227,12 +227,7 @@ fn groups(args: GroupsArgs) -> anyhow::Result<()> {
     rt.shutdown_timeout(Duration::from_secs(5));
     let json = report.to_json(ctx.backend.name(), ctx.processes);
     if let Some(path) = &args.json_out {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("--json-out {}", path.display()))?;
-        }
-        std::fs::write(path, format!("{json}\n"))
-            .with_context(|| format!("--json-out {}", path.display()))?;
+        report::write_json(path, &json)?;
     }
     if args.json {
         println!("{json}");

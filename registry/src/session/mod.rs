@@ -35,7 +35,7 @@
 //! exact. At that size every probe is a DRAM miss, so [`Shard::handle_requests`] takes the
 //! requests of one link read together and reads the table ahead for all of them, overlapping
 //! their misses; batches ([`Body::Batch`]) do the same internally. The benchmark is
-//! `cargo run --release -p meshreg-registry --example bench_session_shard`.
+//! `meshreg bench sessions --only shard` (in the facade crate's CLI).
 //!
 //! # Invariants (tested in `shard/tests.rs` and `tests/props.rs`)
 //!

@@ -89,6 +89,16 @@ impl Report {
     }
 }
 
+/// Writes `json` (one line) to `path`, creating its directory.
+pub fn write_json(path: &Path, json: &Value) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("--json-out {}", path.display()))?;
+    }
+    std::fs::write(path, format!("{json}\n"))
+        .with_context(|| format!("--json-out {}", path.display()))
+}
+
 /// Whether a larger value of `unit` is better (rates) or worse (times, sizes).
 pub fn higher_is_better(unit: &str) -> bool {
     unit.ends_with("/s")

@@ -104,12 +104,7 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
     }
     let json = report.to_json(args.backend.name(), true);
     if let Some(path) = &args.json_out {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("--json-out {}", path.display()))?;
-        }
-        std::fs::write(path, format!("{json}\n"))
-            .with_context(|| format!("--json-out {}", path.display()))?;
+        super::report::write_json(path, &json)?;
     }
     if args.json {
         println!("{json}");
