@@ -5,6 +5,8 @@
 //! - `members/1g_10k`: borrow the 10,000-member list (no copy) and walk every member.
 //! - `join/10kg_100k`: 100,000 joins spread over 10,000 groups into an empty table (the Erlang
 //!   `pg` anchor is 80k joins/s on this machine).
+//! - `members_by_name/10kg_100k`: read 10,000 groups of 10 members each by name and walk the
+//!   members (the table's share of `single.get_members.10kg_100k`).
 
 use std::hint::black_box;
 
@@ -81,6 +83,31 @@ fn bench(c: &mut Criterion) {
             },
             BatchSize::PerIteration,
         );
+    });
+    g.finish();
+
+    // The read of `meshreg bench groups`' single.get_members.10kg_100k, without the node:
+    // 10,000 groups of 10 members, one group per read, by name.
+    let mut g = c.benchmark_group("members_by_name");
+    let mut t = GroupTable::new(me());
+    for i in 0..100_000u64 {
+        t.join(&scope, &groups[(i % 10_000) as usize], pid(i), &[])
+            .expect("valid join");
+    }
+    t.drain_events();
+    let names: Vec<String> = (0..10_000).map(|i| format!("g{i}")).collect();
+    g.throughput(Throughput::Elements(10_000));
+    g.bench_function("10kg_100k", |b| {
+        b.iter(|| {
+            let mut sum = 0u64;
+            for n in &names {
+                sum += t
+                    .members("services", n.as_str())
+                    .map(|x| x.pid.serial)
+                    .fold(0, u64::wrapping_add);
+            }
+            black_box(sum)
+        });
     });
     g.finish();
 }

@@ -51,7 +51,10 @@ pub(super) fn arc_str_bytes(len: usize) -> usize {
 impl Scope {
     fn heap_bytes(&self) -> usize {
         // The name's allocation is shared with the scope index key: counted here once.
-        self.name.heap_bytes() + map_bytes(&self.groups) + vec_bytes(&self.list)
+        self.name.heap_bytes()
+            + map_bytes(&self.groups.short)
+            + map_bytes(&self.groups.long)
+            + vec_bytes(&self.list)
     }
 }
 

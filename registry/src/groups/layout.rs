@@ -38,8 +38,77 @@ pub(super) const OWNER_SLOT: u32 = 0;
 /// plus its name and its index entry (about 150 bytes): hundreds of scopes are cheap.
 pub(super) struct Scope {
     pub(super) name: ScopeName,
-    pub(super) groups: HashMap<GroupName, u32>,
+    pub(super) groups: NameIndex,
     pub(super) list: Vec<u32>,
+}
+
+/// Longest name whose bytes are stored in the index's own buckets.
+const INLINE_NAME: usize = 23;
+
+/// A short name as a map key: its length, then its bytes, zero-padded. Hashes only the
+/// bytes in use; compares as one fixed-size array.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct InlineName([u8; INLINE_NAME + 1]);
+
+impl std::hash::Hash for InlineName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let len = usize::from(self.0[0]);
+        state.write(&self.0[..=len]);
+    }
+}
+
+/// Group name -> group handle. Names of up to [`INLINE_NAME`] bytes (nearly all) are keyed by
+/// their bytes stored in the bucket, so a lookup compares without following a pointer: keyed by
+/// the shared `Arc<str>`, every read of a large table paid a cache miss on the name's own
+/// allocation just to confirm the hash hit. Longer names use the shared name.
+#[derive(Default)]
+pub(super) struct NameIndex {
+    pub(super) short: HashMap<InlineName, u32>,
+    pub(super) long: HashMap<GroupName, u32>,
+}
+
+fn inline(name: &str) -> Option<InlineName> {
+    let bytes = name.as_bytes();
+    (bytes.len() <= INLINE_NAME).then(|| {
+        let mut key = [0u8; INLINE_NAME + 1];
+        key[0] = bytes.len() as u8;
+        key[1..=bytes.len()].copy_from_slice(bytes);
+        InlineName(key)
+    })
+}
+
+impl NameIndex {
+    pub(super) fn get(&self, name: &str) -> Option<u32> {
+        match inline(name) {
+            Some(key) => self.short.get(&key).copied(),
+            None => self.long.get(name).copied(),
+        }
+    }
+
+    pub(super) fn insert(&mut self, name: &GroupName, handle: u32) {
+        match inline(name.as_str()) {
+            Some(key) => self.short.insert(key, handle),
+            None => self.long.insert(name.clone(), handle),
+        };
+    }
+
+    pub(super) fn remove(&mut self, name: &str) {
+        match inline(name) {
+            Some(key) => {
+                self.short.remove(&key);
+                shrink_map(&mut self.short);
+            }
+            None => {
+                self.long.remove(name);
+                shrink_map(&mut self.long);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.short.len() + self.long.len()
+    }
 }
 
 /// One non-empty group.

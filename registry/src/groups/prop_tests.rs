@@ -353,7 +353,7 @@ fn assert_invariants(table: &GroupTable) {
         for (at, &g) in scope.list.iter().enumerate() {
             let group = live(&table.groups, g);
             assert_eq!((group.scope as usize, group.pos_in_scope as usize), (s, at));
-            assert_eq!(scope.groups.get(group.name.as_str()), Some(&g));
+            assert_eq!(scope.groups.get(group.name.as_str()), Some(g));
             assert!(!group.members.is_empty(), "an empty group exists");
             in_groups += group.members.len();
             let mut local = 0;

@@ -8,8 +8,8 @@ use meshreg_membership::NodeId;
 use super::error::GroupError;
 use super::event::{EventKind, GroupEvent, Membership};
 use super::layout::{
-    Group, NodeSlot, OWNER_SLOT, Pos, Record, Scope, pos_u32, push_at, remove_at, shrink_map,
-    shrink_vec,
+    Group, NameIndex, NodeSlot, OWNER_SLOT, Pos, Record, Scope, pos_u32, push_at, remove_at,
+    shrink_map, shrink_vec,
 };
 use super::name::{GroupName, ScopeName};
 use super::slab::{NIL, Slab};
@@ -264,7 +264,7 @@ impl GroupTable {
 
     pub(super) fn find_group(&self, scope: &str, group: &str) -> Option<u32> {
         let s = *self.scope_index.get(scope)?;
-        self.scopes[s as usize].groups.get(group).copied()
+        self.scopes[s as usize].groups.get(group)
     }
 
     /// The newest record of pid (`n`, `serial`) in group `g`, with its predecessor in the pid's
@@ -389,7 +389,7 @@ impl GroupTable {
         let s = pos_u32(self.scopes.len());
         self.scopes.push(Scope {
             name: scope.clone(),
-            groups: HashMap::new(),
+            groups: NameIndex::default(),
             list: Vec::new(),
         });
         self.scope_index.insert(scope.clone(), s);
@@ -398,7 +398,7 @@ impl GroupTable {
 
     fn group_slot(&mut self, s: u32, group: &GroupName) -> u32 {
         let scope = &mut self.scopes[s as usize];
-        if let Some(&g) = scope.groups.get(group.as_str()) {
+        if let Some(g) = scope.groups.get(group.as_str()) {
             return g;
         }
         let g = self.groups.insert(Some(Group {
@@ -409,7 +409,7 @@ impl GroupTable {
             local: Vec::new(),
         }));
         scope.list.push(g);
-        scope.groups.insert(group.clone(), g);
+        scope.groups.insert(group, g);
         g
     }
 
@@ -427,7 +427,6 @@ impl GroupTable {
         let group = self.groups.remove(g).expect("handle of a live group");
         let scope = &mut self.scopes[group.scope as usize];
         scope.groups.remove(group.name.as_str());
-        shrink_map(&mut scope.groups);
         let at = group.pos_in_scope as usize;
         scope.list.swap_remove(at);
         if let Some(&moved) = scope.list.get(at) {
