@@ -160,8 +160,15 @@ pub enum Reply {
     T0 { t: u64 },
     /// A count.
     Count { n: usize },
-    /// The node's counters that the benchmarks use.
-    Stats { memberships: u64, heap_bytes: u64 },
+    /// The node's counters that the benchmarks use, and the health counters a failure
+    /// message reports (`NodeStats`).
+    Stats {
+        memberships: u64,
+        heap_bytes: u64,
+        frames_dropped: u64,
+        renewals: u64,
+        refused: u64,
+    },
     /// A load phase: stamps around it and its call counts.
     Load {
         t0: u64,
@@ -391,6 +398,9 @@ impl Agent {
                 Ok(Reply::Stats {
                     memberships: s.memberships,
                     heap_bytes: s.backend_heap_bytes,
+                    frames_dropped: s.protocol_frames_dropped,
+                    renewals: s.renewals,
+                    refused: s.refused_messages,
                 })
             }
             Cmd::Crash => {

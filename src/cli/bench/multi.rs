@@ -159,11 +159,22 @@ pub async fn bulk(ctx: &Ctx, k: usize) -> anyhow::Result<Vec<Metric>> {
     let ids = fleet.cluster(SCOPE, k).await?;
     let mut runs = Vec::new();
     for rep in 0..BULK_REPS {
-        runs.push(bulk_round(&mut fleet, &ids, total).await?);
-        if rep + 1 < BULK_REPS {
-            bulk_clear(&mut fleet, &ids).await?;
+        let mut step = bulk_round(&mut fleet, &ids, total)
+            .await
+            .map(|r| runs.push(r));
+        if step.is_ok() && rep + 1 < BULK_REPS {
+            step = bulk_clear(&mut fleet, &ids).await;
+        }
+        if let Err(e) = step {
+            let health = health(&mut fleet, &ids).await;
+            return Err(e.context(format!("round {}; {health}", rep + 1)));
         }
     }
+    // Healthy runs drop no frame and renew nobody: worth seeing when a figure looks off.
+    eprintln!(
+        "[bench] bulk.k{k} health: {}",
+        health(&mut fleet, &ids).await
+    );
     fleet.shutdown().await;
     let p = format!("bulk.{}g_{}.k{k}", kname(BULK_GROUPS), kname(total));
     Ok(combine(&runs, &[])
@@ -191,9 +202,35 @@ async fn stats(fleet: &mut Fleet, i: usize) -> anyhow::Result<(u64, u64)> {
         Reply::Stats {
             memberships,
             heap_bytes,
+            ..
         } => Ok((memberships, heap_bytes)),
         other => bail!("node {i}: expected stats, got {other:?}"),
     }
+}
+
+/// The health counters of every node, for a failure message: memberships listed, protocol
+/// frames dropped on full peer queues, renewals (declared Down while running), refused
+/// messages.
+async fn health(fleet: &mut Fleet, ids: &[usize]) -> String {
+    let mut parts = Vec::new();
+    for &i in ids {
+        let part = match fleet.call(i, Cmd::Stats).await {
+            Ok(Reply::Stats {
+                memberships,
+                frames_dropped,
+                renewals,
+                refused,
+                ..
+            }) => format!(
+                "node {i}: {memberships} memberships, {frames_dropped} frames dropped, \
+                 {renewals} renewals, {refused} refused"
+            ),
+            Ok(other) => format!("node {i}: {other:?}"),
+            Err(e) => format!("node {i}: no stats ({e})"),
+        };
+        parts.push(part);
+    }
+    parts.join("; ")
 }
 
 async fn bulk_round(fleet: &mut Fleet, ids: &[usize], total: usize) -> anyhow::Result<Vec<Metric>> {
