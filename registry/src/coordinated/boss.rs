@@ -21,6 +21,20 @@
 //! replicated dedupe window is not applied again: it is answered once every live node is known
 //! to hold the current state.
 //!
+//! Loss repair: the node runtime drops a frame when a peer's send queue is full, so any Apply,
+//! Ack or Sync may be lost while the link stays up, and nothing else would ever re-send it
+//! (requester retries of an op in flight are answered by its acks, which never come). While
+//! acks are awaited the term's timer runs; a node that some op waits for and whose ack did not
+//! advance since the previous tick is *stalled*, and is sent what it misses from its last ack:
+//! the in-flight Applies after it if they cover every seq up to the current one (a replica
+//! takes them in order and re-acks duplicates), else a `Sync` (it missed one: it came Up or
+//! was re-synced meanwhile). A node that acks slowly but steadily is never re-sent to, and a
+//! stalled one is re-sent to after 1, 2, 4, .. up to [`MAX_BACKOFF_TICKS`] silent ticks, so a
+//! starved node is not buried under copies. Applies rather than a `Sync` on the common path:
+//! a `Sync` that does not name the receiver leaves its own memberships as they are (see
+//! `install_state`), so a node that missed the Apply of its own leave would keep the ended
+//! membership.
+//!
 //! A node that comes Up during a serving term is sent a `Sync`, which it takes only if it holds
 //! no written state of the partition (a new node). One that does hold some (it was live in
 //! another history: the other side of a healed partition, seen here for the first time)
@@ -37,6 +51,9 @@ use super::message::{
 };
 use crate::RegistryOutput;
 
+/// Most resend ticks between two re-sends to a stalled node (3.2 s at the default 200 ms).
+const MAX_BACKOFF_TICKS: u32 = 16;
+
 /// One boss term of one partition.
 pub(crate) struct Term {
     pub(crate) epoch: u64,
@@ -50,6 +67,9 @@ pub(crate) struct Term {
     acked: BTreeMap<NodeId, u64>,
     /// Nodes that refused an Apply or Sync (their view lags): re-synced on the timer.
     laggards: BTreeSet<NodeId>,
+    /// Per node awaited by an in-flight entry: its ack at the last resend tick, and the ticks
+    /// since without progress (loss repair, see the module docs).
+    progress: BTreeMap<NodeId, (u64, u32)>,
     timer_armed: bool,
 }
 
@@ -67,6 +87,9 @@ struct Recovery {
 struct InFlight {
     seq: u64,
     origin: Origin,
+    /// The op ordered at `seq`, for re-sending its Apply; `None` for the answer to a duplicate
+    /// (it waits for acks of a seq another entry or the past ordered).
+    op: Option<Op>,
     /// The op was a leave of a non-member: answered `NotJoined`.
     refused: bool,
     waiting: BTreeSet<NodeId>,
@@ -87,7 +110,7 @@ impl Term {
     }
 
     fn has_resend_work(&self) -> bool {
-        self.recovery.is_some() || !self.laggards.is_empty()
+        self.recovery.is_some() || !self.laggards.is_empty() || !self.inflight.is_empty()
     }
 }
 
@@ -132,6 +155,7 @@ impl CoordinatedGroups {
             inflight: Vec::new(),
             acked: BTreeMap::new(),
             laggards: BTreeSet::new(),
+            progress: BTreeMap::new(),
             timer_armed: false,
         };
         self.terms.insert(key.clone(), term);
@@ -177,8 +201,68 @@ impl CoordinatedGroups {
             for n in term.laggards.clone() {
                 self.send_sync(n, &key, epoch, out);
             }
+            self.resend_stalled(&key, epoch, out);
         }
         self.arm(&key, out);
+    }
+
+    /// Re-sends what each stalled node misses (see the module docs: loss repair).
+    fn resend_stalled(&mut self, key: &Key, epoch: u64, out: &mut Out) {
+        let current = self.replicas.get(key).map_or(0, |r| r.seq);
+        let Some(term) = self.terms.get_mut(key) else {
+            return;
+        };
+        let awaited: BTreeSet<NodeId> = term
+            .inflight
+            .iter()
+            .flat_map(|f| f.waiting.iter().copied())
+            .collect();
+        term.progress.retain(|n, _| awaited.contains(n));
+        let mut stalled = Vec::new();
+        for &n in &awaited {
+            let acked = term.acked.get(&n).copied().unwrap_or(0);
+            let p = term.progress.entry(n).or_insert((acked, 0));
+            if p.0 != acked {
+                *p = (acked, 0);
+                continue;
+            }
+            p.1 += 1;
+            let due = p.1.is_power_of_two() || p.1 % MAX_BACKOFF_TICKS == 0;
+            // Laggards are re-synced above on every tick.
+            if due && !term.laggards.contains(&n) {
+                stalled.push((n, acked));
+            }
+        }
+        for (n, acked) in stalled {
+            let term = self.terms.get(key).expect("present");
+            // Applies are ordered by seq in `inflight`; one entry per seq carries the op.
+            let missing: Vec<Message> = term
+                .inflight
+                .iter()
+                .filter(|f| f.seq > acked && f.waiting.contains(&n))
+                .filter_map(|f| {
+                    f.op.as_ref().map(|op| Message::Apply {
+                        epoch,
+                        seq: f.seq,
+                        origin: f.origin,
+                        op: op.clone(),
+                    })
+                })
+                .collect();
+            let seqs = missing.iter().map(|m| match m {
+                Message::Apply { seq, .. } => *seq,
+                _ => 0,
+            });
+            let covered = seqs.eq(acked + 1..=current);
+            self.stats.resends += 1;
+            if covered {
+                for m in &missing {
+                    self.send(n, m, out);
+                }
+            } else {
+                self.send_sync(n, key, epoch, out);
+            }
+        }
     }
 
     fn send_sync(&mut self, to: NodeId, key: &Key, epoch: u64, out: &mut Out) {
@@ -245,7 +329,7 @@ impl CoordinatedGroups {
                 .into_iter()
                 .filter(|n| term.acked.get(n).is_none_or(|&a| a < seq))
                 .collect();
-            self.await_acks(now, key, (seq, refused), origin, waiting, out);
+            self.await_acks(now, key, (seq, refused), (origin, None), waiting, out);
             return;
         }
         // A leave of a non-member is ordered like any op (a no-op everywhere) so that its
@@ -253,27 +337,28 @@ impl CoordinatedGroups {
         // answer instead of applying after the requester was told `NotJoined`.
         let epoch = self.terms.get(key).expect("serving term").epoch;
         let seq = seq + 1;
-        let refused = self.apply_next(key, epoch, origin, op.clone());
+        let refused = self.apply_next(key, epoch, origin, &op);
         let apply = Message::Apply {
             epoch,
             seq,
             origin,
-            op,
+            op: op.clone(),
         };
         for &n in &others {
             self.send(n, &apply, out);
         }
         let waiting = others.into_iter().collect();
-        self.await_acks(now, key, (seq, refused), origin, waiting, out);
+        self.await_acks(now, key, (seq, refused), (origin, Some(op)), waiting, out);
     }
 
-    /// Answers `origin` once every node in `waiting` holds `seq` (`refused`: `NotJoined`).
+    /// Answers `origin` once every node in `waiting` holds `seq` (`refused`: `NotJoined`);
+    /// `op` is the op ordered at `seq` (`None`: answering a duplicate).
     fn await_acks(
         &mut self,
         now: Time,
         key: &Key,
         (seq, refused): (u64, bool),
-        origin: Origin,
+        (origin, op): (Origin, Option<Op>),
         waiting: BTreeSet<NodeId>,
         out: &mut Out,
     ) {
@@ -285,9 +370,11 @@ impl CoordinatedGroups {
         term.inflight.push(InFlight {
             seq,
             origin,
+            op,
             refused,
             waiting,
         });
+        self.arm(key, out);
     }
 
     fn reply_done(&mut self, now: Time, origin: Origin, refused: Option<Refusal>, out: &mut Out) {

@@ -5,7 +5,7 @@
 //! node bosses: recovery, ordering, acks) and `replica.rs` (applying a partition's ops in
 //! order). This file holds the state they share and the input dispatch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
@@ -62,8 +62,13 @@ pub struct CoordinatedConfig {
     pub partitions_per_scope: u16,
     /// How long a requester waits for `Done` before re-sending.
     pub request_timeout: Duration,
-    /// Sendings of one request before it completes with [`CallError::Unavailable`].
+    /// Sendings of one request before it completes with [`CallError::Unavailable`] (a driver
+    /// call; internal requests are never given up).
     pub max_attempts: u32,
+    /// Requests of this node on the wire at once (sent, not yet answered); later ones wait
+    /// here, in order, without a retry timer. Bounds the Applies a burst of calls (a process
+    /// with many memberships ending, a renewal's re-joins) puts on the links at once.
+    pub max_in_flight: usize,
     /// How often a boss re-sends to nodes it still waits for or that refused it.
     pub resend_interval: Duration,
     /// Origins of applied ops remembered per partition (the replicated dedupe window).
@@ -78,6 +83,7 @@ impl Default for CoordinatedConfig {
             partitions_per_scope: DEFAULT_PARTITIONS_PER_SCOPE,
             request_timeout: Duration::from_millis(500),
             max_attempts: 8,
+            max_in_flight: 128,
             resend_interval: Duration::from_millis(200),
             dedupe_per_partition: 256,
             table: GroupTableConfig::default(),
@@ -124,10 +130,24 @@ pub struct CoordinatedGroups {
     pub(super) known: HashMap<SocketAddrV4, NodeId>,
     /// Replica state of every partition this node has heard of.
     pub(super) replicas: BTreeMap<Key, Replica>,
+    /// The groups of each partition, so a partition's state is read in O(its groups) rather
+    /// than O(the scope's). Invariant: every group of the table with members is listed under
+    /// its partition (groups are added wherever the backend joins: `apply_next`,
+    /// `install_state`); groups left empty are dropped lazily when the partition is read.
+    pub(super) part_groups: HashMap<Key, HashSet<GroupName>>,
     /// Terms of the partitions this node is (or is becoming) the boss of.
     pub(super) terms: BTreeMap<Key, Term>,
-    /// Local calls and exit leaves waiting for their `Done`.
+    /// Local calls and exit leaves waiting for their `Done` (sent or backlogged).
     pub(super) pending: BTreeMap<Ticket, Pending>,
+    /// The tickets of pending joins, per pid (so a process exit finds its joins at once).
+    /// Invariant: exactly the `Op::Join` entries of `pending`.
+    pub(super) pending_joins: HashMap<Pid, Vec<Ticket>>,
+    /// Pending tickets not sent yet, in submission order (see `requester.rs`).
+    pub(super) backlog: VecDeque<Ticket>,
+    /// Pending tickets sent and not answered: at most `max_in_flight`.
+    pub(super) in_flight: usize,
+    /// `pump` is running (re-entrant calls return at once).
+    pub(super) pumping: bool,
     /// Identities neither Up nor Down here whose memberships this node took on the word of
     /// the nodes listed (a `Sync`, a recovery report, an `Apply`): watched there once
     /// [`BossTimer::Watch`] fires, unless they came Up or went Down meanwhile (`watch.rs`).
@@ -170,8 +190,13 @@ impl CoordinatedGroups {
             down_gen: HashMap::new(),
             known: HashMap::new(),
             replicas: BTreeMap::new(),
+            part_groups: HashMap::new(),
             terms: BTreeMap::new(),
             pending: BTreeMap::new(),
+            pending_joins: HashMap::new(),
+            backlog: VecDeque::new(),
+            in_flight: 0,
+            pumping: false,
             unseen: BTreeMap::new(),
             unseen_armed: false,
             watchers: BTreeMap::new(),
@@ -230,6 +255,7 @@ impl CoordinatedGroups {
     /// Whether this node has nothing in flight: no pending call, no term recovering or waiting,
     /// no watch to send.
     pub fn is_quiet(&self) -> bool {
+        debug_assert!(!self.pending.is_empty() || self.pending_joins.is_empty());
         self.pending.is_empty() && self.terms.values().all(Term::is_idle) && self.unseen.is_empty()
     }
 
@@ -441,15 +467,24 @@ impl RegistryCore for CoordinatedGroups {
     }
 
     /// The table plus the partitions' replica bookkeeping (dedupe windows dominate: up to
-    /// `dedupe_per_partition` origins per partition in use). Map nodes and pending requests
-    /// are not counted (bounded by the partitions and calls in flight).
+    /// `dedupe_per_partition` origins per partition in use) and the per-partition group index
+    /// (one name handle and a control byte per slot; the names are the table's). Map nodes
+    /// and pending requests are not counted (bounded by the partitions and calls in flight).
     fn heap_bytes(&self) -> usize {
         let per_replica = std::mem::size_of::<(Key, Replica)>();
+        let per_group_slot = std::mem::size_of::<GroupName>() + 1;
         self.table.heap_bytes()
             + self
                 .replicas
                 .values()
                 .map(|r| per_replica + r.recent.heap_bytes())
+                .sum::<usize>()
+            + self
+                .part_groups
+                .values()
+                .map(|g| {
+                    std::mem::size_of::<(Key, HashSet<GroupName>)>() + g.capacity() * per_group_slot
+                })
                 .sum::<usize>()
     }
 

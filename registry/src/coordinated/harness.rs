@@ -33,7 +33,7 @@ pub(super) struct Completion {
     pub occurrences: BTreeMap<usize, usize>,
 }
 
-type HoldFn = Box<dyn FnMut(usize, usize, &Message) -> bool>;
+pub(super) type HoldFn = Box<dyn FnMut(usize, usize, &Message) -> bool>;
 
 pub(super) struct Cluster {
     pub nodes: Vec<CoordinatedGroups>,
@@ -337,6 +337,9 @@ impl Cluster {
     /// Asserts all live nodes hold the same table, and returns it.
     pub fn assert_converged(&self) -> Vec<(String, String, Pid, Vec<u8>)> {
         let live = self.live();
+        for &i in &live {
+            self.nodes[i].check_partition_index();
+        }
         let first = self.view(live[0]);
         for &i in &live[1..] {
             assert_eq!(

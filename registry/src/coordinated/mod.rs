@@ -54,6 +54,8 @@ pub use stats::BossStats;
 #[cfg(test)]
 mod harness;
 #[cfg(test)]
+mod loss_tests;
+#[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
 mod tests;

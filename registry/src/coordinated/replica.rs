@@ -34,8 +34,7 @@ use meshreg_membership::{NodeId, Time};
 
 use super::groups::{CoordinatedGroups, Key, Out};
 use super::message::{Entry, Message, NackReason, Op, Origin, PartitionState, Refused};
-use super::placement;
-use crate::groups::{GroupTable, ScopeName};
+use crate::groups::{GroupName, GroupTable, ScopeName};
 
 /// A partition's dedupe window: the origins of its last applied ops, oldest first, each with
 /// whether it was refused. Checked by a scan (at most `dedupe_per_partition` entries, 256 by
@@ -125,7 +124,7 @@ impl CoordinatedGroups {
     /// was refused (a leave of a non-member: ordered like any op, but a no-op). The caller
     /// checked order. Every replica holds the same state at the same seq, so all agree on the
     /// refusal (ops on dead pids excepted: nobody waits for those).
-    pub(super) fn apply_next(&mut self, key: &Key, epoch: u64, origin: Origin, op: Op) -> bool {
+    pub(super) fn apply_next(&mut self, key: &Key, epoch: u64, origin: Origin, op: &Op) -> bool {
         let refused = if self.is_out(origin.0) {
             false
         } else {
@@ -136,8 +135,17 @@ impl CoordinatedGroups {
                     group,
                     pid,
                     meta,
-                } => self.table.join(&scope, &group, pid, &meta).is_err(),
-                Op::Leave { scope, group, pid } => self.table.leave(&scope, &group, pid).is_err(),
+                } => {
+                    let refused = self.table.join(scope, group, *pid, meta).is_err();
+                    if !refused {
+                        self.part_groups
+                            .entry(key.clone())
+                            .or_default()
+                            .insert(group.clone());
+                    }
+                    refused
+                }
+                Op::Leave { scope, group, pid } => self.table.leave(scope, group, *pid).is_err(),
             }
         };
         let cap = self.config.dedupe_per_partition;
@@ -253,7 +261,7 @@ impl CoordinatedGroups {
             let Some((epoch, origin, op)) = r.held.remove(&next) else {
                 return;
             };
-            self.apply_next(key, epoch, origin, op);
+            self.apply_next(key, epoch, origin, &op);
         }
     }
 
@@ -320,10 +328,30 @@ impl CoordinatedGroups {
         self.ack(from, &key, epoch, out);
     }
 
+    /// The groups of partition `key` that have members: O(groups of the partition). Groups
+    /// left empty since they were recorded are forgotten here.
+    fn groups_of_partition(&mut self, key: &Key) -> Vec<GroupName> {
+        let Some(groups) = self.part_groups.get_mut(key) else {
+            return Vec::new();
+        };
+        let table = &self.table;
+        groups.retain(|g| table.members(&key.0, g).next().is_some());
+        let out = groups.iter().cloned().collect();
+        if groups.is_empty() {
+            self.part_groups.remove(key);
+        }
+        out
+    }
+
+    /// This node's memberships of partition `key`, sorted (so states compare by value).
+    fn entries_of_partition(&mut self, key: &Key) -> Vec<Entry> {
+        let groups = self.groups_of_partition(key);
+        partition_entries(&self.table, &key.0, &groups)
+    }
+
     /// This node's state of `key`: seq, dedupe window and memberships.
     pub(super) fn partition_state(&mut self, key: &Key) -> PartitionState {
-        let parts = self.config.partitions_per_scope;
-        let entries = partition_entries(&self.table, &key.0, key.1, parts);
+        let entries = self.entries_of_partition(key);
         // This node names itself even without entries: a boss merging states learns from it
         // which identity reported (see `boss::merge_own`).
         let mut owners: Vec<NodeId> = entries.iter().map(|e| self.owner_of(e.pid)).collect();
@@ -374,17 +402,17 @@ impl CoordinatedGroups {
         out: &mut Out,
     ) {
         self.observe_owners(now, &state, out);
-        let parts = self.config.partitions_per_scope;
         let owners = state.owners;
+        let have = self.entries_of_partition(key);
         // A state that does not know this node's identity comes from a history that never saw
         // it (the other side of a healed partition, or a boss addressing the old identity):
         // this node's own memberships stay as they are, and a boss's recovery merges them
         // once it sees this identity Up.
         let keep_own = !owners.contains(&self.me);
         let own: Vec<Entry> = if keep_own {
-            partition_entries(&self.table, &key.0, key.1, parts)
-                .into_iter()
+            have.iter()
                 .filter(|e| e.pid.node == self.me.root())
+                .cloned()
                 .collect()
         } else {
             Vec::new()
@@ -407,7 +435,9 @@ impl CoordinatedGroups {
             })
             .collect();
         wanted.extend(own);
-        replace_partition(&mut self.table, &key.0, key.1, parts, wanted);
+        let groups = self.part_groups.entry(key.clone()).or_default();
+        groups.extend(wanted.iter().map(|e| e.group.clone()));
+        replace_partition(&mut self.table, &key.0, have, wanted);
         let r = self.replica(key);
         r.seq = state.seq;
         r.written_epoch = state.written_epoch;
@@ -415,18 +445,29 @@ impl CoordinatedGroups {
     }
 }
 
-/// The memberships of partition `p` of `scope` in `table`, sorted (so states compare by value).
-pub(super) fn partition_entries(
-    table: &GroupTable,
-    scope: &ScopeName,
-    p: u16,
-    parts: u16,
-) -> Vec<Entry> {
-    let mut entries = Vec::new();
-    for group in table.which_groups(scope) {
-        if placement::partition_of(scope.as_str(), group.as_str(), parts) != p {
-            continue;
+#[cfg(test)]
+impl CoordinatedGroups {
+    /// Panics unless every group with members is listed under its partition in `part_groups`.
+    pub(super) fn check_partition_index(&self) {
+        let parts = self.config.partitions_per_scope;
+        for scope in self.table.scopes() {
+            for group in self.table.which_groups(scope) {
+                let p = super::placement::partition_of(scope.as_str(), group.as_str(), parts);
+                let listed = self
+                    .part_groups
+                    .get(&(scope.clone(), p))
+                    .is_some_and(|g| g.contains(group));
+                assert!(listed, "{scope}/{group} missing from partition {p}'s index");
+            }
         }
+    }
+}
+
+/// The memberships of `groups` (one partition's) of `scope` in `table`, sorted (so states
+/// compare by value).
+fn partition_entries(table: &GroupTable, scope: &ScopeName, groups: &[GroupName]) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    for group in groups {
         for m in table.members(scope, group) {
             entries.push(Entry {
                 group: group.clone(),
@@ -439,18 +480,16 @@ pub(super) fn partition_entries(
     entries
 }
 
-/// Makes partition `p` of `scope` hold exactly `wanted` (a multiset), touching only the
-/// `(group, pid)` pairs that differ: those lose all their occurrences and get the wanted ones
-/// back, so unchanged memberships produce no event. O(partition memberships).
+/// Makes a partition of `scope` that holds `have` hold exactly `wanted` (multisets), touching
+/// only the `(group, pid)` pairs that differ: those lose all their occurrences and get the
+/// wanted ones back, so unchanged memberships produce no event. O(partition memberships).
 fn replace_partition(
     table: &mut GroupTable,
     scope: &ScopeName,
-    p: u16,
-    parts: u16,
+    have: Vec<Entry>,
     mut wanted: Vec<Entry>,
 ) {
     wanted.sort();
-    let have = partition_entries(table, scope, p, parts);
     let pairs = |v: &[Entry]| -> BTreeMap<(crate::groups::GroupName, crate::Pid), Vec<Box<[u8]>>> {
         let mut m: BTreeMap<_, Vec<Box<[u8]>>> = BTreeMap::new();
         for e in v {

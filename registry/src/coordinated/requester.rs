@@ -2,7 +2,16 @@
 //!
 //! Invariants:
 //! - A ticket is pending from `submit` until exactly one of: a `Done` (then `Completed` with
-//!   its result), or `max_attempts` sendings without one (then `Unavailable`).
+//!   its result), or, for a driver call, `max_attempts` sendings without one (then
+//!   `Unavailable`). Internal requests (exit leaves, re-joins) are never given up: nobody is
+//!   told of their failure, so giving one up would leave an ended process listed on every node
+//!   (or a live one missing) for good.
+//! - At most `max_in_flight` tickets are sent and unanswered at once (`in_flight`); the others
+//!   wait in `backlog`, in submission order, unsent and without a retry timer. A burst (a
+//!   process with thousands of memberships ending, a renewal's re-joins) thus puts O(window)
+//!   requests, Applies and retry timers on the wire, never O(burst): per-peer send queues are
+//!   bounded and drop on overflow, and a burst of retries would re-send work the bosses have
+//!   not reached yet.
 //! - Re-sending is always safe: bosses recognise `(requester, ticket)` in the partition's
 //!   replicated dedupe window, so an op a dead boss already applied is not applied twice.
 //! - A pid that exited while one of its joins was pending leaves again once that join is
@@ -30,8 +39,10 @@ pub(crate) struct Pending {
     exit_after: bool,
     /// The driver call this request answers (`None`: an internal one).
     call: Option<RequestId>,
-    /// Never given up after `max_attempts`: a re-join after renewal, whose loss would drop a
-    /// live membership on the other nodes for good.
+    /// A re-join after renewal (whose loss would drop a live membership on the other nodes for
+    /// good): never given up, even when it carries a driver call. Internal requests without a
+    /// call (exit leaves) are never given up either; this flag marks the re-joins, which a
+    /// renewal may pick to carry an interrupted call.
     persistent: bool,
     /// A leave already applied under an older identity, ordered again under the current one
     /// only to complete its call once the other nodes dropped the old memberships: answered
@@ -39,8 +50,15 @@ pub(crate) struct Pending {
     applied_before: bool,
 }
 
+impl Pending {
+    /// Sent at least once (counted in `in_flight`), rather than waiting in the backlog.
+    fn sent(&self) -> bool {
+        self.attempts > 0
+    }
+}
+
 impl CoordinatedGroups {
-    /// Registers `op` under `ticket` and sends it to its boss.
+    /// Registers `op` under `ticket` and sends it to its boss once the window has room.
     pub(super) fn submit(&mut self, now: Time, ticket: Ticket, op: Op, out: &mut Out) {
         let call = match ticket {
             Ticket::Call(req) => Some(req),
@@ -55,8 +73,52 @@ impl CoordinatedGroups {
             persistent: false,
             applied_before: false,
         };
-        self.pending.insert(ticket, pending);
-        self.dispatch(now, ticket, out);
+        self.insert_pending(ticket, pending);
+        self.backlog.push_back(ticket);
+        self.pump(now, out);
+    }
+
+    /// Adds `p` to `pending` and, for a join, to the index of pending joins by pid.
+    fn insert_pending(&mut self, ticket: Ticket, p: Pending) {
+        if let Op::Join { pid, .. } = p.op {
+            self.pending_joins.entry(pid).or_default().push(ticket);
+        }
+        self.pending.insert(ticket, p);
+    }
+
+    /// Removes `ticket` from `pending` and from the index of pending joins.
+    fn remove_pending(&mut self, ticket: Ticket) -> Option<Pending> {
+        let p = self.pending.remove(&ticket)?;
+        if let Op::Join { pid, .. } = p.op
+            && let Some(ts) = self.pending_joins.get_mut(&pid)
+        {
+            ts.retain(|t| *t != ticket);
+            if ts.is_empty() {
+                self.pending_joins.remove(&pid);
+            }
+        }
+        Some(p)
+    }
+
+    /// Sends backlogged requests while the window has room. Re-entrant calls (a request this
+    /// node bosses can complete inside `dispatch`, and its completion pumps again) return at
+    /// once: the outer loop sees the freed room, so a burst served locally iterates instead of
+    /// recursing once per request.
+    fn pump(&mut self, now: Time, out: &mut Out) {
+        if self.pumping {
+            return;
+        }
+        self.pumping = true;
+        while self.in_flight < self.config.max_in_flight.max(1) {
+            let Some(ticket) = self.backlog.pop_front() else {
+                break;
+            };
+            if self.pending.get(&ticket).is_some_and(|p| !p.sent()) {
+                self.in_flight += 1;
+                self.dispatch(now, ticket, out);
+            }
+        }
+        self.pumping = false;
     }
 
     /// (Re-)sends the pending request `ticket` to the boss in the current view.
@@ -97,7 +159,8 @@ impl CoordinatedGroups {
         if p.attempts != attempt {
             return;
         }
-        if p.attempts >= self.config.max_attempts && !p.persistent {
+        // Only a driver call is given up: an internal request has nobody to tell.
+        if p.attempts >= self.config.max_attempts && !p.persistent && p.call.is_some() {
             let why = format!(
                 "no boss answered after {} attempts (the op may still be applied if a boss \
                  ordered it before failing)",
@@ -112,9 +175,11 @@ impl CoordinatedGroups {
 
     /// After a view change: requests whose boss changed go to the new boss now.
     pub(super) fn redispatch_moved(&mut self, now: Time, out: &mut Out) {
+        // Backlogged requests have no boss yet: they go to the boss of their time when sent.
         let moved: Vec<Ticket> = self
             .pending
             .iter()
+            .filter(|(_, p)| p.sent())
             .filter(|(_, p)| {
                 let (scope, group) = (p.op.scope(), p.op.group());
                 let part = self.partition_of(scope, group);
@@ -162,9 +227,15 @@ impl CoordinatedGroups {
     }
 
     fn finish(&mut self, now: Time, ticket: Ticket, result: Result<(), CallError>, out: &mut Out) {
-        let Some(p) = self.pending.remove(&ticket) else {
+        let Some(p) = self.remove_pending(ticket) else {
             return;
         };
+        if p.sent() {
+            self.in_flight -= 1;
+        } else {
+            // Answered before it was sent (a renewal found it applied): rare, O(backlog).
+            self.backlog.retain(|t| *t != ticket);
+        }
         let result = if p.applied_before { Ok(()) } else { result };
         if p.exit_after
             && let Op::Join {
@@ -176,6 +247,7 @@ impl CoordinatedGroups {
         if let Some(req) = p.call {
             self.complete_call(req, result, out);
         }
+        self.pump(now, out);
     }
 
     /// Reports the end of a driver call.
@@ -209,8 +281,10 @@ impl CoordinatedGroups {
                 pid,
             })
             .collect();
-        for p in self.pending.values_mut() {
-            if matches!(p.op, Op::Join { pid: q, .. } if q == pid) {
+        // O(its pending joins) through the index, not O(pending): a burst of exits would be
+        // quadratic, under the state lock.
+        for t in self.pending_joins.get(&pid).into_iter().flatten() {
+            if let Some(p) = self.pending.get_mut(t) {
                 p.exit_after = true;
             }
         }
@@ -248,6 +322,10 @@ impl CoordinatedGroups {
     pub(super) fn renew_requests(&mut self, now: Time, old: NodeId, out: &mut Out) {
         let local = self.table.remove_node(self.me.root());
         let old_pending = std::mem::take(&mut self.pending);
+        self.pending_joins.clear();
+        // Every request is re-issued below (or answered): the window starts empty.
+        self.backlog.clear();
+        self.in_flight = 0;
         let mut fresh = Vec::new();
         for m in local {
             let ticket = self.internal_ticket();
@@ -266,7 +344,7 @@ impl CoordinatedGroups {
                 persistent: true,
                 applied_before: false,
             };
-            self.pending.insert(ticket, pending);
+            self.insert_pending(ticket, pending);
             fresh.push(ticket);
         }
         for (ticket, p) in old_pending {
@@ -283,7 +361,7 @@ impl CoordinatedGroups {
                         boss: self.me,
                         ..p
                     };
-                    self.pending.insert(ticket, pending);
+                    self.insert_pending(ticket, pending);
                     fresh.push(ticket);
                 }
                 (Some(_), Op::Join { .. }) => {
@@ -322,7 +400,7 @@ impl CoordinatedGroups {
                             applied_before: true,
                             ..p
                         };
-                        self.pending.insert(ticket, again);
+                        self.insert_pending(ticket, again);
                         fresh.push(ticket);
                     } else if let Some(req) = p.call {
                         // A later op of the same membership is pending: it must not be undone,
@@ -346,9 +424,8 @@ impl CoordinatedGroups {
                 }
             }
         }
-        for ticket in fresh {
-            self.dispatch(now, ticket, out);
-        }
+        self.backlog.extend(fresh);
+        self.pump(now, out);
     }
 }
 

@@ -24,6 +24,9 @@ pub struct BossStats {
     pub recoveries: u64,
     /// Boss terms this node lost because a node reported a newer epoch.
     pub fenced: u64,
+    /// Re-sends to a node whose acks stalled while ops waited for it (lost Applies, Acks or
+    /// Syncs repaired, or a node too slow to answer within a resend interval).
+    pub resends: u64,
 }
 
 impl BossStats {
