@@ -502,3 +502,80 @@ async fn a_clean_shutdown_is_seen_as_a_leave() {
     })
     .await;
 }
+
+/// Per-peer send queues so small that bursts overflow them: the runtime drops protocol frames
+/// (counted), and the coordinated backend must re-send what its bosses wait for. Every join
+/// completes and every node ends with exactly the joined memberships, then with none once the
+/// processes ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinated_converges_when_full_peer_queues_drop_frames() {
+    bounded(async {
+        let start_small = |seed: Option<std::net::SocketAddrV4>| async move {
+            let mut b = Node::builder()
+                .listen("127.0.0.1:0".parse().unwrap())
+                .backend(Backend::Coordinated)
+                // Lan timers: failure detection stays out of the way of the drops.
+                .profile(Profile::Lan)
+                .secret(SECRET.to_vec())
+                .queue_frames(16);
+            if let Some(s) = seed {
+                b = b.seed(s.into());
+            }
+            b.start().await.unwrap()
+        };
+        let a = start_small(None).await;
+        let b = start_small(Some(a.addr())).await;
+        let c = start_small(Some(a.addr())).await;
+        let nodes = [&a, &b, &c];
+        connected(&nodes).await;
+        let per_node = 400;
+        let mut procs = Vec::new();
+        // One burst of concurrent joins per node, 10 per group: spread over partitions, so
+        // no partition orders more ops than its dedupe window holds (a known limit when a
+        // `Done` is lost, see the coordinated `loss_tests`).
+        let mut calls = tokio::task::JoinSet::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let ps: Vec<_> = (0..per_node).map(|_| n.process()).collect();
+            for (g, chunk) in ps.chunks(10).enumerate() {
+                let pids: Vec<Pid> = chunk.iter().map(|p| p.pid()).collect();
+                let n = (*n).clone();
+                calls.spawn(async move { n.join_many("s", &format!("g{i}_{g}"), &pids).await });
+            }
+            procs.push(ps);
+        }
+        while let Some(r) = calls.join_next().await {
+            r.unwrap().unwrap();
+        }
+        let count = |n: &Node| -> usize {
+            n.which_groups("s")
+                .iter()
+                .map(|g| n.members("s", g).len())
+                .sum()
+        };
+        for n in nodes {
+            assert_eq!(
+                count(n),
+                3 * per_node,
+                "a completed join is applied everywhere"
+            );
+        }
+        procs.clear();
+        until("every ended process is gone from every node", || {
+            nodes.iter().all(|n| count(n) == 0)
+        })
+        .await;
+        let dropped: u64 = nodes
+            .iter()
+            .map(|n| n.stats().protocol_frames_dropped)
+            .sum();
+        assert!(
+            dropped > 0,
+            "the queues never overflowed: the test lost its point"
+        );
+        for n in nodes {
+            assert_eq!(n.stats().renewals, 0);
+            n.shutdown().await;
+        }
+    })
+    .await;
+}

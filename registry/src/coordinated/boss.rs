@@ -41,7 +41,7 @@
 //! answers `Nack { Unrecovered }`, and the term is restarted so that recovery merges its state
 //! (`merge_own`) instead of the `Sync` overwriting it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 
 use meshreg_membership::{NodeId, Time};
 
@@ -63,6 +63,8 @@ pub(crate) struct Term {
     queued: VecDeque<(NodeId, Ticket, Op)>,
     /// Ops (and dedupe answers) waiting for acknowledgements, seq non-decreasing.
     inflight: Vec<InFlight>,
+    /// The origins in `inflight` (one entry each: a retry of one is not ordered again).
+    origins: HashSet<Origin>,
     /// Highest seq each other node is known to hold in this term.
     acked: BTreeMap<NodeId, u64>,
     /// Nodes that refused an Apply or Sync (their view lags): re-synced on the timer.
@@ -153,6 +155,7 @@ impl CoordinatedGroups {
             }),
             queued,
             inflight: Vec::new(),
+            origins: HashSet::new(),
             acked: BTreeMap::new(),
             laggards: BTreeSet::new(),
             progress: BTreeMap::new(),
@@ -318,13 +321,20 @@ impl CoordinatedGroups {
     /// Orders `op` in a serving term (or answers a duplicate).
     fn serve(&mut self, now: Time, key: &Key, origin: Origin, op: Op, out: &mut Out) {
         let others = self.others();
+        // An op still awaiting acks is answered when they are in. Checked apart from the
+        // dedupe window: a hot partition may order more ops than the window holds while one
+        // waits for a slow node's acks, and the retry of an evicted op would apply it twice.
+        if self
+            .terms
+            .get(key)
+            .is_some_and(|t| t.origins.contains(&origin))
+        {
+            return;
+        }
         let r = self.replica(key);
         let seq = r.seq;
         if let Some(refused) = r.recent.get(&origin) {
             let term = self.terms.get_mut(key).expect("serving term");
-            if term.inflight.iter().any(|f| f.origin == origin) {
-                return; // answered when its acks are in
-            }
             let waiting: BTreeSet<NodeId> = others
                 .into_iter()
                 .filter(|n| term.acked.get(n).is_none_or(|&a| a < seq))
@@ -367,6 +377,7 @@ impl CoordinatedGroups {
             return;
         }
         let term = self.terms.get_mut(key).expect("serving term");
+        term.origins.insert(origin);
         term.inflight.push(InFlight {
             seq,
             origin,
@@ -419,6 +430,9 @@ impl CoordinatedGroups {
         let (done, rest): (Vec<InFlight>, Vec<InFlight>) =
             term.inflight.drain(..).partition(|f| f.waiting.is_empty());
         term.inflight = rest;
+        for f in &done {
+            term.origins.remove(&f.origin);
+        }
         for f in done {
             let refused = f.refused.then_some(Refusal::NotJoined);
             self.reply_done(now, f.origin, refused, out);

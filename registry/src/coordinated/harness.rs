@@ -65,8 +65,17 @@ pub(super) fn group(g: &str) -> GroupName {
 impl Cluster {
     /// `n` nodes that all see each other Up, with `partitions` per scope.
     pub fn new(n: usize, partitions: u16) -> Self {
+        let config = super::CoordinatedConfig {
+            partitions_per_scope: partitions,
+            ..super::CoordinatedConfig::default()
+        };
+        Self::with_config(n, config)
+    }
+
+    /// `n` nodes with `config` that all see each other Up.
+    pub fn with_config(n: usize, config: super::CoordinatedConfig) -> Self {
         let nodes = (0..n)
-            .map(|i| CoordinatedGroups::new(node_id(i, 1), CLUSTER, partitions))
+            .map(|i| CoordinatedGroups::with_config(node_id(i, 1), CLUSTER, config))
             .collect();
         let mut c = Self {
             nodes,

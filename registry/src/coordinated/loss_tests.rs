@@ -225,3 +225,86 @@ fn a_requester_whose_boss_goes_down_moves_only_sent_requests() {
     assert_eq!(c.assert_converged().len(), n);
     assert_all_quiet(&c);
 }
+
+#[test]
+fn a_retry_of_an_op_still_in_flight_is_not_applied_again_after_leaving_the_dedupe_window() {
+    // A hot partition orders more ops than its dedupe window holds while one node's acks are
+    // late: the retries of the early ops (evicted from the window, still awaiting acks) must
+    // wait for those acks, not be ordered a second time.
+    let config = super::CoordinatedConfig {
+        partitions_per_scope: 1,
+        dedupe_per_partition: 4,
+        ..super::CoordinatedConfig::default()
+    };
+    let mut c = Cluster::with_config(3, config);
+    let boss = c.boss_index(0, "s", "g");
+    let (requester, slow) = match boss {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    c.join(requester, "s", "g", 100, b"");
+    c.settle();
+    c.hold = Some(Box::new(move |from, _, m| {
+        from == slow && matches!(m, Message::Ack { .. })
+    }));
+    let n: u64 = 12;
+    let reqs: Vec<_> = (0..n)
+        .map(|k| c.join(requester, "s", "g", k, b""))
+        .collect();
+    c.run();
+    // Every request times out at least once (acks held) and is re-sent.
+    for _ in 0..3 * n {
+        c.fire_next_timer();
+        c.run();
+    }
+    assert!(c.nodes[requester].stats().retries >= n);
+    c.hold = None;
+    c.release();
+    c.settle();
+    for req in reqs {
+        let done = c.completion(requester, req).expect("completed");
+        assert_eq!(done.result, Ok(()));
+        assert!(done.occurrences.values().all(|&k| k == 1), "{done:?}");
+    }
+    assert_eq!(c.assert_converged().len(), 13);
+    assert_all_quiet(&c);
+}
+
+/// Known limit, kept as a reproduction: a lost `Done` whose retry arrives after the partition
+/// ordered more ops than its dedupe window holds is ordered again (a join then counts twice).
+/// The window is per partition and knows nothing of which answers reached their requester;
+/// closing this needs requesters to say which answers they still wait for (a watermark in
+/// `Request`), a wire change.
+#[test]
+#[ignore = "known limit of the per-partition dedupe window: see the doc comment"]
+fn a_lost_done_retried_after_the_dedupe_window_moved_on_is_not_applied_twice() {
+    let config = super::CoordinatedConfig {
+        partitions_per_scope: 1,
+        dedupe_per_partition: 4,
+        ..super::CoordinatedConfig::default()
+    };
+    let mut c = Cluster::with_config(3, config);
+    let boss = c.boss_index(0, "s", "g");
+    let (requester, other) = match boss {
+        0 => (1, 2),
+        1 => (0, 2),
+        _ => (0, 1),
+    };
+    c.join(other, "s", "g", 100, b"");
+    c.settle();
+    c.hold = Some(lose_first(1, move |_, to, m| {
+        to == requester && matches!(m, Message::Done { .. })
+    }));
+    let req = c.join(requester, "s", "g", 1, b"");
+    c.run();
+    assert_eq!(c.held.len(), 1);
+    c.held.clear();
+    for k in 0..8 {
+        c.join(other, "s", "g", k, b"");
+        c.run();
+    }
+    c.settle();
+    let done = c.completion(requester, req).expect("completed");
+    assert!(done.occurrences.values().all(|&k| k == 1), "{done:?}");
+}
