@@ -9,10 +9,12 @@
 //! - Placement (`placement.rs`): `(scope, group)` -> partition by a stable hash; the boss of
 //!   a partition is the live node with the highest rendezvous weight.
 //! - Requester (`requester.rs`): a local `join`/`leave` goes to the boss as `Request`, is
-//!   retried on a timer or when the boss changes, and completes on `Done`.
+//!   retried on a timer or when the boss changes, and completes on `Done`; at most
+//!   `max_in_flight` requests per node are on the wire, the rest wait in order.
 //! - Boss (`boss.rs`): per partition a [`term`](BossTimer::Term) with an epoch; recovers the
 //!   partition from every live node before serving, orders ops by `seq`, sends `Apply` to
-//!   every live node and answers `Done` once all acknowledged.
+//!   every live node and answers `Done` once all acknowledged; re-sends to a node whose acks
+//!   stall (the runtime drops frames on full peer queues).
 //! - Replica (`replica.rs`): applies a partition's ops strictly in seq order, accepts boss
 //!   messages only from its view's boss with a current epoch, reports/replaces state.
 //! - Watch (`watch.rs`): memberships of an identity never seen Up here are dropped when the
@@ -23,7 +25,10 @@
 //!   view (and every node that came Up meanwhile) has applied the op. A completed `leave` is
 //!   therefore never undone: any later recovery adopts a state at least as new.
 //! - Each op is applied at most once per partition history: `(requester, ticket)` is kept in a
-//!   replicated dedupe window, so retries after a boss failure are safe.
+//!   replicated dedupe window, so retries after a boss failure are safe, and a boss knows the
+//!   origins it still awaits acks for apart from the window. Limit: a retry that arrives after
+//!   its op completed and the partition ordered more ops than the window holds is ordered again
+//!   (it takes a lost `Done`; see `loss_tests.rs`).
 //! - A Down node's memberships are removed by every node on its Down (or on the first sign of
 //!   a newer generation at its address, whichever comes first: a later Down of a tombstoned
 //!   generation removes nothing), and ops whose origin is a generation declared Down never
