@@ -231,9 +231,10 @@ impl CoordinatedGroups {
             return;
         };
         if p.sent() {
-            self.in_flight -= 1;
+            debug_assert!(self.in_flight > 0, "a sent ticket is counted in flight");
+            self.in_flight = self.in_flight.saturating_sub(1);
         } else {
-            // Answered before it was sent (a renewal found it applied): rare, O(backlog).
+            // No boss has seen an unsent ticket, so no `Done` names it; kept consistent anyway.
             self.backlog.retain(|t| *t != ticket);
         }
         let result = if p.applied_before { Ok(()) } else { result };
