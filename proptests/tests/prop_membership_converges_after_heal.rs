@@ -69,3 +69,33 @@ proptest! {
         check("mesh", n, seed, &schedule, mesh_factory(Profile::Test))?;
     }
 }
+
+/// Found by this property: a symmetric cut `{0, 3, 6} | rest`, replaced 842 ms later by a one-way
+/// cut (nodes `4k` cannot reach the others), healed 309 ms after that. Node 0, told Down by node 4
+/// on its side, renewed just before the heal; its Hellos to 3 and 6 (linked since the first cut
+/// put them on its side) crossed the one-way cut, and the simulator dropped them while the links
+/// stayed up. After the heal only heartbeats, which name nobody, crossed those links, so 3 and 6
+/// listed node 0's old generation for ever. A frame that cannot be delivered now resets its link,
+/// as the node runtime's transport does (`Sim::resets_link`).
+#[test]
+fn mesh_converges_after_a_symmetric_cut_replaced_by_a_one_way_cut() {
+    check(
+        "mesh",
+        9,
+        0,
+        &[
+            Fault::Partition {
+                modulus: 3,
+                one_way: false,
+            },
+            Fault::Wait { ms: 842 },
+            Fault::Partition {
+                modulus: 4,
+                one_way: true,
+            },
+            Fault::Wait { ms: 309 },
+        ],
+        mesh_factory(Profile::Test),
+    )
+    .unwrap();
+}

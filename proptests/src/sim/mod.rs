@@ -7,9 +7,15 @@
 //!
 //! Lean by construction, so 10,000 nodes fit on a 2-core machine: nodes are indices, views are
 //! bit rows in the [`Observer`], per-link state exists only for stream FIFO order and mesh links.
+//!
+//! Links keep the promise the cores rely on: a stream frame never vanishes from a link that stays
+//! up. One that cannot be delivered (across a cut, or on a link whose other end is gone) resets
+//! the link instead, as the node runtime's transport does (see `Sim::resets_link`).
 
 mod net;
 mod observer;
+#[cfg(test)]
+mod tests;
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
@@ -131,6 +137,10 @@ pub struct Sim<C: MembershipCore> {
     stats: Stats,
     stream_last: HashMap<(u32, u32), u64>,
     links: Vec<BTreeSet<u32>>,
+    /// `(holder, peer)`: a link whose `peer` end is gone (reset across a cut, closed or crashed
+    /// while the news could not cross) but whose `holder` was not told and still counts it up.
+    /// The holder learns by silence, or by its next frame on it (see [`Sim::send`]).
+    half_open: BTreeSet<(u32, u32)>,
     trace: u64,
     out: Vec<Output<C::Timer>>,
     /// `Some` while membership events are recorded (see [`Sim::record_members`]).
@@ -198,6 +208,7 @@ impl<C: MembershipCore> Sim<C> {
             },
             stream_last: HashMap::new(),
             links: vec![BTreeSet::new(); n],
+            half_open: BTreeSet::new(),
             trace: seed,
             out: Vec::new(),
             member_log: None,
@@ -418,21 +429,18 @@ impl<C: MembershipCore> Sim<C> {
         self.note(i, MemberFact::Crashed);
         self.trace = mix(self.trace, 0xC0 ^ u64::from(i) ^ self.now << 8);
         if !self.links.is_empty() {
-            // The process died but its host lives: peers see their connections reset.
+            // Its own ends of links died with it.
+            self.half_open.retain(|&(holder, _)| holder != i);
+            // The process died but its host lives: peers see their connections reset, unless the
+            // reset cannot cross a cut (then their ends stay half-open).
             let peers: Vec<u32> = std::mem::take(&mut self.links[idx]).into_iter().collect();
             for p in peers {
                 self.links[p as usize].remove(&i);
                 if self.partition.reachable(idx, p as usize) {
                     let lat = self.net.latency(&mut self.rng, self.seed, i, p);
-                    let life = self.slots[p as usize].life;
-                    self.push(
-                        self.now + lat,
-                        What::Link {
-                            node: p,
-                            life,
-                            event: LinkEvent::Down(Self::addr(i)),
-                        },
-                    );
+                    self.link_down(p, i, self.now + lat);
+                } else {
+                    self.half_open.insert((p, i));
                 }
             }
         }
@@ -638,6 +646,10 @@ impl<C: MembershipCore> Sim<C> {
             self.stats.dropped += 1;
             return;
         };
+        if channel == Channel::Stream && self.resets_link(i, j) {
+            self.stats.dropped += 1;
+            return;
+        }
         if !self.partition.reachable(i as usize, j as usize) {
             self.stats.dropped += 1;
             return;
@@ -677,7 +689,9 @@ impl<C: MembershipCore> Sim<C> {
                 );
             }
             Channel::Stream => {
-                // A reliable FIFO link: never lost (TCP retransmits) and never overtaken.
+                // A reliable FIFO link: never lost while it stays up (TCP retransmits; a frame
+                // that cannot get through resets the link, see `resets_link`) and never
+                // overtaken.
                 let last = self.stream_last.entry((i, j)).or_insert(0);
                 let at = (self.now + lat).max(*last + 1);
                 *last = at;
@@ -741,6 +755,9 @@ impl<C: MembershipCore> Sim<C> {
                 },
             );
         } else {
+            // A new connection: whatever either end held of an older one is replaced.
+            self.half_open.remove(&(i, j));
+            self.half_open.remove(&(j, i));
             self.links[a].insert(j);
             self.links[b].insert(i);
             let life_j = self.slots[b].life;
@@ -765,21 +782,73 @@ impl<C: MembershipCore> Sim<C> {
 
     fn disconnect(&mut self, i: u32, to: SocketAddrV4) {
         let Some(j) = self.index_of(to) else { return };
-        if self.links.is_empty() || !self.links[i as usize].remove(&j) {
+        if self.links.is_empty() {
+            return;
+        }
+        if !self.links[i as usize].remove(&j) {
+            // Closing our end of a half-open link: nobody else is told.
+            self.half_open.remove(&(i, j));
             return;
         }
         self.links[j as usize].remove(&i);
         if self.partition.reachable(i as usize, j as usize) {
             let lat = self.net.latency(&mut self.rng, self.seed, i, j);
-            let life = self.slots[j as usize].life;
-            self.push(
-                self.now + lat,
-                What::Link {
-                    node: j,
-                    life,
-                    event: LinkEvent::Down(Self::addr(i)),
-                },
-            );
+            self.link_down(j, i, self.now + lat);
+        } else {
+            // The close cannot cross the cut: `j` learns by silence or by its next frame.
+            self.half_open.insert((j, i));
         }
+    }
+
+    /// Reports at `at` to `node` (its current instance) that its link to `peer` went down.
+    fn link_down(&mut self, node: u32, peer: u32, at: u64) {
+        let life = self.slots[node as usize].life;
+        self.push(
+            at,
+            What::Link {
+                node,
+                life,
+                event: LinkEvent::Down(Self::addr(peer)),
+            },
+        );
+    }
+
+    /// Whether the stream frame `i` is about to send to `j` breaks `i`'s link to `j` instead of
+    /// arriving. A link never loses a frame while it stays up (the cores rely on it, and the
+    /// node runtime's transport keeps to it, `src/transport/writer.rs`), so a frame that cannot
+    /// be delivered resets the link, as TCP does once its retransmissions give up (compressed
+    /// to at once, like the transport's injected partitions):
+    /// - across a cut, on a live link: both ends close; `i` hears it now, `j` only if the reset
+    ///   can cross (it cannot: the direction `i -> j` is cut), else its end stays half-open;
+    /// - on a half-open link (`j`'s end is gone): the frame is refused, and `i` hears of the
+    ///   reset one round trip later if the frame and the answering reset can cross, now if not.
+    ///
+    /// A frame between nodes that hold no link (cores that never dial, such as SWIM's pushes) is
+    /// left to the datagram rules of [`Sim::send`]: a cut drops it, as a failed connect would.
+    fn resets_link(&mut self, i: u32, j: u32) -> bool {
+        let (a, b) = (i as usize, j as usize);
+        if self.links.is_empty() {
+            return false;
+        }
+        if self.links[a].contains(&j) {
+            if self.partition.reachable(a, b) {
+                return false;
+            }
+            self.links[a].remove(&j);
+            self.links[b].remove(&i);
+            self.half_open.insert((j, i));
+            self.link_down(i, j, self.now + 1);
+            return true;
+        }
+        if !self.half_open.remove(&(i, j)) {
+            return false;
+        }
+        let at = if self.partition.reachable(a, b) && self.partition.reachable(b, a) {
+            self.now + 2 * self.net.latency(&mut self.rng, self.seed, i, j)
+        } else {
+            self.now + 1
+        };
+        self.link_down(i, j, at);
+        true
     }
 }

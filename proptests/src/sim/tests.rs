@@ -1,0 +1,92 @@
+//! Link modelling: a stream frame never vanishes from a link that stays up.
+
+use meshreg_membership::{Channel, MemberEvent, NodeId, Output, Profile};
+
+use super::{MemberFact, NetConfig, Sim};
+use crate::scenario::mesh_factory;
+
+const MS: u64 = 1_000_000;
+
+/// Bytes no core accepts: if they are delivered, the receiver counts a refusal.
+const JUNK: [u8; 2] = [0xde, 0xad];
+
+/// Two mesh nodes, linked and converged, recording membership facts from then on.
+fn pair() -> Sim<meshreg_membership::Mesh> {
+    let mut sim = Sim::new(2, 7, NetConfig::default(), mesh_factory(Profile::Test));
+    sim.start_at(0, 0, &[]);
+    sim.start_at(1, MS, &[0]);
+    assert!(
+        sim.run_until_or(2_000 * MS, |s| s.observer().live_count() == 2
+            && s.observer().converged())
+    );
+    sim.record_members();
+    sim
+}
+
+fn send_junk(sim: &mut Sim<meshreg_membership::Mesh>, from: u32, to: u32) {
+    let to = Sim::<meshreg_membership::Mesh>::addr(to);
+    assert!(sim.invoke(from, |_, _, out| out.push(Output::Send {
+        to,
+        channel: Channel::Stream,
+        payload: JUNK.to_vec(),
+    })));
+}
+
+/// Whether `node` reported `Down(id)` since the last drain.
+fn saw_down(records: &[super::MemberRecord], node: u32, id: NodeId) -> bool {
+    records
+        .iter()
+        .any(|r| r.node == node && r.what == MemberFact::Event(MemberEvent::Down(id)))
+}
+
+/// Found with `prop_membership_converges_after_heal`: a node renewed during a one-way cut and
+/// its Hello to a peer across the cut vanished from a link that stayed up; after the heal only
+/// heartbeats (which name nobody) crossed it, so the peer listed the old generation for ever.
+#[test]
+fn a_stream_frame_across_a_cut_resets_the_link_instead_of_vanishing() {
+    let mut sim = pair();
+    let (id0, id1) = (sim.id(0), sim.id(1));
+    // 0 cannot reach 1; 1 still reaches 0, so 0 never times 1 out by silence.
+    sim.partition(vec![1, 0], vec![(1, 0)]);
+    send_junk(&mut sim, 0, 1);
+    sim.run_until(sim.now() + 50 * MS);
+    let records = sim.drain_members();
+    assert!(
+        saw_down(&records, 0, id1),
+        "the sender's link did not reset: {records:?}"
+    );
+    // The reset cannot cross the cut: 1 has not heard of it.
+    assert!(!saw_down(&records, 1, id0), "{records:?}");
+    assert_eq!(sim.stats().refused, 0, "the frame crossed the cut");
+}
+
+#[test]
+fn a_frame_on_a_half_open_link_is_not_delivered_and_resets_it() {
+    let mut sim = pair();
+    let id0 = sim.id(0);
+    sim.partition(vec![1, 0], vec![(1, 0)]);
+    send_junk(&mut sim, 0, 1);
+    sim.run_until(sim.now() + MS);
+    sim.heal();
+    // 1 still counts its end up; the connection behind it is gone.
+    send_junk(&mut sim, 1, 0);
+    sim.run_until(sim.now() + 10 * MS);
+    assert_eq!(sim.stats().refused, 0, "a frame arrived on a dead link");
+    let records = sim.drain_members();
+    assert!(
+        saw_down(&records, 1, id0),
+        "the half-open end was not reset: {records:?}"
+    );
+}
+
+/// Frames between nodes without a link (SWIM's pushes) keep the datagram rules.
+#[test]
+fn a_frame_without_a_link_is_delivered_when_no_cut_is_in_the_way() {
+    let mut sim = Sim::new(2, 7, NetConfig::default(), mesh_factory(Profile::Test));
+    sim.start_at(0, 0, &[]);
+    sim.start_at(1, 0, &[]);
+    sim.run_until(MS);
+    send_junk(&mut sim, 0, 1);
+    sim.run_until(10 * MS);
+    assert_eq!(sim.stats().refused, 1);
+}
