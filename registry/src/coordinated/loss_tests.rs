@@ -226,23 +226,29 @@ fn a_requester_whose_boss_goes_down_moves_only_sent_requests() {
     assert_all_quiet(&c);
 }
 
-#[test]
-fn a_retry_of_an_op_still_in_flight_is_not_applied_again_after_leaving_the_dedupe_window() {
-    // A hot partition orders more ops than its dedupe window holds while one node's acks are
-    // late: the retries of the early ops (evicted from the window, still awaiting acks) must
-    // wait for those acks, not be ordered a second time.
+/// Three nodes, one partition per scope with a dedupe window of 4 ops, and the two nodes that
+/// are not the boss of `s/g`.
+fn hot_partition_cluster() -> (Cluster, usize, usize) {
     let config = super::CoordinatedConfig {
         partitions_per_scope: 1,
         dedupe_per_partition: 4,
         ..super::CoordinatedConfig::default()
     };
-    let mut c = Cluster::with_config(3, config);
-    let boss = c.boss_index(0, "s", "g");
-    let (requester, slow) = match boss {
+    let c = Cluster::with_config(3, config);
+    let (a, b) = match c.boss_index(0, "s", "g") {
         0 => (1, 2),
         1 => (0, 2),
         _ => (0, 1),
     };
+    (c, a, b)
+}
+
+#[test]
+fn a_retry_of_an_op_still_in_flight_is_not_applied_again_after_leaving_the_dedupe_window() {
+    // A hot partition orders more ops than its dedupe window holds while one node's acks are
+    // late: the retries of the early ops (evicted from the window, still awaiting acks) must
+    // wait for those acks, not be ordered a second time.
+    let (mut c, requester, slow) = hot_partition_cluster();
     c.join(requester, "s", "g", 100, b"");
     c.settle();
     c.hold = Some(Box::new(move |from, _, m| {
@@ -279,18 +285,7 @@ fn a_retry_of_an_op_still_in_flight_is_not_applied_again_after_leaving_the_dedup
 #[test]
 #[ignore = "known limit of the per-partition dedupe window: see the doc comment"]
 fn a_lost_done_retried_after_the_dedupe_window_moved_on_is_not_applied_twice() {
-    let config = super::CoordinatedConfig {
-        partitions_per_scope: 1,
-        dedupe_per_partition: 4,
-        ..super::CoordinatedConfig::default()
-    };
-    let mut c = Cluster::with_config(3, config);
-    let boss = c.boss_index(0, "s", "g");
-    let (requester, other) = match boss {
-        0 => (1, 2),
-        1 => (0, 2),
-        _ => (0, 1),
-    };
+    let (mut c, requester, other) = hot_partition_cluster();
     c.join(other, "s", "g", 100, b"");
     c.settle();
     c.hold = Some(lose_first(1, move |_, to, m| {
