@@ -14,14 +14,14 @@
 
 use meshreg_membership::Time;
 use meshreg_registry::Pid;
-use meshreg_registry::session::manager::{CallId, SessionCallError, SessionManager};
+use meshreg_registry::session::manager::{CallId, SessionCallError, SessionManager, SessionOutput};
 use meshreg_registry::session::{Answer, Outcome};
 pub use meshreg_registry::session::{Policy, Session, SessionKey};
 use tokio::sync::oneshot;
 
+use super::Node;
 use super::error::NodeError;
 use super::subscribe::Subscription;
-use super::{Node, engine};
 
 /// The reserved scope whose groups are node roles (group = role name, members = one internal
 /// pid per node with that role). Readable like any scope (`node.members(ROLES_SCOPE,
@@ -73,12 +73,7 @@ impl Sessions {
     /// Runs one session-manager call and waits for its completion.
     async fn call(
         &self,
-        mut f: impl FnMut(
-            &mut SessionManager,
-            Time,
-            CallId,
-            &mut Vec<meshreg_registry::session::manager::SessionOutput>,
-        ) + Send,
+        mut f: impl FnMut(&mut SessionManager, Time, CallId, &mut Vec<SessionOutput>) + Send,
     ) -> Result<Outcome, NodeError> {
         let shared = self.node.shared();
         let req = shared.next_request();
@@ -218,7 +213,7 @@ impl Node {
                     let Some(inner) = weak.upgrade() else { return };
                     let node = Node { inner };
                     let r = node
-                        .call(|e, now, req, out| engine_join(e, now, req, &scope, &group, pid, out))
+                        .call(|e, now, req, out| e.join(now, req, &scope, &group, pid, &[], out))
                         .await;
                     match r {
                         Ok(()) => break,
@@ -237,16 +232,4 @@ impl Node {
             }
         });
     }
-}
-
-fn engine_join(
-    e: &mut dyn engine::Engine,
-    now: Time,
-    req: u64,
-    scope: &meshreg_registry::groups::ScopeName,
-    group: &meshreg_registry::groups::GroupName,
-    pid: Pid,
-    out: &mut Vec<engine::Action>,
-) {
-    e.join(now, req, scope, group, pid, &[], out);
 }
