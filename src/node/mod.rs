@@ -337,21 +337,9 @@ impl Node {
         &self,
         f: impl FnOnce(&mut dyn Engine, std::time::Duration, u64, &mut Vec<engine::Action>),
     ) -> Result<(), NodeError> {
-        let shared = self.shared();
-        let req = shared.next_request();
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut st = shared.lock();
-            if st.stopped {
-                return Err(NodeError::Stopped);
-            }
-            st.pending.insert(req, tx);
-            shared.drive(&mut st, |e, now, out| f(e, now, req, out));
-            shared.wake_if_earlier(&st);
-        }
-        match rx.await {
-            Ok(r) => r.map_err(NodeError::Group),
-            Err(_) => Err(NodeError::Stopped),
+        match self.shared().call(|st| &mut st.pending, f).await {
+            Some(r) => r.map_err(NodeError::Group),
+            None => Err(NodeError::Stopped),
         }
     }
 

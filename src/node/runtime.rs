@@ -140,6 +140,27 @@ impl Shared {
         self.next_req.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Starts one engine call under a fresh request id whose answer arrives through the map
+    /// `pending` selects, and waits for it. `None`: the node stopped (before or during the call).
+    pub(crate) async fn call<T>(
+        &self,
+        pending: impl FnOnce(&mut State) -> &mut HashMap<u64, oneshot::Sender<T>>,
+        f: impl FnOnce(&mut dyn Engine, Time, u64, &mut Vec<Action>),
+    ) -> Option<T> {
+        let req = self.next_request();
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self.lock();
+            if st.stopped {
+                return None;
+            }
+            pending(&mut st).insert(req, tx);
+            self.drive(&mut st, |e, now, out| f(e, now, req, out));
+            self.wake_if_earlier(&st);
+        }
+        rx.await.ok()
+    }
+
     /// Runs `f` on the engine at `now` and carries out what it asked for, under the lock.
     pub(crate) fn drive(
         &self,

@@ -17,9 +17,9 @@ use meshreg_registry::Pid;
 use meshreg_registry::session::manager::{CallId, SessionCallError, SessionManager, SessionOutput};
 use meshreg_registry::session::{Answer, Outcome};
 pub use meshreg_registry::session::{Policy, Session, SessionKey};
-use tokio::sync::oneshot;
 
 use super::Node;
+use super::engine::Engine;
 use super::error::NodeError;
 use super::subscribe::Subscription;
 
@@ -75,23 +75,17 @@ impl Sessions {
         &self,
         mut f: impl FnMut(&mut SessionManager, Time, CallId, &mut Vec<SessionOutput>) + Send,
     ) -> Result<Outcome, NodeError> {
-        let shared = self.node.shared();
-        let req = shared.next_request();
-        let (tx, rx) = oneshot::channel();
+        let call = |e: &mut dyn Engine, now, req, out: &mut Vec<_>| {
+            e.session(now, &mut |m, o| f(m, now, req, o), out);
+        };
+        match self
+            .node
+            .shared()
+            .call(|st| &mut st.session_pending, call)
+            .await
         {
-            let mut st = shared.lock();
-            if st.stopped {
-                return Err(NodeError::Stopped);
-            }
-            st.session_pending.insert(req, tx);
-            shared.drive(&mut st, |e, now, out| {
-                e.session(now, &mut |m, o| f(m, now, req, o), out);
-            });
-            shared.wake_if_earlier(&st);
-        }
-        match rx.await {
-            Ok(r) => r.map_err(NodeError::Session),
-            Err(_) => Err(NodeError::Stopped),
+            Some(r) => r.map_err(NodeError::Session),
+            None => Err(NodeError::Stopped),
         }
     }
 
