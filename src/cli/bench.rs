@@ -82,6 +82,13 @@ pub struct GroupsArgs {
     /// Timer profile of every node (default: lan, except test for gossip bulk and node-down).
     #[arg(long, value_parser = parse::<Profile>)]
     profile: Option<Profile>,
+    /// Concurrent callers per node in the bulk units: each joins its slice of the node's pids,
+    /// one awaited `join` per pid. 1 = one sequential caller per node, as the Erlang harness
+    /// runs (a pg join returns before the other nodes have it; a coordinated one only once
+    /// every node applied it, so a single coordinated caller waits for one cluster-wide round
+    /// trip per join).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    bulk_callers: u16,
     /// Also write the JSON object to this file (the table is still printed).
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -121,6 +128,8 @@ pub struct Ctx {
     processes: bool,
     scale: f64,
     profile: Option<Profile>,
+    /// Concurrent join callers per node in the bulk units.
+    bulk_callers: usize,
 }
 
 impl Ctx {
@@ -194,6 +203,7 @@ fn groups(args: GroupsArgs) -> anyhow::Result<()> {
         processes: args.processes,
         scale: args.scale,
         profile: args.profile,
+        bulk_callers: usize::from(args.bulk_callers),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -210,6 +220,9 @@ fn groups(args: GroupsArgs) -> anyhow::Result<()> {
     report
         .notes
         .push(("scale".into(), format!("{}", ctx.scale)));
+    report
+        .notes
+        .push(("bulk_callers".into(), ctx.bulk_callers.to_string()));
     for (id, k) in units {
         let t0 = Instant::now();
         eprintln!("[bench] running {id} ({} backend)", ctx.backend);
@@ -306,6 +319,7 @@ mod tests {
             processes: false,
             scale: 1.0,
             profile: None,
+            bulk_callers: 1,
         };
         assert_eq!(ctx.profile_for("bulk"), Profile::Test);
         assert_eq!(ctx.profile_for("nodedown"), Profile::Test);

@@ -96,10 +96,13 @@ pub enum Cmd {
     },
     /// Join prepared process `j` to `bulk{(offset + j) % groups}`, one call each, then reply
     /// `T0` with the stamp after the last join, then join a sentinel to [`BULK_DONE`].
+    /// `callers` concurrent tasks share the calls, each a contiguous slice of the pids
+    /// (1: one sequential caller).
     BulkGo {
         scope: String,
         offset: usize,
         groups: usize,
+        callers: usize,
     },
     /// Reply `Count` with the members of every `bulk*` group except the sentinels'.
     BulkCount { scope: String },
@@ -357,7 +360,8 @@ impl Agent {
                 scope,
                 offset,
                 groups,
-            } => self.bulk_go(&scope, offset, groups).await,
+                callers,
+            } => self.bulk_go(&scope, offset, groups, callers).await,
             Cmd::BulkCount { scope } => Ok(Reply::Count {
                 n: bulk_count(&self.node, &scope),
             }),
@@ -417,12 +421,35 @@ impl Agent {
         scope: &str,
         offset: usize,
         groups: usize,
+        callers: usize,
     ) -> anyhow::Result<Reply> {
-        let names: Vec<String> = (0..groups).map(|g| format!("{BULK_PREFIX}{g}")).collect();
-        for (j, p) in self.bulk.iter().enumerate() {
-            self.node
-                .join(scope, &names[(offset + j) % groups], p.pid())
-                .await?;
+        let names: Arc<[String]> = (0..groups).map(|g| format!("{BULK_PREFIX}{g}")).collect();
+        if callers <= 1 {
+            for (j, p) in self.bulk.iter().enumerate() {
+                self.node
+                    .join(scope, &names[(offset + j) % groups], p.pid())
+                    .await?;
+            }
+        } else {
+            // Caller `c` joins the contiguous slice `c` of the pids, one awaited call each.
+            let pids: Vec<meshreg::Pid> = self.bulk.iter().map(Process::pid).collect();
+            let chunk = pids.len().div_ceil(callers).max(1);
+            let mut tasks = tokio::task::JoinSet::new();
+            for (c, slice) in pids.chunks(chunk).enumerate() {
+                let (node, names, slice) = (self.node.clone(), names.clone(), slice.to_vec());
+                let (scope, first) = (scope.to_owned(), c * chunk);
+                tasks.spawn(async move {
+                    for (i, pid) in slice.into_iter().enumerate() {
+                        let j = first + i;
+                        node.join(&scope, &names[(offset + j) % groups], pid)
+                            .await?;
+                    }
+                    anyhow::Ok(())
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.context("a bulk caller panicked")??;
+            }
         }
         let t = self.clock.now();
         let sentinel = self

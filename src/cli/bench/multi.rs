@@ -159,7 +159,7 @@ pub async fn bulk(ctx: &Ctx, k: usize) -> anyhow::Result<Vec<Metric>> {
     let ids = fleet.cluster(SCOPE, k).await?;
     let mut runs = Vec::new();
     for rep in 0..BULK_REPS {
-        let mut step = bulk_round(&mut fleet, &ids, total)
+        let mut step = bulk_round(&mut fleet, &ids, total, ctx.bulk_callers)
             .await
             .map(|r| runs.push(r));
         if step.is_ok() && rep + 1 < BULK_REPS {
@@ -233,7 +233,12 @@ async fn health(fleet: &mut Fleet, ids: &[usize]) -> String {
     parts.join("; ")
 }
 
-async fn bulk_round(fleet: &mut Fleet, ids: &[usize], total: usize) -> anyhow::Result<Vec<Metric>> {
+async fn bulk_round(
+    fleet: &mut Fleet,
+    ids: &[usize],
+    total: usize,
+    callers: usize,
+) -> anyhow::Result<Vec<Metric>> {
     let k = ids.len();
     let shares = shares(total, k);
     for (&i, &(_, count)) in ids.iter().zip(&shares) {
@@ -258,6 +263,7 @@ async fn bulk_round(fleet: &mut Fleet, ids: &[usize], total: usize) -> anyhow::R
                 scope,
                 offset,
                 groups,
+                callers,
             },
         )?;
     }
