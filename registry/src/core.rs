@@ -185,6 +185,16 @@ pub trait RegistryCore {
         out: &mut Vec<RegistryOutput<Self::Timer>>,
     ) -> Result<(), MessageError>;
 
+    /// From now until [`RegistryCore::release`], the backend may hold the stream frames it
+    /// would send and send them at `release`, per destination in order, several messages to one
+    /// peer as one frame. A driver that handles a burst of inputs under one lock brackets the
+    /// burst with these: fewer frames, and cumulative acknowledgements said once. A driver that
+    /// never calls them gets every frame at once (the default: nothing is held).
+    fn hold(&mut self) {}
+
+    /// Sends whatever [`RegistryCore::hold`] held and stops holding.
+    fn release(&mut self, _now: Time, _out: &mut Vec<RegistryOutput<Self::Timer>>) {}
+
     /// A timer set earlier fired.
     fn handle_timer(
         &mut self,

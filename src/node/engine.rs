@@ -72,6 +72,11 @@ pub(crate) trait Engine: Send {
     fn next_deadline(&self) -> Option<Time>;
     /// Fires every timer due at `now`.
     fn fire_due(&mut self, now: Time, out: &mut Vec<Action>);
+    /// The discovery backend holds its frames until [`Engine::release`] (see
+    /// `RegistryCore::hold`): brackets a burst of inputs handled under one lock.
+    fn hold(&mut self, now: Time);
+    /// Sends what the backend held since [`Engine::hold`].
+    fn release(&mut self, now: Time, out: &mut Vec<Action>);
     /// Starts a join call.
     #[expect(
         clippy::too_many_arguments,
@@ -294,6 +299,16 @@ where
 
     fn leave_cluster(&mut self, now: Time, out: &mut Vec<Action>) {
         self.stack.leave(now, &mut self.out);
+        self.flush(now, out);
+    }
+
+    fn hold(&mut self, now: Time) {
+        self.stack.group_call(now, &mut self.out, |r, _| r.hold());
+    }
+
+    fn release(&mut self, now: Time, out: &mut Vec<Action>) {
+        self.stack
+            .group_call(now, &mut self.out, |r, o| r.release(now, o));
         self.flush(now, out);
     }
 

@@ -296,9 +296,13 @@ impl Shared {
         }
     }
 
-    /// Handles a batch of transport events under one lock.
+    /// Handles a batch of transport events under one lock. The backend holds its frames over
+    /// the batch, so what it says to one peer leaves as one frame (an ack per partition, not
+    /// per op) when the lock is released.
     pub(crate) fn handle_events(&self, batch: &mut Vec<TransportEvent>) {
         let mut st = self.lock();
+        let now = self.now();
+        st.engine.hold(now);
         for ev in batch.drain(..) {
             match ev {
                 TransportEvent::Datagram { from, payload } => {
@@ -316,6 +320,7 @@ impl Shared {
                 }),
             }
         }
+        self.drive(&mut st, |e, now, out| e.release(now, out));
     }
 
     fn deliver(&self, st: &mut State, from: SocketAddrV4, channel: Channel, bytes: &[u8]) {
@@ -388,7 +393,10 @@ impl Shared {
     /// Fires due timers; returns the next deadline (which the loop then sleeps until).
     pub(crate) fn fire_timers(&self) -> Option<Time> {
         let mut st = self.lock();
+        let now = self.now();
+        st.engine.hold(now);
         self.drive(&mut st, |e, now, out| e.fire_due(now, out));
+        self.drive(&mut st, |e, now, out| e.release(now, out));
         st.sleeping_until = st.engine.next_deadline();
         st.sleeping_until
     }

@@ -12,7 +12,9 @@ use std::time::Duration;
 use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
 
 use super::boss::Term;
-use super::message::{self, Message, NackReason, Op, Refused, Ticket};
+use super::message::{
+    self, BATCH_BYTES, MAX_BATCH_MESSAGES, Message, NackReason, Op, Refused, Ticket,
+};
 use super::placement;
 use super::replica::Replica;
 use super::requester::Pending;
@@ -22,6 +24,9 @@ use crate::{CallError, MessageError, Pid, RegistryCore, RegistryOutput, RequestI
 
 /// Default number of partitions per scope.
 pub const DEFAULT_PARTITIONS_PER_SCOPE: u16 = 256;
+
+/// Index of `batch` in [`BossStats::sent`].
+const BATCH_KIND: usize = 11;
 
 /// A partition: its scope and index.
 pub(super) type Key = (ScopeName, u16);
@@ -163,6 +168,18 @@ pub struct CoordinatedGroups {
     pub(super) gone: BTreeSet<NodeId>,
     pub(super) next_exit: u64,
     pub(super) stats: BossStats,
+    /// `Some` while the driver holds this node's frames (`RegistryCore::hold`).
+    pub(super) outbox: Option<Outbox>,
+}
+
+/// Messages held until `RegistryCore::release`, in sending order.
+#[derive(Default)]
+pub(super) struct Outbox {
+    msgs: Vec<(NodeId, Message)>,
+    /// Position in `msgs` of the held ack per (boss, partition, term): a later ack raises its
+    /// seq in place (acks are cumulative, and every held message is sent only at release, when
+    /// the raised seq is applied).
+    acks: HashMap<(NodeId, Key, u64), usize>,
 }
 
 impl CoordinatedGroups {
@@ -203,6 +220,7 @@ impl CoordinatedGroups {
             gone: BTreeSet::new(),
             next_exit: 0,
             stats: BossStats::default(),
+            outbox: None,
         }
     }
 
@@ -282,14 +300,79 @@ impl CoordinatedGroups {
     /// Sends `msg` to `to` (never this node: local deliveries are direct calls).
     pub(super) fn send(&mut self, to: NodeId, msg: &Message, out: &mut Out) {
         debug_assert_ne!(to, self.me, "local deliveries are direct calls");
+        if let Some(outbox) = &mut self.outbox {
+            if let Message::Ack {
+                scope,
+                partition,
+                epoch,
+                seq,
+            } = msg
+            {
+                let at = (to, (scope.clone(), *partition), *epoch);
+                if let Some(&i) = outbox.acks.get(&at) {
+                    if let (_, Message::Ack { seq: held, .. }) = &mut outbox.msgs[i] {
+                        *held = (*held).max(*seq);
+                    }
+                    self.stats.acks_coalesced += 1;
+                    return;
+                }
+                outbox.acks.insert(at, outbox.msgs.len());
+            }
+            self.stats.sent[msg.kind_index()] += 1;
+            outbox.msgs.push((to, msg.clone()));
+            return;
+        }
         let payload = message::encode(msg, self.cluster);
         self.stats.sent[msg.kind_index()] += 1;
+        self.emit(to, payload, out);
+    }
+
+    fn emit(&mut self, to: NodeId, payload: Vec<u8>, out: &mut Out) {
         self.stats.bytes_sent += payload.len() as u64;
+        self.stats.frames_sent += 1;
         out.push(RegistryOutput::Send {
             to: to.addr(),
             channel: Channel::Stream,
             payload,
         });
+    }
+
+    /// Sends what the outbox holds: per destination in sending order, packed into frames of
+    /// at most [`BATCH_BYTES`] of messages (a larger message travels alone).
+    fn release_outbox(&mut self, out: &mut Out) {
+        let Some(outbox) = self.outbox.take() else {
+            return;
+        };
+        let mut per_peer: BTreeMap<NodeId, Vec<Message>> = BTreeMap::new();
+        for (to, msg) in outbox.msgs {
+            per_peer.entry(to).or_default().push(msg);
+        }
+        for (to, msgs) in per_peer {
+            let mut bodies = Vec::new();
+            let mut bytes = 0;
+            for msg in &msgs {
+                let body = message::body(msg);
+                if !bodies.is_empty()
+                    && (bytes + body.len() > BATCH_BYTES || bodies.len() == MAX_BATCH_MESSAGES)
+                {
+                    self.emit_bodies(to, std::mem::take(&mut bodies), out);
+                    bytes = 0;
+                }
+                bytes += body.len();
+                bodies.push(body);
+            }
+            if !bodies.is_empty() {
+                self.emit_bodies(to, bodies, out);
+            }
+        }
+    }
+
+    fn emit_bodies(&mut self, to: NodeId, bodies: Vec<Box<[u8]>>, out: &mut Out) {
+        if bodies.len() > 1 {
+            self.stats.sent[BATCH_KIND] += 1;
+        }
+        let payload = message::encode_bodies(bodies, self.cluster);
+        self.emit(to, payload, out);
     }
 
     /// Live nodes other than this one, in address order.
@@ -455,6 +538,8 @@ impl CoordinatedGroups {
             }
             Message::Watch { nodes } => self.on_watch(from, nodes, out),
             Message::Gone { nodes } => self.on_gone(nodes, out),
+            // `decode_frame` unpacks batches and refuses nested ones.
+            Message::Batch { .. } => self.stats.refused += 1,
         }
     }
 }
@@ -600,7 +685,7 @@ impl RegistryCore for CoordinatedGroups {
         out: &mut Out,
     ) -> Result<(), MessageError> {
         let decoded = if channel == Channel::Stream {
-            message::decode(bytes, self.cluster, self.table.meta_cap_bytes())
+            message::decode_frame(bytes, self.cluster, self.table.meta_cap_bytes())
         } else {
             Err(MessageError::Malformed(
                 "boss messages travel on streams".into(),
@@ -611,8 +696,10 @@ impl RegistryCore for CoordinatedGroups {
             _ => Err(MessageError::NotAMember(from)),
         });
         match checked {
-            Ok((node, msg)) => {
-                self.dispatch_message(now, node, msg, out);
+            Ok((node, msgs)) => {
+                for msg in msgs {
+                    self.dispatch_message(now, node, msg, out);
+                }
                 Ok(())
             }
             Err(e) => {
@@ -620,6 +707,16 @@ impl RegistryCore for CoordinatedGroups {
                 Err(e)
             }
         }
+    }
+
+    fn hold(&mut self) {
+        if self.outbox.is_none() {
+            self.outbox = Some(Outbox::default());
+        }
+    }
+
+    fn release(&mut self, _now: Time, out: &mut Out) {
+        self.release_outbox(out);
     }
 
     fn handle_timer(&mut self, now: Time, timer: BossTimer, out: &mut Out) {

@@ -18,6 +18,11 @@ pub const MAX_STATE_ENTRIES: usize = 1_000_000;
 pub const MAX_DEDUPE_ENTRIES: usize = 65_536;
 /// Most identities one `Watch`/`Gone` message may carry.
 pub const MAX_WATCH_NODES: usize = 65_536;
+/// Most messages one `Batch` may carry.
+pub const MAX_BATCH_MESSAGES: usize = 65_536;
+/// Encoded bytes a sender packs into one `Batch` at most (a larger message travels alone): a
+/// frame stays far below [`MAX_FRAME_PAYLOAD`] and a peer's queue holds many.
+pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// Who asked for an op: a call of the driver, or a leave this node issued itself because a
 /// process ended. Requesters number both kinds independently, so the kind is part of the key.
@@ -267,6 +272,14 @@ pub enum Message {
         /// The identities declared Down.
         nodes: Vec<NodeId>,
     },
+    /// Several messages to one node, handled in order as if each came in its own frame: what
+    /// a node held for that peer over a burst of inputs (see
+    /// [`RegistryCore::hold`](crate::RegistryCore::hold)). Each body is one postcard-encoded
+    /// message other than a `Batch`; kept as bytes so decoding never recurses.
+    Batch {
+        /// The encoded messages, in sending order.
+        bodies: Vec<Box<[u8]>>,
+    },
 }
 
 impl Message {
@@ -284,14 +297,15 @@ impl Message {
             Self::Handoff { .. } => 8,
             Self::Watch { .. } => 9,
             Self::Gone { .. } => 10,
+            Self::Batch { .. } => 11,
         }
     }
 }
 
 /// Names of the message kinds, in [`Message::kind_index`] order.
-pub const KIND_NAMES: [&str; 11] = [
+pub const KIND_NAMES: [&str; 12] = [
     "request", "apply", "ack", "done", "nack", "recover", "state", "sync", "handoff", "watch",
-    "gone",
+    "gone", "batch",
 ];
 
 /// Envelopes `msg` for `cluster`.
@@ -300,8 +314,27 @@ pub fn encode(msg: &Message, cluster: u32) -> Vec<u8> {
     wire::seal(Kind::Boss, cluster, &body)
 }
 
+/// Envelopes `bodies` (each a [`body`] of a message other than a `Batch`) as one frame: the
+/// single message itself when there is one, else a `Batch`.
+pub fn encode_bodies(mut bodies: Vec<Box<[u8]>>, cluster: u32) -> Vec<u8> {
+    let body = if bodies.len() == 1 {
+        bodies.pop().expect("one body").into_vec()
+    } else {
+        postcard::to_allocvec(&Message::Batch { bodies })
+            .expect("in-memory postcard encoding cannot fail")
+    };
+    wire::seal(Kind::Boss, cluster, &body)
+}
+
+/// The postcard encoding of `msg` without an envelope: one entry of a `Batch`.
+pub fn body(msg: &Message) -> Box<[u8]> {
+    postcard::to_allocvec(msg)
+        .expect("in-memory postcard encoding cannot fail")
+        .into_boxed_slice()
+}
+
 /// Opens and decodes one frame, refusing anything over the caps (`meta_cap_bytes` is the
-/// table's metadata cap).
+/// table's metadata cap). A `Batch` is returned as is; see [`decode_frame`].
 pub fn decode(bytes: &[u8], cluster: u32, meta_cap_bytes: usize) -> Result<Message, MessageError> {
     let (kind, body) = wire::open(bytes, cluster, MAX_FRAME_PAYLOAD)?;
     if kind != Kind::Boss {
@@ -309,6 +342,29 @@ pub fn decode(bytes: &[u8], cluster: u32, meta_cap_bytes: usize) -> Result<Messa
             "{kind:?} frame given to the boss backend"
         )));
     }
+    decode_body(body, meta_cap_bytes)
+}
+
+/// Opens one frame and returns its messages in order: one, or every message of a `Batch`.
+/// All or nothing: one bad entry (malformed, over a cap, a nested `Batch`) refuses the frame.
+pub fn decode_frame(
+    bytes: &[u8],
+    cluster: u32,
+    meta_cap_bytes: usize,
+) -> Result<Vec<Message>, MessageError> {
+    match decode(bytes, cluster, meta_cap_bytes)? {
+        Message::Batch { bodies } => bodies
+            .iter()
+            .map(|b| match decode_body(b, meta_cap_bytes)? {
+                Message::Batch { .. } => Err(MessageError::Malformed("nested batch".into())),
+                msg => Ok(msg),
+            })
+            .collect(),
+        msg => Ok(vec![msg]),
+    }
+}
+
+fn decode_body(body: &[u8], meta_cap_bytes: usize) -> Result<Message, MessageError> {
     let msg: Message =
         postcard::from_bytes(body).map_err(|e| MessageError::Malformed(e.to_string()))?;
     let too_big = |len: usize| len > meta_cap_bytes;
@@ -328,6 +384,7 @@ pub fn decode(bytes: &[u8], cluster: u32, meta_cap_bytes: usize) -> Result<Messa
                 || state.entries.iter().any(|e| too_big(e.meta.len()))
         }
         Message::Watch { nodes } | Message::Gone { nodes } => nodes.len() > MAX_WATCH_NODES,
+        Message::Batch { bodies } => bodies.len() > MAX_BATCH_MESSAGES,
         _ => false,
     };
     if bad {

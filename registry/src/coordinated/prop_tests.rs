@@ -28,6 +28,8 @@ enum Step {
         serial: u64,
     },
     Deliver(usize),
+    /// Everything queued, delivered with every node holding its frames over the burst.
+    Burst,
     Crash(usize),
     /// A crash that only nodes below the second index notice at once; the others notice at
     /// the next `Deliver` or `Settle` (views disagree in between).
@@ -42,6 +44,7 @@ fn step() -> impl Strategy<Value = Step> {
         3 => (0..NODES, 0u8..4, 0u64..3).prop_map(|(node, group, serial)| Step::Leave { node, group, serial }),
         1 => (0..NODES, 0u64..3).prop_map(|(node, serial)| Step::Exit { node, serial }),
         4 => (1usize..12).prop_map(Step::Deliver),
+        2 => Just(Step::Burst),
         1 => (0..NODES).prop_map(Step::Crash),
         1 => (0..NODES, 0..NODES).prop_map(|(n, k)| Step::CrashNoticedLate(n, k)),
         1 => (0..NODES).prop_map(Step::Restart),
@@ -137,6 +140,10 @@ impl Run {
                 for _ in 0..n {
                     self.c.step();
                 }
+                self.flush_downs();
+            }
+            Step::Burst => {
+                self.c.burst();
                 self.flush_downs();
             }
             Step::CrashNoticedLate(node, k) => {

@@ -6,10 +6,16 @@ use super::message::KIND_NAMES;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BossStats {
     /// Messages sent, per kind, indexed like [`KIND_NAMES`] (`request`, `apply`, `ack`,
-    /// `done`, `nack`, `recover`, `state`, `sync`, `handoff`, `watch`, `gone`).
+    /// `done`, `nack`, `recover`, `state`, `sync`, `handoff`, `watch`, `gone`; `batch` counts
+    /// the frames that carried several of them).
     pub sent: [u64; KIND_NAMES.len()],
     /// Bytes sent (envelopes included).
     pub bytes_sent: u64,
+    /// Frames sent (a `Batch` counts once).
+    pub frames_sent: u64,
+    /// Acks not sent because a later ack of the same partition and term to the same boss,
+    /// held in the same burst, says more (acks are cumulative).
+    pub acks_coalesced: u64,
     /// Local calls completed with `Ok`.
     pub completed_ok: u64,
     /// Local calls completed with an error (refused or unavailable).
@@ -30,9 +36,15 @@ pub struct BossStats {
 }
 
 impl BossStats {
-    /// All messages sent.
+    /// All messages sent (the messages inside a `Batch`, not the batch frames).
     pub fn messages_sent(&self) -> u64 {
-        self.sent.iter().sum()
+        let batches = KIND_NAMES.iter().position(|k| *k == "batch");
+        self.sent
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| Some(i) != batches)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     /// Messages sent of the kind named `kind` (see [`KIND_NAMES`]); 0 for an unknown name.

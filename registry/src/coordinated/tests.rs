@@ -845,12 +845,134 @@ fn over_cap_metadata_in_an_apply_is_refused_at_decode() {
     assert_eq!(message::decode(&sealed(&m), CLUSTER, 600), Ok(m));
 }
 
+#[test]
+fn bursts_batch_frames_and_coalesce_acks_with_the_same_outcome() {
+    let mut c = Cluster::new(4, 16);
+    let mut reqs = Vec::new();
+    for k in 0..200u64 {
+        let i = usize::try_from(k % 4).unwrap();
+        let g = format!("g{}", k % 10);
+        reqs.push((i, c.join(i, "s", &g, 100 + k, b"")));
+    }
+    c.run_bursts();
+    for &(i, req) in &reqs {
+        ok_everywhere(&c, i, req, 1);
+    }
+    assert_eq!(c.assert_converged().len(), 200);
+    let stats: Vec<_> = c.nodes.iter().map(|n| n.stats().clone()).collect();
+    let messages: u64 = stats.iter().map(super::BossStats::messages_sent).sum();
+    let frames: u64 = stats.iter().map(|s| s.frames_sent).sum();
+    assert!(stats.iter().map(|s| s.sent_of("batch")).sum::<u64>() > 0);
+    assert!(stats.iter().map(|s| s.acks_coalesced).sum::<u64>() > 0);
+    assert!(
+        frames * 2 < messages,
+        "{frames} frames for {messages} messages"
+    );
+    // Leaves in bursts too: nothing is left anywhere.
+    let mut leaves = Vec::new();
+    for k in 0..200u64 {
+        let i = usize::try_from(k % 4).unwrap();
+        let g = format!("g{}", k % 10);
+        leaves.push((i, c.leave(i, "s", &g, 100 + k)));
+    }
+    c.run_bursts();
+    for &(i, req) in &leaves {
+        ok_everywhere(&c, i, req, 0);
+    }
+    assert!(c.assert_converged().is_empty());
+}
+
+#[test]
+fn a_batch_decodes_to_its_messages_in_order() {
+    let ack = Message::Ack {
+        scope: scope("s"),
+        partition: 3,
+        epoch: 2,
+        seq: 9,
+    };
+    let done = Message::Done {
+        ticket: Ticket::Call(4),
+        refused: None,
+    };
+    let frame = message::encode_bodies(vec![message::body(&ack), message::body(&done)], CLUSTER);
+    assert_eq!(
+        message::decode_frame(&frame, CLUSTER, 512),
+        Ok(vec![ack.clone(), done])
+    );
+    // One body alone is the plain message, as an unbatched sender writes it.
+    let one = message::encode_bodies(vec![message::body(&ack)], CLUSTER);
+    assert_eq!(one, message::encode(&ack, CLUSTER));
+}
+
+#[test]
+fn a_nested_or_bad_batch_entry_refuses_the_whole_frame() {
+    let ack = message::body(&Message::Ack {
+        scope: scope("s"),
+        partition: 3,
+        epoch: 2,
+        seq: 9,
+    });
+    let inner = message::body(&Message::Batch {
+        bodies: vec![ack.clone()],
+    });
+    let nested = message::encode_bodies(vec![ack.clone(), inner], CLUSTER);
+    assert!(matches!(
+        message::decode_frame(&nested, CLUSTER, 512),
+        Err(MessageError::Malformed(_))
+    ));
+    let big = message::body(&Message::Request {
+        from: node_id(1, 1),
+        ticket: Ticket::Call(1),
+        op: Op::Join {
+            scope: scope("s"),
+            group: group("g"),
+            pid: Pid {
+                node: node_id(1, 1).root(),
+                serial: 1,
+            },
+            meta: vec![0; 600].into(),
+        },
+    });
+    let over_cap = message::encode_bodies(vec![ack.clone(), big], CLUSTER);
+    assert!(matches!(
+        message::decode_frame(&over_cap, CLUSTER, 512),
+        Err(MessageError::Malformed(_))
+    ));
+    // Refused as a whole: the node applies nothing of it.
+    let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
+    let mut out = Vec::new();
+    let t = std::time::Duration::ZERO;
+    n.member_event(t, MemberEvent::Up(node_id(1, 1)), &mut out);
+    out.clear();
+    let from: SocketAddrV4 = node_id(1, 1).addr();
+    assert!(
+        n.handle_message(t, from, Channel::Stream, &nested, &mut out)
+            .is_err()
+    );
+    assert!(out.is_empty());
+}
+
 proptest! {
     #[test]
     fn prop_decoding_arbitrary_bytes_never_panics(body in proptest::collection::vec(any::<u8>(), 0..256)) {
         let framed = wire::seal(Kind::Boss, CLUSTER, &body);
         let _ = message::decode(&framed, CLUSTER, 512);
         let _ = message::decode(&body, CLUSTER, 512);
+        let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
+        let mut out = Vec::new();
+        let t = std::time::Duration::ZERO;
+        n.member_event(t, MemberEvent::Up(node_id(1, 1)), &mut out);
+        let from: SocketAddrV4 = node_id(1, 1).addr();
+        let _ = n.handle_message(t, from, Channel::Stream, &framed, &mut out);
+    }
+
+    #[test]
+    fn prop_decoding_arbitrary_batch_entries_never_panics(
+        bodies in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8)
+    ) {
+        let bodies: Vec<Box<[u8]>> = bodies.into_iter().map(Vec::into_boxed_slice).collect();
+        let framed = message::encode_bodies(bodies, CLUSTER);
+        let _ = message::decode_frame(&framed, CLUSTER, 512);
         let mut n = CoordinatedGroups::new(node_id(0, 1), CLUSTER, 16);
         let mut out = Vec::new();
         let t = std::time::Duration::ZERO;
