@@ -29,6 +29,12 @@ pub const MAX_DATAGRAMS_PER_ROUND: usize = 16;
 /// full sync with one of them carries the same states in one frame).
 pub const PULL_ON_UP_MAX: u32 = 8;
 
+/// An eager push follows the previous one by at least this much; deltas made or learnt in
+/// between wait for [`GossipTimer::Push`] and leave together. A lone change is pushed at once;
+/// a burst (a process joining thousands of groups, a peer's burst arriving) fills datagrams
+/// instead of sending one datagram per delta to [`FANOUT`] peers from every node that learns it.
+pub const PUSH_COALESCE: Duration = Duration::from_millis(1);
+
 /// Envelope header, enum tag, sender and length prefix: room kept in a gossip datagram.
 const DELTAS_OVERHEAD: usize = 40;
 
@@ -39,6 +45,8 @@ pub enum GossipTimer {
     Gossip,
     /// One anti-entropy round: the version digest to one random peer.
     AntiEntropy,
+    /// The deltas made or learnt since the last eager push (see [`PUSH_COALESCE`]).
+    Push,
 }
 
 /// Period of the gossip rounds: 200 ms on `lan` (the dissemination bound of GUIDE §5 assumes
@@ -122,6 +130,14 @@ pub struct GossipGroups {
     pub(super) synced: bool,
     pub(super) ups_this_round: u32,
     pub(super) stats: GossipStats,
+    /// The driver holds eager pushes until `release` (`RegistryCore::hold`).
+    pub(super) holding: bool,
+    /// An eager push is owed (deltas made or learnt since the last one).
+    pub(super) push_owed: bool,
+    /// A [`GossipTimer::Push`] is set.
+    pub(super) push_armed: bool,
+    /// When the last eager push went out.
+    pub(super) last_push: Option<Time>,
 }
 
 impl GossipGroups {
@@ -146,6 +162,10 @@ impl GossipGroups {
             synced: false,
             ups_this_round: 0,
             stats: GossipStats::default(),
+            holding: false,
+            push_owed: false,
+            push_armed: false,
+            last_push: None,
         }
     }
 
@@ -293,6 +313,7 @@ impl GossipGroups {
         let period = match timer {
             GossipTimer::Gossip => gossip_period(self.profile),
             GossipTimer::AntiEntropy => anti_entropy_period(self.profile),
+            GossipTimer::Push => return,
         };
         // ±25% jitter keeps the rounds of different nodes from lining up.
         let ms = period.as_millis() as u64;
@@ -326,13 +347,43 @@ impl GossipGroups {
         self.send_deltas(MAX_DATAGRAMS_PER_ROUND, out);
     }
 
-    /// Eager push: right after this node learns (or makes) new deltas, one datagram of the
-    /// least-sent ones (the new ones) goes to [`FANOUT`] peers at once instead of waiting for
-    /// the next round. Each hop then costs one network latency rather than half a round (100 ms
-    /// on `lan`); the total number of transmissions per delta is unchanged (the queue counts
-    /// them).
-    pub(super) fn push_fresh(&mut self, out: &mut Vec<RegistryOutput<GossipTimer>>) {
-        self.send_deltas(1, out);
+    /// Eager push: right after this node learns (or makes) new deltas, datagrams of the
+    /// least-sent ones (the new ones) go to [`FANOUT`] peers instead of waiting for the next
+    /// round. Each hop then costs one network latency rather than half a round (100 ms on
+    /// `lan`); the total number of transmissions per delta is unchanged (the queue counts
+    /// them). Pushes are at least [`PUSH_COALESCE`] apart, and held while the driver holds
+    /// (`hold`): what comes in between leaves together.
+    pub(super) fn push_fresh(&mut self, now: Time, out: &mut Vec<RegistryOutput<GossipTimer>>) {
+        self.push_owed = true;
+        if self.holding {
+            return;
+        }
+        if let Some(at) = self.last_push.map(|t| t + PUSH_COALESCE)
+            && now < at
+        {
+            if !self.push_armed {
+                self.push_armed = true;
+                out.push(RegistryOutput::SetTimer {
+                    after: at - now,
+                    timer: GossipTimer::Push,
+                });
+            }
+            return;
+        }
+        self.push_now(now, out);
+    }
+
+    /// Sends every never-sent delta (up to [`MAX_DATAGRAMS_PER_ROUND`] datagrams; the rest go
+    /// with the rounds).
+    fn push_now(&mut self, now: Time, out: &mut Vec<RegistryOutput<GossipTimer>>) {
+        self.push_owed = false;
+        self.last_push = Some(now);
+        for _ in 0..MAX_DATAGRAMS_PER_ROUND {
+            if !self.queue.has_unsent() {
+                break;
+            }
+            self.send_deltas(1, out);
+        }
     }
 
     /// Sends up to `datagrams` datagrams of the least-sent queued deltas, each to [`FANOUT`]
@@ -543,7 +594,7 @@ impl RegistryCore for GossipGroups {
     /// Applies locally and completes at once; peers follow by gossip. Only local pids.
     fn join(
         &mut self,
-        _now: Time,
+        now: Time,
         req: RequestId,
         scope: &ScopeName,
         group: &GroupName,
@@ -566,7 +617,7 @@ impl RegistryCore for GossipGroups {
                 serial: pid.serial,
                 meta: meta.into(),
             });
-            self.push_fresh(out);
+            self.push_fresh(now, out);
         }
         Self::complete(req, result, out);
     }
@@ -575,7 +626,7 @@ impl RegistryCore for GossipGroups {
     /// metadata so replicas remove the same one.
     fn leave(
         &mut self,
-        _now: Time,
+        now: Time,
         req: RequestId,
         scope: &ScopeName,
         group: &GroupName,
@@ -603,17 +654,17 @@ impl RegistryCore for GossipGroups {
                 serial: pid.serial,
                 meta,
             });
-            self.push_fresh(out);
+            self.push_fresh(now, out);
         }
         Self::complete(req, result, out);
     }
 
     /// A local process ended: one delta removes all its memberships everywhere. Remote pids
     /// are their owner's business and are ignored.
-    fn process_exit(&mut self, _now: Time, pid: Pid, out: &mut Vec<RegistryOutput<GossipTimer>>) {
+    fn process_exit(&mut self, now: Time, pid: Pid, out: &mut Vec<RegistryOutput<GossipTimer>>) {
         if pid.node == self.me.root() && !self.table.remove_pid(pid).is_empty() {
             self.record_local(Op::Exit { serial: pid.serial });
-            self.push_fresh(out);
+            self.push_fresh(now, out);
         }
     }
 
@@ -628,15 +679,33 @@ impl RegistryCore for GossipGroups {
         self.receive(now, from, channel, bytes, out)
     }
 
+    fn hold(&mut self) {
+        self.holding = true;
+    }
+
+    fn release(&mut self, now: Time, out: &mut Vec<RegistryOutput<GossipTimer>>) {
+        self.holding = false;
+        if self.push_owed {
+            self.push_fresh(now, out);
+        }
+    }
+
     fn handle_timer(
         &mut self,
-        _now: Time,
+        now: Time,
         timer: GossipTimer,
         out: &mut Vec<RegistryOutput<GossipTimer>>,
     ) {
         match timer {
             GossipTimer::Gossip => self.gossip_round(out),
             GossipTimer::AntiEntropy => self.anti_entropy_round(out),
+            GossipTimer::Push => {
+                self.push_armed = false;
+                if self.push_owed {
+                    self.push_fresh(now, out);
+                }
+                return;
+            }
         }
         self.arm(timer, out);
     }

@@ -56,6 +56,11 @@ impl BroadcastQueue {
         self.items.is_empty()
     }
 
+    /// Whether a queued delta was never sent.
+    pub fn has_unsent(&self) -> bool {
+        self.items.iter().any(|item| item.sent == 0)
+    }
+
     /// Number of deltas waiting.
     pub fn len(&self) -> usize {
         self.items.len()

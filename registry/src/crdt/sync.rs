@@ -161,7 +161,7 @@ impl GossipGroups {
             }
         }
         if applied > 0 {
-            self.push_fresh(out);
+            self.push_fresh(now, out);
         }
         if !repair.is_empty() {
             self.pull(now, from, repair, out);
