@@ -68,3 +68,30 @@ fn bench_groups_at_one_percent_reports_every_key() {
         "single.mem_rss.10kg_1k = {rss:?}"
     );
 }
+
+#[test]
+fn bulk_with_concurrent_callers_lists_every_membership() {
+    let out = common::run_meshreg(
+        &[
+            "bench",
+            "groups",
+            "--backend",
+            "coordinated",
+            "--only",
+            "bulk.k2",
+            "--bulk-callers",
+            "16",
+            "--scale",
+            "0.01",
+            "--json",
+        ],
+        LIMIT,
+    );
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(json["bulk_callers"], "16");
+    assert_eq!(
+        json["bulk.10kg_1k.k2.verified"].as_f64(),
+        Some(1.0),
+        "{json}"
+    );
+}
