@@ -212,6 +212,77 @@ fn a_gossip_round_sends_one_datagram_of_deltas_to_each_of_fanout_peers() {
     ));
 }
 
+/// The deltas each datagram of `out` carries, per datagram.
+fn pushed(out: &Out) -> Vec<usize> {
+    out.iter()
+        .filter_map(|o| match o {
+            RegistryOutput::Send {
+                channel: Channel::Datagram,
+                payload,
+                ..
+            } => {
+                let (_, body) = wire::open(payload, CLUSTER, wire::MAX_DATAGRAM_PAYLOAD).ok()?;
+                match GroupsMsg::decode(body) {
+                    Ok(GroupsMsg::Deltas { deltas, .. }) => Some(deltas.len()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn eager_pushes_are_coalesced_within_a_millisecond_and_held_over_a_burst() {
+    let me = id(0, 1);
+    let mut g = GossipGroups::new(me, CLUSTER, Profile::Test, 1);
+    let mut out = Out::new();
+    for i in 1..=4 {
+        g.member_event(Time::ZERO, MemberEvent::Up(id(i, 1)), &mut out);
+    }
+    let join = |g: &mut GossipGroups, t: Time, serial: u64, out: &mut Out| {
+        g.join(t, serial, &scope(), &group("a"), pid(me, serial), b"", out);
+    };
+    // A lone join goes out at once, one datagram to each of FANOUT peers.
+    out.clear();
+    join(&mut g, Time::ZERO, 1, &mut out);
+    assert_eq!(pushed(&out), vec![1; FANOUT]);
+    // The next ones within PUSH_COALESCE wait for one Push timer.
+    out.clear();
+    let t = Duration::from_micros(100);
+    for serial in 2..=20 {
+        join(&mut g, t, serial, &mut out);
+    }
+    assert!(pushed(&out).is_empty(), "{out:?}");
+    let timers: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            RegistryOutput::SetTimer { after, timer } => Some((*after, *timer)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(timers, vec![(PUSH_COALESCE - t, GossipTimer::Push)]);
+    out.clear();
+    g.handle_timer(PUSH_COALESCE, GossipTimer::Push, &mut out);
+    // Least-sent first: the 19 new deltas, then the first one's last transmission.
+    assert_eq!(pushed(&out), vec![20; FANOUT]);
+    // While the driver holds, nothing leaves; release pushes the burst together.
+    out.clear();
+    g.hold();
+    let later = PUSH_COALESCE * 5;
+    for serial in 21..=30 {
+        join(&mut g, later, serial, &mut out);
+    }
+    assert!(pushed(&out).is_empty());
+    g.release(later, &mut out);
+    let sizes = pushed(&out);
+    assert_eq!(sizes.len(), FANOUT, "one datagram per peer: {sizes:?}");
+    assert!(
+        sizes.iter().all(|&n| n >= 10),
+        "every new delta in it: {sizes:?}"
+    );
+}
+
 #[test]
 fn bad_messages_are_refused_counted_and_change_nothing() {
     let me = id(0, 1);
