@@ -33,8 +33,8 @@ pub mod wire;
 
 pub use digest::VersionDigest;
 pub use gossip::{
-    FANOUT, GossipGroups, GossipStats, GossipTimer, PULL_ON_UP_MAX, anti_entropy_period,
-    gossip_period,
+    FANOUT, GossipGroups, GossipStats, GossipTimer, PULL_ON_UP_MAX, PUSH_COALESCE,
+    anti_entropy_period, gossip_period,
 };
 pub use merge::{DeltaOutcome, OwnerSet, ReplicaState};
 pub use queue::{QUEUE_CAP, max_transmissions};
