@@ -232,7 +232,7 @@ impl Cluster {
     fn deliver(&mut self, from: usize, to: usize, bytes: &[u8]) {
         self.delivered += 1;
         if std::env::var("TRACE").is_ok() {
-            let msg = message::decode(&bytes, CLUSTER, usize::MAX).unwrap();
+            let msg = message::decode(bytes, CLUSTER, usize::MAX).unwrap();
             eprintln!("{from}->{to}: {msg:?}");
         }
         let addr = self.nodes[from].me().addr();
