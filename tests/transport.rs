@@ -310,7 +310,7 @@ async fn disconnect_flushes_then_the_peer_sees_down() {
 }
 
 #[tokio::test]
-async fn a_shut_down_or_dropped_transport_goes_down_on_its_peer() {
+async fn a_shut_down_transport_goes_down_and_a_dropped_one_resets_then_refuses() {
     bounded(async {
         let (a, mut ra) = node().await;
         let (b, mut rb) = node().await;
@@ -331,9 +331,16 @@ async fn a_shut_down_or_dropped_transport_goes_down_on_its_peer() {
         let c_addr = c.local_addr();
         drop(c);
         drop(rc);
+        // No goodbye: what the peers of a killed process see.
         assert_eq!(
             next_link(&mut rb, Duration::from_secs(1)).await,
-            Some(LinkEvent::Down(c_addr))
+            Some(LinkEvent::Reset(c_addr))
+        );
+        // Nothing listens there any more: a redial is refused, not merely failed.
+        b.connect(c_addr);
+        assert_eq!(
+            next_link(&mut rb, Duration::from_secs(1)).await,
+            Some(LinkEvent::Refused(c_addr))
         );
     })
     .await;
@@ -350,11 +357,11 @@ async fn a_partition_kills_the_link_within_heartbeats_and_blocks_reconnects_unti
         let within = HEARTBEAT * 3 + Duration::from_millis(500);
         assert_eq!(
             next_link(&mut ra, within).await,
-            Some(LinkEvent::Down(b.local_addr()))
+            Some(LinkEvent::Reset(b.local_addr()))
         );
         assert_eq!(
             next_link(&mut rb, within).await,
-            Some(LinkEvent::Down(a.local_addr()))
+            Some(LinkEvent::Reset(a.local_addr()))
         );
         a.connect(b.local_addr());
         assert_eq!(
@@ -443,11 +450,11 @@ async fn an_oversized_frame_closes_the_connection_and_is_counted() {
         a.send_frame(b.local_addr(), vec![0; 2048]).unwrap();
         assert_eq!(
             next_link(&mut rb, Duration::from_secs(1)).await,
-            Some(LinkEvent::Down(a.local_addr()))
+            Some(LinkEvent::Reset(a.local_addr()))
         );
         assert_eq!(
             next_link(&mut ra, Duration::from_secs(1)).await,
-            Some(LinkEvent::Down(b.local_addr()))
+            Some(LinkEvent::Reset(b.local_addr()))
         );
         assert_eq!(b.stats().oversized, 1);
         assert_eq!(b.stats().frames_received, 0);
@@ -479,7 +486,7 @@ async fn frames_to_an_unreachable_peer_are_dropped_counted_and_reported() {
         }
         assert_eq!(
             next_link(&mut ra, Duration::from_secs(2)).await,
-            Some(LinkEvent::ConnectFailed(dead))
+            Some(LinkEvent::Refused(dead))
         );
         // The writer counts its queue as it stops.
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -36,15 +36,29 @@ pub enum MemberEvent {
     Down(NodeId),
 }
 
-/// Transport-level link state reported by the driver (full mesh only; SWIM ignores links).
+/// Transport-level link state reported by the driver.
+///
+/// The full mesh lives on links. SWIM does not need them, but it takes the strong evidence
+/// they give of a dead process: a link that broke without the peer closing it, then a
+/// [`LinkEvent::Refused`] dial (see [`Swim`](crate::Swim)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum LinkEvent {
     /// A link to `peer` is established (after an outbound connect or an inbound accept).
     Up(SocketAddrV4),
-    /// The link to `peer` closed or broke.
+    /// The link to `peer` was closed on purpose, by either end (a disconnect, an idle close, a
+    /// shutdown: the peer's transport said goodbye).
     Down(SocketAddrV4),
-    /// An outbound connect to `peer` failed or timed out.
+    /// The link to `peer` broke without a goodbye: end of stream or an error with no close
+    /// marker, or silence. The peer may have crashed, or the network between us may have failed;
+    /// the link is gone either way (as after [`LinkEvent::Down`]).
+    Reset(SocketAddrV4),
+    /// An outbound connect to `peer` failed or timed out (nothing answered, or the handshake
+    /// failed).
     ConnectFailed(SocketAddrV4),
+    /// An outbound connect to `peer` was refused: its host answered, but nothing listens on
+    /// the port. The process that had this address is gone (the evidence Erlang distribution
+    /// acts on). Reported instead of [`LinkEvent::ConnectFailed`].
+    Refused(SocketAddrV4),
 }
 
 /// What a core asks its driver to do.

@@ -770,8 +770,13 @@ impl MembershipCore for Mesh {
             LinkEvent::Up(addr) => self.on_link_up(now, addr, out),
             // After leaving, broken links and failed dials need nothing more.
             _ if self.phase == Phase::Left => {}
-            LinkEvent::Down(addr) => self.on_link_down(now, addr, out),
-            LinkEvent::ConnectFailed(addr) => self.on_connect_failed(addr, out),
+            // The mesh declares a peer Down as soon as its link ends, however it ended.
+            LinkEvent::Down(addr) | LinkEvent::Reset(addr) => self.on_link_down(now, addr, out),
+            // A peer is Up only while linked, so a refusal (no process at the address) can only
+            // answer a dial to a peer that is not Up: a failed dial like any other.
+            LinkEvent::ConnectFailed(addr) | LinkEvent::Refused(addr) => {
+                self.on_connect_failed(addr, out);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Opening connections: the accept loop and outbound dials, each bounded by `connect_timeout`
 //! and authenticated by the [handshake](super::handshake) before the link table sees them.
 
+use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,14 +82,19 @@ fn refused(shared: &Shared, peer: SocketAddrV4, what: &str, e: &dyn std::fmt::Di
 /// Dials `peer` for slot `slot_id` and reports the outcome to the link table.
 pub(crate) async fn dial(shared: Arc<Shared>, peer: SocketAddrV4, slot_id: u64) {
     let timeout = shared.cfg.connect_timeout;
+    // `Err(true)`: refused (the host answered, nothing listens on the port).
     let outcome = if shared.faults.is_partitioned(peer) {
         // Nothing answers across a partition: the dial times out.
         Stats::bump(&shared.stats.injected_drops);
         tokio::time::sleep(timeout).await;
-        None
+        Err(false)
     } else {
         match tokio::time::timeout(timeout, open(&shared, peer)).await {
-            Ok(Ok(stream)) => Some(stream),
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(HandshakeError::Io(io))) if io.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::debug!(%peer, "dial refused: nothing listens there");
+                Err(true)
+            }
             Ok(Err(e)) => {
                 if e.is_auth_failure() {
                     Stats::bump(&shared.stats.auth_failures);
@@ -98,17 +104,17 @@ pub(crate) async fn dial(shared: Arc<Shared>, peer: SocketAddrV4, slot_id: u64) 
                 } else {
                     refused(&shared, peer, "outbound handshake refused", &e);
                 }
-                None
+                Err(false)
             }
             Err(_) => {
                 tracing::debug!(%peer, "dial timed out");
-                None
+                Err(false)
             }
         }
     };
     match outcome {
-        Some(stream) => link::adopt(&shared, peer, stream, Initiator::Local(slot_id)).await,
-        None => link::dial_failed(&shared, peer, slot_id).await,
+        Ok(stream) => link::adopt(&shared, peer, stream, Initiator::Local(slot_id)).await,
+        Err(refused) => link::dial_failed(&shared, peer, slot_id, refused).await,
     }
 }
 

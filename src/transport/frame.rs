@@ -1,7 +1,11 @@
 //! The link framing: each frame is a `u32` big-endian payload length, then the payload. A
 //! zero-length frame is a heartbeat. A header with the top bit set is a control marker with no
-//! payload; the only one is [`RETIRE`]: "this connection is being replaced by another one between
-//! us; its end is not the end of the link" (see `link.rs`, simultaneous connects).
+//! payload:
+//! - [`RETIRE`]: "this connection is being replaced by another one between us; its end is not
+//!   the end of the link" (see `link.rs`, simultaneous connects);
+//! - [`CLOSE`]: "I close this link on purpose" (disconnect, idle close, shutdown), written last
+//!   before the half-close. A link that ends without it broke (`LinkEvent::Reset`): the peer
+//!   process may be gone, which the membership core checks by redialling.
 //!
 //! Architecture Invariant: the length is checked against the cap before a buffer is allocated,
 //! so a peer cannot make us allocate more than `max_frame` bytes per frame.
@@ -17,6 +21,8 @@ pub const HEADER_LEN: usize = 4;
 pub const MAX_LEN: usize = 0x7fff_ffff;
 /// The control header announcing that the sender retires this connection.
 pub const RETIRE: [u8; HEADER_LEN] = 0x8000_0001u32.to_be_bytes();
+/// The control header announcing that the sender closes the link on purpose.
+pub const CLOSE: [u8; HEADER_LEN] = 0x8000_0002u32.to_be_bytes();
 const CONTROL_BIT: u32 = 0x8000_0000;
 
 /// One item read from a link.
@@ -26,6 +32,8 @@ pub enum Incoming {
     Frame(Vec<u8>),
     /// The peer retires this connection (it keeps the link on another one).
     Retire,
+    /// The peer closes the link on purpose (nothing follows but the end of stream).
+    Close,
     /// Clean end of stream at a frame boundary.
     End,
 }
@@ -37,6 +45,8 @@ pub enum Header {
     Frame(usize),
     /// The [`RETIRE`] marker.
     Retire,
+    /// The [`CLOSE`] marker.
+    Close,
 }
 
 /// Why reading a frame failed. Each ends the connection.
@@ -93,6 +103,8 @@ pub fn decode_header(header: [u8; HEADER_LEN], max: usize) -> Result<Header, Fra
     if raw & CONTROL_BIT != 0 {
         return if header == RETIRE {
             Ok(Header::Retire)
+        } else if header == CLOSE {
+            Ok(Header::Close)
         } else {
             Err(FrameError::UnknownControl(raw))
         };
@@ -125,6 +137,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     }
     let len = match decode_header(header, max)? {
         Header::Retire => return Ok(Incoming::Retire),
+        Header::Close => return Ok(Incoming::Close),
         Header::Frame(len) => len,
     };
     let mut payload = vec![0; len];
@@ -168,6 +181,7 @@ mod tests {
             Err(FrameError::UnknownControl(_))
         ));
         assert_eq!(decode_header(RETIRE, 0).unwrap(), Header::Retire);
+        assert_eq!(decode_header(CLOSE, 0).unwrap(), Header::Close);
     }
 
     #[test]
@@ -193,12 +207,14 @@ mod tests {
                     write_frame(&mut w, p).await.unwrap();
                 }
                 w.write_all(&RETIRE).await.unwrap();
+                w.write_all(&CLOSE).await.unwrap();
             });
             let frame = |b: &[u8]| Incoming::Frame(b.to_vec());
             assert_eq!(read_frame(&mut r, 64).await.unwrap(), frame(b"first"));
             assert_eq!(read_frame(&mut r, 64).await.unwrap(), frame(b""));
             assert_eq!(read_frame(&mut r, 64).await.unwrap(), frame(b"third frame"));
             assert_eq!(read_frame(&mut r, 64).await.unwrap(), Incoming::Retire);
+            assert_eq!(read_frame(&mut r, 64).await.unwrap(), Incoming::Close);
             writer.await.unwrap();
             assert_eq!(read_frame(&mut r, 64).await.unwrap(), Incoming::End);
         });

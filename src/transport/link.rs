@@ -80,7 +80,9 @@ pub(crate) enum Ctl {
 pub(crate) enum End {
     /// The peer retired it (it keeps the link on another connection).
     Retired,
-    /// End of stream, error or heartbeat timeout, seen by the reader.
+    /// The peer closed the link on purpose: end of stream after its `CLOSE` marker.
+    Closed,
+    /// End of stream without a goodbye, error or heartbeat timeout, seen by the reader.
     Broken,
     /// The writer could not write.
     WriteFailed,
@@ -396,7 +398,8 @@ pub(crate) async fn adopt(
 }
 
 /// Connection `conn` of `peer` ended as `how`; if it was the link's current connection, the
-/// link goes down (or waits for the replacement the peer announced by retiring it).
+/// link goes down (or waits for the replacement the peer announced by retiring it): `Down` if
+/// the peer said goodbye, `Reset` if not.
 pub(crate) async fn conn_ended(shared: &Arc<Shared>, peer: SocketAddrV4, conn: u64, how: End) {
     let s = shared.clone();
     with_events(shared, |links| {
@@ -426,19 +429,17 @@ pub(crate) async fn conn_ended(shared: &Arc<Shared>, peer: SocketAddrV4, conn: u
         {
             reader.abort();
         }
-        (
-            (),
-            if slot.up {
-                vec![LinkEvent::Down(peer)]
-            } else {
-                vec![]
-            },
-        )
+        let event = if how == End::Closed {
+            LinkEvent::Down(peer)
+        } else {
+            LinkEvent::Reset(peer)
+        };
+        ((), if slot.up { vec![event] } else { vec![] })
     })
     .await;
 }
 
-/// The peer retired our connection but its replacement never came: the link is down.
+/// The peer retired our connection but its replacement never came: the link broke.
 async fn replacement_overdue(shared: &Arc<Shared>, peer: SocketAddrV4, slot_id: u64) {
     with_events(shared, |links| {
         let overdue = links
@@ -452,7 +453,7 @@ async fn replacement_overdue(shared: &Arc<Shared>, peer: SocketAddrV4, slot_id: 
         (
             (),
             if up {
-                vec![LinkEvent::Down(peer)]
+                vec![LinkEvent::Reset(peer)]
             } else {
                 vec![]
             },
@@ -462,8 +463,14 @@ async fn replacement_overdue(shared: &Arc<Shared>, peer: SocketAddrV4, slot_id: 
 }
 
 /// The dial of slot `slot_id` failed. Unless an inbound connection made the link meanwhile,
-/// the slot goes (its queued frames are dropped and counted) and `ConnectFailed` is reported.
-pub(crate) async fn dial_failed(shared: &Arc<Shared>, peer: SocketAddrV4, slot_id: u64) {
+/// the slot goes (its queued frames are dropped and counted) and `Refused` (nothing listens at
+/// the peer's address: `refused`) or `ConnectFailed` is reported.
+pub(crate) async fn dial_failed(
+    shared: &Arc<Shared>,
+    peer: SocketAddrV4,
+    slot_id: u64,
+    refused: bool,
+) {
     Stats::bump(&shared.stats.connect_failures);
     with_events(shared, |links| {
         let Some(slot) = links.slots.get_mut(&peer).filter(|s| s.id == slot_id) else {
@@ -474,7 +481,12 @@ pub(crate) async fn dial_failed(shared: &Arc<Shared>, peer: SocketAddrV4, slot_i
             return ((), vec![]);
         }
         links.remove(shared, peer);
-        ((), vec![LinkEvent::ConnectFailed(peer)])
+        let event = if refused {
+            LinkEvent::Refused(peer)
+        } else {
+            LinkEvent::ConnectFailed(peer)
+        };
+        ((), vec![event])
     })
     .await;
 }

@@ -53,6 +53,7 @@ async fn read_until_end(
     let silence = shared.cfg.heartbeat * 3;
     let mut deadline = Instant::now() + silence;
     let mut retired = false;
+    let mut closing = false;
     loop {
         let item = match tokio::time::timeout_at(deadline, read_frame(&mut r, shared.cfg.max_frame))
             .await
@@ -74,9 +75,14 @@ async fn read_until_end(
         };
         let payload = match item {
             Incoming::End if retired => return End::Retired,
+            Incoming::End if closing => return End::Closed,
             Incoming::End => return End::Broken,
             Incoming::Retire => {
                 retired = true;
+                continue;
+            }
+            Incoming::Close => {
+                closing = true;
                 continue;
             }
             Incoming::Frame(payload) => payload,

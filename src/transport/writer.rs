@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::frame::{RETIRE, write_frame};
+use super::frame::{CLOSE, RETIRE, write_frame};
 use super::link::{self, Ctl, End, Queued};
 use super::stats::Stats;
 
@@ -248,6 +248,8 @@ impl Writer {
             }
         }
         if let Some((_, mut sink)) = self.conn.take() {
+            // The goodbye tells the peer this end is on purpose, not a crash (`frame::CLOSE`).
+            let _ = sink.write_all(&CLOSE).await;
             let _ = sink.shutdown().await;
         }
     }

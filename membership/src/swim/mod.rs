@@ -13,6 +13,28 @@
 //!
 //! The digest is maintained incrementally from foca's notifications, so a round in steady state
 //! costs O(1) and one small datagram; foca's member table is never copied.
+//!
+//! **Dead-process evidence from links.** SWIM needs no links, but the node's stream links (opened
+//! on demand by anti-entropy and the registries) say more than probes can when a peer's process
+//! dies while its host lives, which is what Erlang distribution acts on:
+//! - a link to an active member that breaks without a goodbye ([`LinkEvent::Reset`]) makes the
+//!   core redial it ([`Output::Connect`]): the *check*. A dial that fails otherwise is repeated,
+//!   up to [`CHECK_DIALS`] dials: a dial racing the kernel's teardown of a killed process can
+//!   reach its listen socket just before it closes and be reset instead of refused;
+//! - a dial refused ([`LinkEvent::Refused`]: the host answered, nothing listens on the port),
+//!   whether it was a check or a dial of an on-demand send, declares the active member at that
+//!   address Down at once: foca applies the verdict and gossips it (to
+//!   `num_indirect_probes` members at once, then piggybacked like any other update).
+//!
+//! Anything else leaves detection to probing: a redial that succeeds (a live peer whose link
+//! broke), fails or times out [`CHECK_DIALS`] times (a partition, a paused process, a lost host:
+//! each dial waits out the driver's connect timeout), and a link closed on
+//! purpose ([`LinkEvent::Down`]: idle close, shutdown; a leaver says so through foca anyway).
+//! A refusal names an address, not an identity: the verdict is about the member we know at that
+//! address. A process restarted there listens again (no refusal) and joins as a newer
+//! generation; a live node wrongly declared Down (e.g. a firewall that rejects connections)
+//! learns it like any other Down verdict and renews its identity (foca's `Rejoin`, reported as
+//! [`Output::Renewed`]), as after a false suspicion.
 
 pub mod digest;
 pub mod sync;
@@ -41,6 +63,9 @@ pub enum SwimTimer {
     AntiEntropy,
 }
 
+/// Dials of one check (module docs) before it gives up and leaves the member to probing.
+pub const CHECK_DIALS: u8 = 3;
+
 /// Diffs at most this large are re-gossiped after an anti-entropy merge (news worth spreading,
 /// e.g. after a partition heals); larger ones (a join's full pull) are not, to avoid a storm.
 const REBROADCAST_MAX: usize = 8;
@@ -63,6 +88,9 @@ pub struct Swim {
     /// The sender of the SWIM packet being handled: a member reported Down by a packet of its
     /// own is saying farewell (foca's `leave_cluster`), not failing.
     receiving_from: Option<SocketAddrV4>,
+    /// Addresses of active members whose link reset and whose redial has not answered yet, with
+    /// the dials made so far (one entry per member at most; see the module docs).
+    checking: HashMap<SocketAddrV4, u8>,
 }
 
 /// Adapts foca's `Runtime` callbacks to [`Output`]s; notifications are kept for post-processing
@@ -116,7 +144,51 @@ impl Swim {
             left: false,
             notes: Vec::new(),
             receiving_from: None,
+            checking: HashMap::new(),
         }
+    }
+
+    /// The active member at `addr`, if any.
+    fn active_at(&self, addr: SocketAddrV4) -> Option<&Member<NodeId>> {
+        self.foca.iter_members().find(|m| m.id().addr() == addr)
+    }
+
+    /// A link to `addr` broke without a goodbye: redial an active member there to learn
+    /// whether its process still listens.
+    fn check(&mut self, addr: SocketAddrV4, out: &mut Vec<Output<SwimTimer>>) {
+        if self.active_at(addr).is_some() && !self.checking.contains_key(&addr) {
+            self.checking.insert(addr, 1);
+            out.push(Output::Connect { to: addr });
+        }
+    }
+
+    /// A dial to `addr` failed without a refusal: dial again if a check of a member still
+    /// active is under way and has dials left.
+    fn check_failed(&mut self, addr: SocketAddrV4, out: &mut Vec<Output<SwimTimer>>) {
+        let Some(dials) = self.checking.remove(&addr) else {
+            return;
+        };
+        if dials < CHECK_DIALS && self.active_at(addr).is_some() {
+            self.checking.insert(addr, dials + 1);
+            out.push(Output::Connect { to: addr });
+        }
+    }
+
+    /// A dial to `addr` was refused: nothing listens there, so the active member at `addr` is
+    /// dead. Declares it Down through foca (which reports it, disseminates it, and keeps it
+    /// Down) and gossips the verdict at once.
+    fn refused(&mut self, addr: SocketAddrV4, out: &mut Vec<Output<SwimTimer>>) {
+        self.checking.remove(&addr);
+        let Some(member) = self.active_at(addr) else {
+            return;
+        };
+        let down = Member::new(*member.id(), member.incarnation(), State::Down);
+        // Down overrides any incarnation of the same identity, so this cannot be refused (it is
+        // never about ourselves: nobody dials its own address).
+        let _ = self.with_foca(out, |f, rt| {
+            f.apply_many(std::iter::once(down), true, &mut *rt)?;
+            f.gossip(rt)
+        });
     }
 
     /// The anti-entropy digest of the current view (for tests and diagnostics).
@@ -464,8 +536,21 @@ impl MembershipCore for Swim {
         }
     }
 
-    /// SWIM has no links: failure detection is by probing.
-    fn handle_link(&mut self, _now: Time, _event: LinkEvent, _out: &mut Vec<Output<SwimTimer>>) {}
+    /// Links only feed the dead-process check (module docs); probing does the rest.
+    fn handle_link(&mut self, _now: Time, event: LinkEvent, out: &mut Vec<Output<SwimTimer>>) {
+        if self.left {
+            return;
+        }
+        match event {
+            LinkEvent::Reset(addr) => self.check(addr, out),
+            LinkEvent::Refused(addr) => self.refused(addr, out),
+            LinkEvent::ConnectFailed(addr) => self.check_failed(addr, out),
+            // The process answered (Up), or closed the link on purpose (Down).
+            LinkEvent::Up(addr) | LinkEvent::Down(addr) => {
+                self.checking.remove(&addr);
+            }
+        }
+    }
 
     fn handle_timer(&mut self, _now: Time, timer: SwimTimer, out: &mut Vec<Output<SwimTimer>>) {
         match timer {

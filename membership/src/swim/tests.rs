@@ -302,3 +302,135 @@ fn a_member_that_says_farewell_is_reported_left_then_down() {
         vec![Output::Left(id(1)), Output::Event(MemberEvent::Down(id(1)))]
     );
 }
+
+/// Three converged nodes; node 0 is the one whose links we drive.
+fn trio() -> Vec<Swim> {
+    let all: Vec<NodeId> = (0..3).map(id).collect();
+    let mut nodes: Vec<Swim> = (0..3).map(node).collect();
+    for n in nodes.iter_mut() {
+        n.preseed(Time::ZERO, &all, &mut Vec::new());
+    }
+    nodes
+}
+
+fn link(n: &mut Swim, event: LinkEvent) -> Vec<Output<SwimTimer>> {
+    let mut out = Vec::new();
+    n.handle_link(Time::ZERO, event, &mut out);
+    out
+}
+
+#[test]
+fn a_reset_link_to_a_member_is_redialled_once() {
+    let mut nodes = trio();
+    let peer = id(1).addr();
+    assert_eq!(
+        link(&mut nodes[0], LinkEvent::Reset(peer)),
+        vec![Output::Connect { to: peer }]
+    );
+    // A second reset while the check is pending dials nothing more.
+    assert_eq!(link(&mut nodes[0], LinkEvent::Reset(peer)), vec![]);
+    // A reset of a link to an address that is no member is none of our business.
+    assert_eq!(
+        link(&mut nodes[0], LinkEvent::Reset(loopback_addr(9, 7946))),
+        vec![]
+    );
+}
+
+#[test]
+fn a_reset_link_whose_redial_succeeds_or_keeps_failing_declares_nothing() {
+    let mut nodes = trio();
+    let peer = id(1).addr();
+    assert_eq!(
+        link(&mut nodes[0], LinkEvent::Reset(peer)),
+        vec![Output::Connect { to: peer }]
+    );
+    assert_eq!(link(&mut nodes[0], LinkEvent::Up(peer)), vec![]);
+    // Failed dials (no refusal) are repeated up to CHECK_DIALS dials, then probing decides.
+    assert_eq!(
+        link(&mut nodes[0], LinkEvent::Reset(peer)),
+        vec![Output::Connect { to: peer }]
+    );
+    for _ in 1..CHECK_DIALS {
+        assert_eq!(
+            link(&mut nodes[0], LinkEvent::ConnectFailed(peer)),
+            vec![Output::Connect { to: peer }]
+        );
+    }
+    assert_eq!(link(&mut nodes[0], LinkEvent::ConnectFailed(peer)), vec![]);
+    assert!(nodes[0].members().contains(&id(1)));
+    // A failed dial that was no check (an on-demand send) dials nothing.
+    assert_eq!(link(&mut nodes[0], LinkEvent::ConnectFailed(peer)), vec![]);
+    // A link closed on purpose is not even checked.
+    assert_eq!(link(&mut nodes[0], LinkEvent::Down(peer)), vec![]);
+    assert_eq!(nodes[0].num_members(), 2);
+}
+
+#[test]
+fn a_refused_redial_declares_the_member_down_and_gossips_it() {
+    let mut nodes = trio();
+    let peer = id(1).addr();
+    link(&mut nodes[0], LinkEvent::Reset(peer));
+    // The first dial raced the dying process's teardown (reset, not refused); the next is
+    // refused.
+    assert_eq!(
+        link(&mut nodes[0], LinkEvent::ConnectFailed(peer)),
+        vec![Output::Connect { to: peer }]
+    );
+    let out = link(&mut nodes[0], LinkEvent::Refused(peer));
+    assert!(
+        out.contains(&Output::Event(MemberEvent::Down(id(1)))),
+        "{out:?}"
+    );
+    assert_eq!(nodes[0].members(), vec![id(2)]);
+    let mut fresh = Digest::default();
+    fresh.add(&id(0));
+    fresh.add(&id(2));
+    assert_eq!(nodes[0].digest(), &fresh);
+    // The verdict leaves at once (foca gossip), and the third node takes it from those packets.
+    let sends: Vec<_> = out
+        .into_iter()
+        .filter(|o| matches!(o, Output::Send { .. }))
+        .map(|o| (0, o))
+        .collect();
+    assert!(!sends.is_empty());
+    let events = pump(&mut nodes, sends);
+    assert!(
+        events[2].contains(&MemberEvent::Down(id(1))),
+        "{:?}",
+        events[2]
+    );
+    // Down is final for the identity: a second refusal changes nothing.
+    assert_eq!(link(&mut nodes[0], LinkEvent::Refused(peer)), vec![]);
+}
+
+#[test]
+fn a_refused_on_demand_dial_is_evidence_too_but_not_after_leaving() {
+    let mut nodes = trio();
+    let out = link(&mut nodes[0], LinkEvent::Refused(id(2).addr()));
+    assert!(out.contains(&Output::Event(MemberEvent::Down(id(2)))));
+    nodes[0].leave(Time::ZERO, &mut Vec::new());
+    assert_eq!(link(&mut nodes[0], LinkEvent::Reset(id(1).addr())), vec![]);
+    assert_eq!(
+        link(&mut nodes[0], LinkEvent::Refused(id(1).addr())),
+        vec![]
+    );
+}
+
+#[test]
+fn a_live_node_wrongly_refused_renews_when_the_verdict_reaches_it() {
+    let mut nodes = trio();
+    link(&mut nodes[0], LinkEvent::Refused(id(1).addr()));
+    // The gossip went to active members only; node 1 hears the verdict by anti-entropy.
+    let push = SyncMsg::Push {
+        from: id(0),
+        want: 0,
+        members: nodes[0].members_in(ALL_BUCKETS),
+    };
+    let mut out = Vec::new();
+    nodes[1]
+        .handle_stream(Time::ZERO, id(0).addr(), &push.encode(CLUSTER), &mut out)
+        .expect("ok");
+    let renewed = id(1).next_generation();
+    assert!(out.contains(&Output::Renewed(renewed)), "{out:?}");
+    assert_eq!(nodes[1].id(), renewed);
+}
