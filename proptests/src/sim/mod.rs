@@ -11,6 +11,11 @@
 //! Links keep the promise the cores rely on: a stream frame never vanishes from a link that stays
 //! up. One that cannot be delivered (across a cut, or on a link whose other end is gone) resets
 //! the link instead, as the node runtime's transport does (see `Sim::resets_link`).
+//!
+//! A crash is a process dying on a live host: its links reset ([`LinkEvent::Reset`]), and a
+//! connect to its address, or a stream frame to it (the transport dials on demand), is refused
+//! one round trip later ([`LinkEvent::Refused`]). A paused node or one behind a cut refuses
+//! nothing: dials time out and frames vanish, as silence.
 
 mod net;
 mod observer;
@@ -438,7 +443,7 @@ impl<C: MembershipCore> Sim<C> {
                 self.links[p as usize].remove(&i);
                 if self.partition.reachable(idx, p as usize) {
                     let lat = self.net.latency(&mut self.rng, self.seed, i, p);
-                    self.link_down(p, i, self.now + lat);
+                    self.link_down(p, i, self.now + lat, true);
                 } else {
                     self.half_open.insert((p, i));
                 }
@@ -573,7 +578,7 @@ impl<C: MembershipCore> Sim<C> {
                 // A Down about a connection that was since replaced by a new one (the peer
                 // restarted and redialled before the reset arrived) belongs to the old
                 // connection: a real transport reports it against that connection, not the peer.
-                let superseded = matches!(event, LinkEvent::Down(a)
+                let superseded = matches!(event, LinkEvent::Down(a) | LinkEvent::Reset(a)
                     if self.index_of(a).is_some_and(|j| self.links[idx].contains(&j)));
                 if l != life || superseded {
                     self.out = out;
@@ -646,7 +651,7 @@ impl<C: MembershipCore> Sim<C> {
             self.stats.dropped += 1;
             return;
         };
-        if channel == Channel::Stream && self.resets_link(i, j) {
+        if channel == Channel::Stream && (self.resets_link(i, j) || self.refuses_frame(i, j)) {
             self.stats.dropped += 1;
             return;
         }
@@ -741,17 +746,17 @@ impl<C: MembershipCore> Sim<C> {
             );
         } else if self.slots[b].core.is_none() || self.slots[b].paused_until > self.now {
             // Nobody accepts: refused (dead process) or never answered (paused).
-            let wait = if self.slots[b].core.is_none() {
-                2 * lat
+            let (wait, event) = if self.slots[b].core.is_none() {
+                (2 * lat, LinkEvent::Refused(to))
             } else {
-                CONNECT_TIMEOUT_NS
+                (CONNECT_TIMEOUT_NS, LinkEvent::ConnectFailed(to))
             };
             self.push(
                 self.now + wait,
                 What::Link {
                     node: i,
                     life: life_i,
-                    event: LinkEvent::ConnectFailed(to),
+                    event,
                 },
             );
         } else {
@@ -793,24 +798,49 @@ impl<C: MembershipCore> Sim<C> {
         self.links[j as usize].remove(&i);
         if self.partition.reachable(i as usize, j as usize) {
             let lat = self.net.latency(&mut self.rng, self.seed, i, j);
-            self.link_down(j, i, self.now + lat);
+            self.link_down(j, i, self.now + lat, false);
         } else {
             // The close cannot cross the cut: `j` learns by silence or by its next frame.
             self.half_open.insert((j, i));
         }
     }
 
-    /// Reports at `at` to `node` (its current instance) that its link to `peer` went down.
-    fn link_down(&mut self, node: u32, peer: u32, at: u64) {
+    /// Reports at `at` to `node` (its current instance) that its link to `peer` went down:
+    /// broke without a goodbye if `reset`, closed on purpose if not.
+    fn link_down(&mut self, node: u32, peer: u32, at: u64, reset: bool) {
         let life = self.slots[node as usize].life;
+        let addr = Self::addr(peer);
+        let event = if reset {
+            LinkEvent::Reset(addr)
+        } else {
+            LinkEvent::Down(addr)
+        };
+        self.push(at, What::Link { node, life, event });
+    }
+
+    /// Whether the stream frame `i` is about to send to `j`, with no link between them, meets a
+    /// crashed process on a reachable host: the transport's on-demand dial is refused, reported
+    /// to `i` one round trip later, and the frame is dropped. (Frames between nodes that hold no
+    /// link otherwise follow the datagram rules, see [`Sim::resets_link`].)
+    fn refuses_frame(&mut self, i: u32, j: u32) -> bool {
+        let (a, b) = (i as usize, j as usize);
+        if self.slots[b].core.is_some()
+            || self.links[a].contains(&j)
+            || !(self.partition.reachable(a, b) && self.partition.reachable(b, a))
+        {
+            return false;
+        }
+        let at = self.now + 2 * self.net.latency(&mut self.rng, self.seed, i, j);
+        let life = self.slots[a].life;
         self.push(
             at,
             What::Link {
-                node,
+                node: i,
                 life,
-                event: LinkEvent::Down(Self::addr(peer)),
+                event: LinkEvent::Refused(Self::addr(j)),
             },
         );
+        true
     }
 
     /// Whether the stream frame `i` is about to send to `j` breaks `i`'s link to `j` instead of
@@ -837,7 +867,7 @@ impl<C: MembershipCore> Sim<C> {
             self.links[a].remove(&j);
             self.links[b].remove(&i);
             self.half_open.insert((j, i));
-            self.link_down(i, j, self.now + 1);
+            self.link_down(i, j, self.now + 1, true);
             return true;
         }
         if !self.half_open.remove(&(i, j)) {
@@ -848,7 +878,7 @@ impl<C: MembershipCore> Sim<C> {
         } else {
             self.now + 1
         };
-        self.link_down(i, j, at);
+        self.link_down(i, j, at, true);
         true
     }
 }

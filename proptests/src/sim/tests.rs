@@ -1,9 +1,10 @@
-//! Link modelling: a stream frame never vanishes from a link that stays up.
+//! Link modelling: a stream frame never vanishes from a link that stays up; a crashed process
+//! refuses connections, a paused one stays silent.
 
 use meshreg_membership::{Channel, MemberEvent, NodeId, Output, Profile};
 
 use super::{MemberFact, NetConfig, Sim};
-use crate::scenario::mesh_factory;
+use crate::scenario::{mesh_factory, swim_factory};
 
 const MS: u64 = 1_000_000;
 
@@ -89,4 +90,74 @@ fn a_frame_without_a_link_is_delivered_when_no_cut_is_in_the_way() {
     send_junk(&mut sim, 0, 1);
     sim.run_until(10 * MS);
     assert_eq!(sim.stats().refused, 1);
+}
+
+/// Three SWIM nodes, converged, recording membership facts from then on.
+fn swim_trio() -> Sim<meshreg_membership::Swim> {
+    let mut sim = Sim::new(3, 7, NetConfig::default(), swim_factory(Profile::Test, 3));
+    sim.start_at(0, 0, &[]);
+    sim.start_at(1, MS, &[0]);
+    sim.start_at(2, MS, &[0]);
+    assert!(
+        sim.run_until_or(5_000 * MS, |s| s.observer().live_count() == 3
+            && s.observer().converged())
+    );
+    sim.record_members();
+    sim
+}
+
+fn send_frame<C: meshreg_membership::MembershipCore>(sim: &mut Sim<C>, from: u32, to: u32) {
+    let to = Sim::<C>::addr(to);
+    assert!(sim.invoke(from, |_, _, out| out.push(Output::Send {
+        to,
+        channel: Channel::Stream,
+        payload: JUNK.to_vec(),
+    })));
+}
+
+/// A stream frame to a crashed process is refused (the transport's on-demand dial), and SWIM
+/// takes the refusal as a Down verdict, spread by gossip long before the suspicion timeout
+/// (test profile: 200 ms probes, 800 ms suspicion).
+#[test]
+fn a_frame_to_a_crashed_swim_member_is_refused_and_it_is_down_everywhere_at_once() {
+    let mut sim = swim_trio();
+    let id2 = sim.id(2);
+    sim.crash(2);
+    send_frame(&mut sim, 0, 2);
+    sim.run_until(sim.now() + 20 * MS);
+    let records = sim.drain_members();
+    assert!(saw_down(&records, 0, id2), "{records:?}");
+    assert!(saw_down(&records, 1, id2), "not gossiped: {records:?}");
+}
+
+/// A paused process refuses nothing: the same frame just vanishes and nobody is Down at once.
+#[test]
+fn a_frame_to_a_paused_swim_member_declares_nothing() {
+    let mut sim = swim_trio();
+    sim.pause(2, 1_000 * MS);
+    send_frame(&mut sim, 0, 2);
+    sim.run_until(sim.now() + 20 * MS);
+    let records = sim.drain_members();
+    assert!(
+        !records
+            .iter()
+            .any(|r| matches!(r.what, MemberFact::Event(MemberEvent::Down(_)))),
+        "{records:?}"
+    );
+}
+
+/// A mesh peer that crashed is Down on its link's reset, and a redial to it is refused (the
+/// mesh retries as after any failed dial).
+#[test]
+fn a_crashed_mesh_peer_resets_its_link_and_refuses_redials() {
+    let mut sim = pair();
+    let id1 = sim.id(1);
+    sim.crash(1);
+    sim.run_until(sim.now() + 20 * MS);
+    assert!(saw_down(&sim.drain_members(), 0, id1));
+    sim.start_at(1, sim.now() + 2_000 * MS, &[0]);
+    assert!(
+        sim.run_until_or(sim.now() + 5_000 * MS, |s| s.observer().live_count() == 2
+            && s.observer().converged())
+    );
 }
