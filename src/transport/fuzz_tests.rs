@@ -48,7 +48,7 @@ proptest! {
             for _ in 0..input.len() + 1 {
                 match frame::read_frame(&mut r, 64).await {
                     Ok(Incoming::Frame(p)) => assert!(p.len() <= 64),
-                    Ok(Incoming::Retire) => {}
+                    Ok(Incoming::Retire | Incoming::Close) => {}
                     Ok(Incoming::End) | Err(_) => break,
                 }
             }

@@ -1430,3 +1430,20 @@ fn the_same_seeds_and_inputs_give_the_same_trace() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_reset_is_a_down_and_a_refusal_is_a_failed_dial() {
+    // Same seeds, same inputs: the outputs must be identical.
+    let mut a = with_up(0, &[node(1, 1)]);
+    let mut b = with_up(0, &[node(1, 1)]);
+    assert_eq!(
+        link(&mut a, ms(10), LinkEvent::Reset(addr(1))),
+        link(&mut b, ms(10), LinkEvent::Down(addr(1)))
+    );
+    let mut a = started(0, &[addr(1)]);
+    let mut b = started(0, &[addr(1)]);
+    assert_eq!(
+        link(&mut a, ms(0), LinkEvent::Refused(addr(1))),
+        link(&mut b, ms(0), LinkEvent::ConnectFailed(addr(1)))
+    );
+}
