@@ -27,8 +27,10 @@ use super::keys::{MAC_LEN, mac, random_bytes, update_addr};
 
 /// First bytes of a transport hello ("MeshReg Transport Link").
 pub const MAGIC: [u8; 4] = *b"MRTL";
-/// The handshake and framing version this build speaks.
-pub const TRANSPORT_VERSION: u8 = 1;
+/// The handshake and framing version this build speaks. 2: links end with a `CLOSE` control
+/// header when closed on purpose, and coordinated frames may carry a `Batch`; a version-1 peer
+/// would read either as a broken stream, so it is refused at the hello instead.
+pub const TRANSPORT_VERSION: u8 = 2;
 /// Nonce length.
 pub const NONCE_LEN: usize = 16;
 /// Encoded [`Hello`] length.
