@@ -377,8 +377,7 @@ impl Node {
             }
             for &pid in pids {
                 let req = shared.next_request();
-                let (tx, rx) = oneshot::channel();
-                st.pending.insert(req, tx);
+                let rx = st.pending.wait(req);
                 shared.drive(&mut st, |e, now, out| {
                     e.join(now, req, &s, &g, pid, &[], out)
                 });

@@ -20,7 +20,7 @@ use meshreg_membership::wire::{HEADER_LEN, Kind};
 use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
 use meshreg_registry::groups::{GroupEvent, GroupName, ScopeName};
 use meshreg_registry::session::Outcome;
-use meshreg_registry::session::manager::{CallId, SessionCallError};
+use meshreg_registry::session::manager::SessionCallError;
 use meshreg_registry::{CallError, Pid, RequestId};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -37,12 +37,13 @@ use crate::transport::{Transport, TransportEvent};
 /// Everything behind the state lock.
 pub(crate) struct State {
     pub(crate) engine: Box<dyn Engine>,
-    pub(crate) pending: HashMap<RequestId, oneshot::Sender<Result<(), CallError>>>,
+    /// Group calls (join, leave) in flight.
+    pub(crate) pending: Calls<Result<(), CallError>>,
     pub(crate) scope_subs: HashMap<ScopeName, Subscribers<GroupEvent>>,
     pub(crate) group_subs: HashMap<(ScopeName, GroupName), Subscribers<GroupEvent>>,
     pub(crate) member_subs: Subscribers<MemberEvent>,
     /// Session calls in flight.
-    pub(crate) session_pending: HashMap<CallId, SessionReply>,
+    pub(crate) session_pending: Calls<Result<Outcome, SessionCallError>>,
     /// Subscribers of lost sessions of local processes.
     pub(crate) session_subs: Subscribers<SessionLost>,
     /// The session-role group changed: the session manager must get the new set before the
@@ -59,8 +60,52 @@ pub(crate) struct State {
     actions: Vec<Action>,
 }
 
-/// Where a session call's answer goes.
-pub(crate) type SessionReply = oneshot::Sender<Result<Outcome, SessionCallError>>;
+/// The engine calls of one kind in flight, by request id (group and session calls draw their
+/// ids from one counter, so an id names one call of either kind).
+pub(crate) struct Calls<T> {
+    /// Where the answer of each call started and not yet answered goes.
+    waiting: HashMap<u64, oneshot::Sender<T>>,
+    /// The call being started under the lock right now, and its answer if the engine gave it
+    /// before returning (a lone coordinated node, every gossip join): that call then returns
+    /// without a channel or a map entry.
+    inline: Option<(u64, Option<T>)>,
+}
+
+impl<T> Default for Calls<T> {
+    fn default() -> Self {
+        Self {
+            waiting: HashMap::new(),
+            inline: None,
+        }
+    }
+}
+
+impl<T> Calls<T> {
+    /// Call `req` is answered `result`; a call nobody waits for any more (the node stopped)
+    /// is dropped.
+    fn complete(&mut self, req: u64, result: T) {
+        if let Some((id, slot)) = &mut self.inline
+            && *id == req
+        {
+            *slot = Some(result);
+        } else if let Some(tx) = self.waiting.remove(&req) {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// Waits for the answer of call `req` through a channel.
+    pub(crate) fn wait(&mut self, req: u64) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting.insert(req, tx);
+        rx
+    }
+
+    /// Forgets every call: their callers see the node stopped.
+    pub(crate) fn clear(&mut self) {
+        self.waiting.clear();
+        self.inline = None;
+    }
+}
 
 /// State shared by the node handle, its processes and the driver loop.
 pub(crate) struct Shared {
@@ -102,11 +147,11 @@ impl Shared {
             procs: RwLock::new(HashMap::new()),
             state: Mutex::new(State {
                 engine,
-                pending: HashMap::new(),
+                pending: Calls::default(),
                 scope_subs: HashMap::new(),
                 group_subs: HashMap::new(),
                 member_subs: Subscribers::default(),
-                session_pending: HashMap::new(),
+                session_pending: Calls::default(),
                 session_subs: Subscribers::default(),
                 roles_dirty: false,
                 monitors: Monitors::default(),
@@ -140,24 +185,30 @@ impl Shared {
         self.next_req.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Starts one engine call under a fresh request id whose answer arrives through the map
+    /// Starts one engine call under a fresh request id whose answer arrives through the calls
     /// `pending` selects, and waits for it. `None`: the node stopped (before or during the call).
+    /// A call the engine answers while starting it returns at once: no channel, no map entry.
     pub(crate) async fn call<T>(
         &self,
-        pending: impl FnOnce(&mut State) -> &mut HashMap<u64, oneshot::Sender<T>>,
+        pending: impl Fn(&mut State) -> &mut Calls<T>,
         f: impl FnOnce(&mut dyn Engine, Time, u64, &mut Vec<Action>),
     ) -> Option<T> {
         let req = self.next_request();
-        let (tx, rx) = oneshot::channel();
-        {
+        let rx = {
             let mut st = self.lock();
             if st.stopped {
                 return None;
             }
-            pending(&mut st).insert(req, tx);
+            pending(&mut st).inline = Some((req, None));
             self.drive(&mut st, |e, now, out| f(e, now, req, out));
             self.wake_if_earlier(&st);
-        }
+            match pending(&mut st).inline.take() {
+                Some((_, Some(result))) => return Some(result),
+                // Not answered yet: the answer arrives through a channel, registered before the
+                // lock is released (only a holder of the lock can complete the call).
+                _ => pending(&mut st).wait(req),
+            }
+        };
         rx.await.ok()
     }
 
@@ -224,11 +275,7 @@ impl Shared {
                 tracing::info!(node = %self.config.name, left = ?id, "a member left the cluster");
                 self.counters.peers_left.bump();
             }
-            Action::Completed(req, result) => {
-                if let Some(tx) = st.pending.remove(&req) {
-                    let _ = tx.send(result);
-                }
-            }
+            Action::Completed(req, result) => st.pending.complete(req, result),
             Action::Group(e) => {
                 let m = &e.membership;
                 if m.scope.as_str() == ROLES_SCOPE && m.group.as_str() == SESSION_ROLE {
@@ -236,11 +283,7 @@ impl Shared {
                 }
                 publish_group_event(st, &e);
             }
-            Action::SessionCompleted(req, result) => {
-                if let Some(tx) = st.session_pending.remove(&req) {
-                    let _ = tx.send(result);
-                }
-            }
+            Action::SessionCompleted(req, result) => st.session_pending.complete(req, result),
             Action::SessionLost(key, pid) => {
                 st.session_subs.publish(&SessionLost { key, pid });
             }
@@ -430,7 +473,9 @@ impl Shared {
 
 fn publish_group_event(st: &mut State, e: &GroupEvent) {
     let m = &e.membership;
-    if let Some(subs) = st.scope_subs.get_mut(&m.scope)
+    // Most nodes follow no scope: no name hashed per table change then.
+    if !st.scope_subs.is_empty()
+        && let Some(subs) = st.scope_subs.get_mut(&m.scope)
         && !subs.publish(e)
     {
         st.scope_subs.remove(&m.scope);

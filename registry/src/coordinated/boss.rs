@@ -111,6 +111,12 @@ impl Term {
         self.queued
     }
 
+    /// Recovered, with nothing queued and nothing awaiting acks: a new request is ordered and,
+    /// with no other live node, answered at once.
+    pub(crate) fn is_serving_idle(&self) -> bool {
+        self.recovery.is_none() && self.queued.is_empty() && self.inflight.is_empty()
+    }
+
     fn has_resend_work(&self) -> bool {
         self.recovery.is_some() || !self.laggards.is_empty() || !self.inflight.is_empty()
     }

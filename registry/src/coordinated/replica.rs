@@ -115,9 +115,33 @@ impl Replica {
     }
 }
 
+/// Lists `group` under its partition `key` (see `CoordinatedGroups::part_groups`). Nothing is
+/// cloned when it is listed already (the common case: a group's later joins).
+fn index_group(
+    index: &mut std::collections::HashMap<Key, std::collections::HashSet<GroupName>>,
+    key: &Key,
+    group: &GroupName,
+) {
+    match index.get_mut(key) {
+        Some(groups) => {
+            if !groups.contains(group) {
+                groups.insert(group.clone());
+            }
+        }
+        None => {
+            index.insert(key.clone(), std::iter::once(group.clone()).collect());
+        }
+    }
+}
+
 impl CoordinatedGroups {
     pub(super) fn replica(&mut self, key: &Key) -> &mut Replica {
-        self.replicas.entry(key.clone()).or_default()
+        // Looked up before inserting: `entry` would take (and drop) a clone of the key's scope
+        // name on every call, an atomic count update per op on the hot path.
+        if !self.replicas.contains_key(key) {
+            self.replicas.insert(key.clone(), Replica::default());
+        }
+        self.replicas.get_mut(key).expect("inserted above")
     }
 
     /// Applies `op` as the next seq of its partition, in term `epoch`, and returns whether it
@@ -138,10 +162,7 @@ impl CoordinatedGroups {
                 } => {
                     let refused = self.table.join(scope, group, *pid, meta).is_err();
                     if !refused {
-                        self.part_groups
-                            .entry(key.clone())
-                            .or_default()
-                            .insert(group.clone());
+                        index_group(&mut self.part_groups, key, group);
                     }
                     refused
                 }

@@ -59,7 +59,11 @@ impl Pending {
 
 impl CoordinatedGroups {
     /// Registers `op` under `ticket` and sends it to its boss once the window has room.
+    /// `ticket` is fresh: no boss has seen it (see [`Self::serve_alone`]).
     pub(super) fn submit(&mut self, now: Time, ticket: Ticket, op: Op, out: &mut Out) {
+        if self.serve_alone(ticket, &op, out) {
+            return;
+        }
         let call = match ticket {
             Ticket::Call(req) => Some(req),
             Ticket::Exit(_) => None,
@@ -76,6 +80,53 @@ impl CoordinatedGroups {
         self.insert_pending(ticket, pending);
         self.backlog.push_back(ticket);
         self.pump(now, out);
+    }
+
+    /// The lone-node fast path: when this node is the only live one, the partition's term is
+    /// serving with nothing queued or in flight, and no request of this node waits for the
+    /// window, `submit` would send the ticket at once to this node as boss, which would order
+    /// it, wait for no ack and answer it within the same call. This does exactly that (same
+    /// seq, dedupe window, table change, events and result, in the same order) without the
+    /// bookkeeping of a request that could outlive the call: no `pending` entry, no backlog
+    /// slot, no retry timer (it would fire on a finished ticket and do nothing), no op copies.
+    /// The dedupe checks are skipped because `ticket` is fresh: a ticket never sent cannot be
+    /// in any window or in flight. Returns whether it served the ticket.
+    fn serve_alone(&mut self, ticket: Ticket, op: &Op, out: &mut Out) -> bool {
+        if self.live.len() != 1
+            || self.pumping
+            || !self.backlog.is_empty()
+            || self.in_flight >= self.config.max_in_flight.max(1)
+            || op.pid().node != self.me.root()
+        {
+            return false;
+        }
+        let key = self.key_of(op);
+        let Some(term) = self.terms.get(&key) else {
+            return false; // no term yet: the first write recovers the partition
+        };
+        if !term.is_serving_idle() {
+            return false;
+        }
+        debug_assert_eq!(
+            placement_boss(self, &key),
+            self.me,
+            "alone: boss of everything"
+        );
+        let epoch = term.epoch;
+        let refused = self.apply_next(&key, epoch, (self.me, ticket), op);
+        if let Ticket::Call(req) = ticket {
+            let result = if refused {
+                Err(CallError::Group(GroupError::NotJoined {
+                    scope: op.scope().clone(),
+                    group: op.group().clone(),
+                    pid: op.pid(),
+                }))
+            } else {
+                Ok(())
+            };
+            self.complete_call(req, result, out);
+        }
+        true
     }
 
     /// Adds `p` to `pending` and, for a join, to the index of pending joins by pid.
@@ -428,6 +479,11 @@ impl CoordinatedGroups {
         self.backlog.extend(fresh);
         self.pump(now, out);
     }
+}
+
+/// The boss of `key` in `c`'s view (debug checks).
+fn placement_boss(c: &CoordinatedGroups, key: &super::groups::Key) -> NodeId {
+    c.boss_of(&key.0, key.1)
 }
 
 /// Whether two ops name the same `(scope, group, pid)`.

@@ -22,6 +22,10 @@ struct Pending {
 #[derive(Default)]
 pub struct BroadcastQueue {
     items: Vec<Pending>,
+    /// Items sent at least once. While none was, the drop victim of a full queue (the
+    /// most-sent, latest-pushed on ties) is the last item: found without a scan, so a node
+    /// without peers (nothing ever sent) pays O(1) per local change, not O(QUEUE_CAP).
+    sent_items: usize,
 }
 
 /// Number of transmissions of each delta: `4 * ceil(log10(n + 1))` for a cluster of `n` nodes
@@ -37,8 +41,15 @@ impl BroadcastQueue {
         let mut dropped = 0;
         if self.items.len() >= QUEUE_CAP {
             // The most-sent delta has reached the most peers already.
-            if let Some(at) = (0..self.items.len()).max_by_key(|&i| (self.items[i].sent, i)) {
-                self.items.remove(at);
+            let victim = if self.sent_items == 0 {
+                self.items.len().checked_sub(1)
+            } else {
+                (0..self.items.len()).max_by_key(|&i| (self.items[i].sent, i))
+            };
+            if let Some(at) = victim {
+                if self.items.remove(at).sent > 0 {
+                    self.sent_items -= 1;
+                }
                 dropped = 1;
             }
         }
@@ -87,10 +98,14 @@ impl BroadcastQueue {
                 continue;
             }
             used += item.len;
+            if item.sent == 0 && copies > 0 {
+                self.sent_items += 1;
+            }
             item.sent = item.sent.saturating_add(copies);
             taken.push(item.delta.clone());
         }
         self.items.retain(|item| item.sent < max_tx);
+        self.count_sent();
         (taken, too_large)
     }
 
@@ -101,6 +116,12 @@ impl BroadcastQueue {
             let owner = item.delta.dot.actor;
             owner.addr() != addr || owner.generation() > generation
         });
+        self.count_sent();
+    }
+
+    /// Recounts `sent_items` after items left (O(n), as the removal itself).
+    fn count_sent(&mut self) {
+        self.sent_items = self.items.iter().filter(|item| item.sent > 0).count();
     }
 
     /// Heap bytes: the buffer and each delta's metadata (names are shared with the table).
@@ -155,6 +176,30 @@ mod tests {
         let (round, _) = q.take_round(1_000, 3, 4);
         assert_eq!(round, vec![delta(2)]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_most_sent_delta_else_the_newest() {
+        let mut q = BroadcastQueue::default();
+        for v in 0..QUEUE_CAP as u64 {
+            q.push(delta(v));
+        }
+        // Nothing sent yet: the newest delta makes room.
+        assert_eq!(q.push(delta(9_000)), 1);
+        assert_eq!(q.len(), QUEUE_CAP);
+        assert_eq!(q.items[QUEUE_CAP - 2].delta, delta(QUEUE_CAP as u64 - 2));
+        assert_eq!(q.items[QUEUE_CAP - 1].delta, delta(9_000));
+        // One round sends the least-sent deltas that fit; the next push drops one of them.
+        let one = encoded_len(&delta(1));
+        let (round, _) = q.take_round(2 * one, 1, 4);
+        assert_eq!(round.len(), 2);
+        assert_eq!(q.push(delta(9_001)), 1);
+        assert_eq!(q.len(), QUEUE_CAP);
+        let dropped = round
+            .iter()
+            .filter(|d| !q.items.iter().any(|i| &i.delta == *d));
+        assert_eq!(dropped.count(), 1, "a sent delta made room");
+        assert_eq!(q.items.last().map(|i| &i.delta), Some(&delta(9_001)));
     }
 
     #[test]
