@@ -126,6 +126,13 @@ pub trait RegistryCore {
     /// Table changes since the last drain, in order (for monitors).
     fn drain_events(&mut self) -> Vec<GroupEvent>;
 
+    /// Hands the same events as [`drain_events`](Self::drain_events) to `f`, oldest first. The
+    /// backends override it to keep their buffer: a driver drains after every input, and a
+    /// fresh `Vec` per input was an allocation per call.
+    fn drain_events_with(&mut self, f: &mut dyn FnMut(GroupEvent)) {
+        self.drain_events().into_iter().for_each(f);
+    }
+
     /// Arms periodic timers.
     fn start(&mut self, now: Time, out: &mut Vec<RegistryOutput<Self::Timer>>);
 

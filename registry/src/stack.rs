@@ -94,9 +94,8 @@ impl<M: MembershipCore, R: RegistryCore> Stack<M, R> {
                 }
             }
         }
-        for e in self.registry.drain_events() {
-            self.log.push((now, e));
-        }
+        let log = &mut self.log;
+        self.registry.drain_events_with(&mut |e| log.push((now, e)));
     }
 
     /// Carries the membership core's outputs out, feeding its events to the backend.

@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshreg_membership::{MemberEvent, NodeId, mix64};
-use meshreg_registry::groups::{GroupEvent, GroupName, Members, ScopeName};
+use meshreg_registry::groups::{
+    GroupError, GroupEvent, GroupName, GroupTable, Members, NAME_MAX_BYTES, ScopeName,
+};
 use meshreg_registry::{CallError, Pid};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -333,6 +335,15 @@ impl Node {
         Ok((ScopeName::new(scope)?, GroupName::new(group)?))
     }
 
+    /// Checks names for a join or leave as [`Self::names`] does, without copying them: the
+    /// call takes the table's own handles under the lock ([`interned`]).
+    fn check_names(scope: &str, group: &str) -> Result<(), NodeError> {
+        if scope == ROLES_SCOPE || scope.len() > NAME_MAX_BYTES || group.len() > NAME_MAX_BYTES {
+            Self::names(scope, group)?;
+        }
+        Ok(())
+    }
+
     async fn call(
         &self,
         f: impl FnOnce(&mut dyn Engine, std::time::Duration, u64, &mut Vec<engine::Action>),
@@ -359,9 +370,12 @@ impl Node {
         pid: Pid,
         meta: &[u8],
     ) -> Result<(), NodeError> {
-        let (s, g) = Self::names(scope, group)?;
-        self.call(|e, now, req, out| e.join(now, req, &s, &g, pid, meta, out))
-            .await
+        Self::check_names(scope, group)?;
+        self.call(|e, now, req, out| match interned(e.table(), scope, group) {
+            Ok((s, g)) => e.join(now, req, &s, &g, pid, meta, out),
+            Err(err) => out.push(engine::Action::Completed(req, Err(CallError::Group(err)))),
+        })
+        .await
     }
 
     /// Joins every pid in `pids` (each independently, concurrently); the first error is
@@ -400,9 +414,12 @@ impl Node {
 
     /// Removes one occurrence of local `pid` from `group` (`NotJoined` when there is none).
     pub async fn leave(&self, scope: &str, group: &str, pid: Pid) -> Result<(), NodeError> {
-        let (s, g) = Self::names(scope, group)?;
-        self.call(|e, now, req, out| e.leave(now, req, &s, &g, pid, out))
-            .await
+        Self::check_names(scope, group)?;
+        self.call(|e, now, req, out| match interned(e.table(), scope, group) {
+            Ok((s, g)) => e.leave(now, req, &s, &g, pid, out),
+            Err(err) => out.push(engine::Action::Completed(req, Err(CallError::Group(err)))),
+        })
+        .await
     }
 
     /// Calls `f` with the members of `group` as this node knows them, borrowed: no copy, no
@@ -609,6 +626,25 @@ impl Node {
             .clear();
         tracing::info!(node = %shared.config.name, leave, "node stopped");
     }
+}
+
+/// Names for a call, as the table's own handles where it has them (no allocation, and the
+/// backends' lookups compare them by pointer), else fresh ones (checked by
+/// [`Node::check_names`] already, so an error here cannot happen in practice).
+fn interned(
+    table: &GroupTable,
+    scope: &str,
+    group: &str,
+) -> Result<(ScopeName, GroupName), GroupError> {
+    let s = match table.scope_name(scope) {
+        Some(s) => s.clone(),
+        None => ScopeName::new(scope)?,
+    };
+    let g = match table.group_name(scope, group) {
+        Some(g) => g.clone(),
+        None => GroupName::new(group)?,
+    };
+    Ok((s, g))
 }
 
 /// Whether a call error means "retry later" (the cluster could not order it now).

@@ -577,6 +577,10 @@ impl RegistryCore for CoordinatedGroups {
         self.table.drain_events()
     }
 
+    fn drain_events_with(&mut self, f: &mut dyn FnMut(GroupEvent)) {
+        self.table.drain_events_with(f);
+    }
+
     /// Nothing periodic: timers are armed by work (a request, a term with laggards).
     fn start(&mut self, _now: Time, _out: &mut Out) {}
 

@@ -200,6 +200,54 @@ fn a_lone_node_completes_a_join_at_once() {
 }
 
 #[test]
+fn a_lone_node_orders_later_calls_within_the_call_as_the_boss_path_does() {
+    let me = node_id(0, 1);
+    let mut n = CoordinatedGroups::new(me, CLUSTER, 1);
+    let mut out = Vec::new();
+    let pid = |serial| Pid {
+        node: me.root(),
+        serial,
+    };
+    let t = std::time::Duration::ZERO;
+    // The first call recovers the partition (a retry timer guards it).
+    n.join(t, 1, &scope("s"), &group("g"), pid(1), b"", &mut out);
+    assert_eq!(n.applied_seq("s", 0), 1);
+    out.clear();
+    // Later ones are ordered and answered at once: no timer, same seq accounting.
+    n.join(t, 2, &scope("s"), &group("g"), pid(2), b"m", &mut out);
+    n.leave(t, 3, &scope("s"), &group("h"), pid(2), &mut out);
+    n.leave(t, 4, &scope("s"), &group("g"), pid(1), &mut out);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, RegistryOutput::SetTimer { .. })),
+        "{out:?}"
+    );
+    let results: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            RegistryOutput::Completed { req, result } => Some((*req, result.is_ok())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(results, [(2, true), (3, false), (4, true)]);
+    // The refused leave is ordered too (its refusal is remembered), as on the boss path.
+    assert_eq!(n.applied_seq("s", 0), 4);
+    assert!(n.is_quiet());
+    let members: Vec<_> = n.table().members("s", "g").map(|m| m.pid).collect();
+    assert_eq!(members, [pid(2)]);
+    // A node that comes Up later gets this state, and the next calls wait for its acks.
+    let other = node_id(1, 1);
+    n.member_event(t, MemberEvent::Up(other), &mut out);
+    out.clear();
+    n.join(t, 5, &scope("s"), &group("g"), pid(3), b"", &mut out);
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, RegistryOutput::Completed { .. })),
+        "not alone: the join waits for the other node"
+    );
+}
+
+#[test]
 fn boss_crash_mid_apply_recovers_the_highest_seq_without_double_apply() {
     let mut c = Cluster::new(5, DEFAULT_PARTITIONS_PER_SCOPE);
     let requester = 0;

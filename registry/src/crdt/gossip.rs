@@ -556,6 +556,10 @@ impl RegistryCore for GossipGroups {
         self.table.drain_events()
     }
 
+    fn drain_events_with(&mut self, f: &mut dyn FnMut(GroupEvent)) {
+        self.table.drain_events_with(f);
+    }
+
     fn start(&mut self, _now: Time, out: &mut Vec<RegistryOutput<GossipTimer>>) {
         self.arm(GossipTimer::Gossip, out);
         self.arm(GossipTimer::AntiEntropy, out);

@@ -63,8 +63,69 @@ impl std::hash::Hash for InlineName {
 /// allocation just to confirm the hash hit. Longer names use the shared name.
 #[derive(Default)]
 pub(super) struct NameIndex {
-    pub(super) short: HashMap<InlineName, u32>,
-    pub(super) long: HashMap<GroupName, u32>,
+    pub(super) short: HashMap<InlineName, u32, NameHash>,
+    pub(super) long: HashMap<GroupName, u32, NameHash>,
+}
+
+/// The name index's hasher: a multiply-fold over 8-byte words from a per-index random seed.
+/// Every read and write hashes one name; SipHash cost more than the rest of a lookup in a
+/// warm index. Keyed, so which names collide is not known outside the process.
+#[derive(Clone)]
+pub(super) struct NameHash {
+    seed: u64,
+}
+
+impl Default for NameHash {
+    fn default() -> Self {
+        // The seed comes from std's per-process random keys, as every `HashMap::new` does.
+        let seed = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 0u64);
+        Self { seed }
+    }
+}
+
+impl std::hash::BuildHasher for NameHash {
+    type Hasher = NameHasher;
+
+    fn build_hasher(&self) -> NameHasher {
+        NameHasher { h: self.seed }
+    }
+}
+
+/// See [`NameHash`].
+pub(super) struct NameHasher {
+    h: u64,
+}
+
+/// Odd multiplier of the fold (the 64-bit golden ratio).
+const FOLD: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// The high and low halves of the 128-bit product, xored: every input bit reaches the output.
+fn fold(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.h = fold(self.h ^ u64::from_le_bytes(w), FOLD);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            // The tail's length goes in too: "a" and "a\0" differ.
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.h = fold(self.h ^ u64::from_le_bytes(w), FOLD ^ rest.len() as u64);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        // One more round so the last word's bits reach the top bits the map's probes use.
+        fold(self.h, FOLD)
+    }
 }
 
 fn inline(name: &str) -> Option<InlineName> {
@@ -225,9 +286,11 @@ pub(super) fn shrink_vec<T>(list: &mut Vec<T>) {
 }
 
 /// The same policy for lookup maps (std's maps never shrink by themselves).
-pub(super) fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+pub(super) fn shrink_map<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher + Default>(
+    map: &mut HashMap<K, V, S>,
+) {
     if map.is_empty() {
-        *map = HashMap::new();
+        *map = HashMap::default();
     } else if map.capacity() >= 32 && map.len() < map.capacity() / 4 {
         map.shrink_to(map.capacity() / 2);
     }

@@ -178,6 +178,20 @@ impl GroupTable {
         }
     }
 
+    /// The table's own handle of scope name `scope`, if it holds the scope: a caller that
+    /// uses it rather than a fresh copy allocates nothing, and its comparisons with the
+    /// table's and the backends' keys stop at the shared pointer.
+    pub fn scope_name(&self, scope: &str) -> Option<&ScopeName> {
+        self.scope_of(scope).map(|s| &self.scopes[s as usize].name)
+    }
+
+    /// The table's own handle of group name `group` in `scope`, if that group has members
+    /// (see [`scope_name`](Self::scope_name)).
+    pub fn group_name(&self, scope: &str, group: &str) -> Option<&GroupName> {
+        self.find_group(scope, group)
+            .map(|g| &live(&self.groups, g).name)
+    }
+
     /// Like [`members`](Self::members), but only the owner node's pids. O(1) + O(1) per item.
     pub fn local_members(&self, scope: impl AsRef<str>, group: impl AsRef<str>) -> Members<'_> {
         let ids = self
@@ -208,9 +222,8 @@ impl GroupTable {
     /// The non-empty groups of `scope`, each once (pg's `which_groups/1`). O(1) + O(1) per item.
     pub fn which_groups(&self, scope: impl AsRef<str>) -> Groups<'_> {
         let ids = self
-            .scope_index
-            .get(scope.as_ref())
-            .map_or(&[][..], |&s| &self.scopes[s as usize].list[..]);
+            .scope_of(scope.as_ref())
+            .map_or(&[][..], |s| &self.scopes[s as usize].list[..]);
         Groups {
             ids: ids.iter(),
             table: self,
@@ -220,7 +233,7 @@ impl GroupTable {
     /// The groups of `scope` that `pid` is in, one item per occurrence, newest join first.
     /// O(m), m = memberships of `pid` in all scopes.
     pub fn which_groups_of(&self, scope: impl AsRef<str>, pid: Pid) -> GroupsOf<'_> {
-        let scope = self.scope_index.get(scope.as_ref()).copied();
+        let scope = self.scope_of(scope.as_ref());
         let head = match scope {
             Some(_) => self.chain_head(pid),
             None => NIL,

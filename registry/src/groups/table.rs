@@ -15,6 +15,12 @@ use super::name::{GroupName, ScopeName};
 use super::slab::{NIL, Slab};
 use crate::Pid;
 
+/// Event buffer capacity kept across drains.
+const KEPT_EVENTS: usize = 64;
+
+/// Scopes looked up by comparing names in place rather than through the index.
+const SCAN_SCOPES: usize = 8;
+
 /// Default cap on one membership's metadata, in bytes.
 pub const DEFAULT_META_CAP_BYTES: usize = 512;
 
@@ -228,6 +234,16 @@ impl GroupTable {
         mem::take(&mut self.events)
     }
 
+    /// Hands the events produced since the last drain to `f`, oldest first, keeping the
+    /// buffer's memory for the next ones.
+    pub fn drain_events_with(&mut self, f: &mut dyn FnMut(GroupEvent)) {
+        self.events.drain(..).for_each(f);
+        // A burst (a node's memberships removed at once) does not keep its buffer.
+        if self.events.capacity() > KEPT_EVENTS {
+            self.events = Vec::new();
+        }
+    }
+
     /// The events produced since the last drain, oldest first.
     pub fn pending_events(&self) -> &[GroupEvent] {
         &self.events
@@ -263,8 +279,19 @@ impl GroupTable {
     }
 
     pub(super) fn find_group(&self, scope: &str, group: &str) -> Option<u32> {
-        let s = *self.scope_index.get(scope)?;
+        let s = self.scope_of(scope)?;
         self.scopes[s as usize].groups.get(group)
+    }
+
+    /// The slot of `scope`. A node uses a handful of scopes: up to [`SCAN_SCOPES`] of them are
+    /// compared in place (a length and a few bytes each), cheaper than hashing the name on
+    /// every read and write; beyond, the index.
+    pub(super) fn scope_of(&self, scope: &str) -> Option<u32> {
+        if self.scopes.len() <= SCAN_SCOPES {
+            let at = self.scopes.iter().position(|s| s.name.as_str() == scope)?;
+            return Some(pos_u32(at));
+        }
+        self.scope_index.get(scope).copied()
     }
 
     /// The newest record of pid (`n`, `serial`) in group `g`, with its predecessor in the pid's
@@ -383,7 +410,7 @@ impl GroupTable {
     }
 
     fn scope_slot(&mut self, scope: &ScopeName) -> u32 {
-        if let Some(&s) = self.scope_index.get(scope.as_str()) {
+        if let Some(s) = self.scope_of(scope.as_str()) {
             return s;
         }
         let s = pos_u32(self.scopes.len());
