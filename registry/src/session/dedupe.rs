@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use meshreg_membership::NodeId;
 use serde::{Deserialize, Serialize};
 
-use super::hash::SeededState;
+use super::hash::{NodeKey, SeededState};
 use super::message::{Outcome, RequestId};
 use super::table::hash_table_bytes;
 
@@ -40,7 +40,7 @@ pub(crate) struct ClientWindow {
 /// The retry windows of every client node.
 #[derive(Debug)]
 pub(crate) struct Dedupe {
-    clients: HashMap<NodeId, ClientWindow, SeededState>,
+    clients: HashMap<NodeKey, ClientWindow, SeededState>,
     window_max: usize,
 }
 
@@ -55,7 +55,7 @@ impl Dedupe {
 
     /// Prune by the client's `answered_below`, then classify `id`.
     pub(crate) fn check(&mut self, id: RequestId, answered_below: u64) -> Seen {
-        let Some(w) = self.clients.get_mut(&id.client) else {
+        let Some(w) = self.clients.get_mut(&NodeKey(id.client)) else {
             return if id.id < answered_below {
                 Seen::Expired {
                     floor: answered_below,
@@ -76,7 +76,7 @@ impl Dedupe {
 
     /// Remember the outcome of the applied request `id`.
     pub(crate) fn record(&mut self, id: RequestId, answered_below: u64, outcome: Outcome) {
-        let w = self.clients.entry(id.client).or_default();
+        let w = self.clients.entry(NodeKey(id.client)).or_default();
         w.raise_floor(answered_below);
         // Ids mostly arrive in order: push at the back; otherwise insert in place.
         match w.answers.back() {
@@ -96,24 +96,25 @@ impl Dedupe {
 
     /// Forget a client (its node went down; a restart is a new `NodeId`).
     pub(crate) fn forget(&mut self, client: &NodeId) {
-        self.clients.remove(client);
+        self.clients.remove(&NodeKey(*client));
     }
 
     /// Every window, sorted by client (snapshots).
     pub(crate) fn windows(&self) -> Vec<(NodeId, ClientWindow)> {
-        let mut all: Vec<_> = self.clients.iter().map(|(n, w)| (*n, w.clone())).collect();
+        let mut all: Vec<_> = self.clients.iter().map(|(n, w)| (n.0, w.clone())).collect();
         all.sort_unstable_by_key(|(n, _)| *n);
         all
     }
 
     /// Restore windows from a snapshot.
     pub(crate) fn restore(&mut self, windows: Vec<(NodeId, ClientWindow)>) {
-        self.clients.extend(windows);
+        self.clients
+            .extend(windows.into_iter().map(|(n, w)| (NodeKey(n), w)));
     }
 
     /// Exact heap bytes owned by the windows.
     pub(crate) fn heap_bytes(&self) -> usize {
-        hash_table_bytes::<(NodeId, ClientWindow)>(self.clients.capacity())
+        hash_table_bytes::<(NodeKey, ClientWindow)>(self.clients.capacity())
             + self
                 .clients
                 .values()

@@ -22,7 +22,7 @@ use std::hash::BuildHasher;
 
 use meshreg_membership::NodeId;
 
-use super::hash::SeededState;
+use super::hash::{NodeKey, SeededState};
 use super::int_map::{EMPTY, IntMap, Probe};
 use super::key::SessionKey;
 use super::message::{Seq, Session};
@@ -416,7 +416,7 @@ struct NodeRow {
 #[derive(Debug)]
 struct NodeInterner {
     rows: Vec<NodeRow>,
-    index: HashMap<NodeId, u32, SeededState>,
+    index: HashMap<NodeKey, u32, SeededState>,
     free: Vec<u32>,
     /// Last node acquired: registrations arrive in runs from one node. Invariant: when `Some`,
     /// the index is live and maps that node.
@@ -438,7 +438,7 @@ impl NodeInterner {
     }
 
     fn index_of(&self, node: &NodeId) -> Option<u32> {
-        self.index.get(node).copied()
+        self.index.get(&NodeKey(*node)).copied()
     }
 
     fn sessions(&self, node: &NodeId) -> u32 {
@@ -451,7 +451,7 @@ impl NodeInterner {
         let i = match self.last {
             Some((n, i)) if n == node => i,
             _ => {
-                let i = match self.index.get(&node) {
+                let i = match self.index.get(&NodeKey(node)) {
                     Some(i) => *i,
                     None => self.intern(node),
                 };
@@ -479,7 +479,7 @@ impl NodeInterner {
                 u32::try_from(self.rows.len() - 1).map_or(EMPTY - 1, |i| i.min(EMPTY - 1))
             }
         };
-        self.index.insert(node, i);
+        self.index.insert(NodeKey(node), i);
         i
     }
 
@@ -489,7 +489,7 @@ impl NodeInterner {
         row.sessions -= 1;
         if row.sessions == 0 {
             let id = row.id;
-            self.index.remove(&id);
+            self.index.remove(&NodeKey(id));
             self.free.push(i);
             if self.last.is_some_and(|(_, l)| l == i) {
                 self.last = None;
@@ -499,7 +499,7 @@ impl NodeInterner {
 
     fn heap_bytes(&self) -> usize {
         self.rows.capacity() * size_of::<NodeRow>()
-            + hash_table_bytes::<(NodeId, u32)>(self.index.capacity())
+            + hash_table_bytes::<(NodeKey, u32)>(self.index.capacity())
             + self.free.capacity() * size_of::<u32>()
     }
 }
