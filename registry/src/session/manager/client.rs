@@ -8,7 +8,7 @@
 //! `UnknownShard`: after a backoff), or when the primary changes in this node's view; past the
 //! deadline it completes `Unavailable`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use meshreg_membership::{NodeId, Time};
@@ -16,6 +16,7 @@ use meshreg_membership::{NodeId, Time};
 use super::node::SessionManager;
 use super::{CallId, Out, SessionCallError, SessionOutput, SessionTimer};
 use crate::Pid;
+use crate::session::hash::SeededState;
 use crate::session::{
     Answer, Body, Call, Epoch, Outcome, Policy, Reassertion, Replaced, Reply, Request, RequestId,
     SessionError, SessionKey, ShardId,
@@ -29,6 +30,14 @@ pub(crate) struct Owned {
     /// The newest epoch known to hold it (acknowledged or re-asserted there).
     pub(super) epoch: Epoch,
 }
+
+/// One shard's acknowledged sessions of local processes.
+///
+/// Why hashed: every acknowledged registration inserts here, and with ~1000 keys per shard an
+/// ordered map's insert walks several nodes of key comparisons (measured ~6% of a node's CPU
+/// under load). Keys come from local processes; the seed is the node's shard hash seed, so
+/// iteration is deterministic for a given input (the simulator replays it).
+pub(crate) type OwnedKeys = HashMap<SessionKey, Owned, SeededState>;
 
 /// Why a request was sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -483,7 +492,11 @@ impl SessionManager {
                     meta: metadata.clone(),
                     epoch: p.sent_epoch,
                 };
-                let keys = self.owned.entry(p.shard).or_default();
+                let state = SeededState::new(self.config.shard.hash_seed);
+                let keys = self
+                    .owned
+                    .entry(p.shard)
+                    .or_insert_with(|| HashMap::with_hasher(state));
                 if let Some(prev) = keys.insert(key.clone(), owned)
                     && prev.pid != *pid
                 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
 
-use super::client::{CallState, Owned, Pending};
+use super::client::{CallState, OwnedKeys, Pending};
 use super::placement::Placement;
 use super::server::{Recovery, Replica};
 use super::wire::{self, ManagerMessage};
@@ -58,8 +58,9 @@ pub struct SessionManager {
     pub(super) next_id: u64,
     pub(super) calls: BTreeMap<u64, CallState>,
     pub(super) pending: BTreeMap<u64, Pending>,
-    /// Client: acknowledged sessions of local processes, per shard.
-    pub(super) owned: BTreeMap<ShardId, BTreeMap<SessionKey, Owned>>,
+    /// Client: acknowledged sessions of local processes, per shard (an insert per acknowledged
+    /// registration: hashed, not ordered; see [`OwnedKeys`]).
+    pub(super) owned: BTreeMap<ShardId, OwnedKeys>,
     /// Client: ended processes with registrations still in flight (undone on completion).
     pub(super) exiting: BTreeSet<crate::Pid>,
     /// Client: requests to send at the next flush, per primary.
@@ -152,9 +153,11 @@ impl SessionManager {
 
     /// Sessions of local processes this node believes acknowledged, in shard and key order.
     pub fn owned(&self) -> impl Iterator<Item = (&SessionKey, crate::Pid)> {
-        self.owned
-            .values()
-            .flat_map(|m| m.iter().map(|(k, o)| (k, o.pid)))
+        self.owned.values().flat_map(|m| {
+            let mut keys: Vec<_> = m.iter().map(|(k, o)| (k, o.pid)).collect();
+            keys.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            keys
+        })
     }
 
     /// Calls (and internal requests) not yet answered.
