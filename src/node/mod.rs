@@ -608,7 +608,7 @@ impl Node {
         if leave {
             shared.transport.shutdown().await;
         } else {
-            shared.transport.abort();
+            shared.transport.abort().await;
         }
         let mut st = shared.lock();
         st.monitors.shutdown();

@@ -131,6 +131,13 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 
+    /// Waits for every task to end after [`Self::close`] (aborted tasks end at their next
+    /// await point; their sockets are dropped with them). No task is added once closed.
+    async fn join_tasks(&self) {
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        while tasks.join_next().await.is_some() {}
+    }
+
     /// The sending UDP socket, unless shut down.
     fn udp(&self) -> Option<Arc<std::net::UdpSocket>> {
         self.udp
@@ -322,8 +329,11 @@ impl Transport {
 
     /// Closes every socket and stops every task at once, without flushing: what a killed
     /// process does (peers see their links reset). For failure tests and demos.
-    pub fn abort(&self) {
+    /// Returns once every task has ended, so the ports are free again (a restarted node may
+    /// bind the same address at once).
+    pub async fn abort(&self) {
         self.shared.close();
+        self.shared.join_tasks().await;
     }
 
     /// Flushes queued frames (waiting at most 1 s), closes every link and socket and stops every
@@ -335,5 +345,6 @@ impl Transport {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         self.shared.close();
+        self.shared.join_tasks().await;
     }
 }
