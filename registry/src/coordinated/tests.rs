@@ -871,9 +871,9 @@ fn messages_from_non_members_and_datagrams_are_refused() {
     assert!(out.is_empty());
 }
 
-#[test]
-fn over_cap_metadata_in_an_apply_is_refused_at_decode() {
-    let m = Message::Request {
+/// A join request whose metadata (600 bytes) is over the 512-byte cap the tests decode with.
+fn over_cap_join() -> Message {
+    Message::Request {
         from: node_id(1, 1),
         ticket: Ticket::Call(1),
         op: Op::Join {
@@ -885,7 +885,12 @@ fn over_cap_metadata_in_an_apply_is_refused_at_decode() {
             },
             meta: vec![0; 600].into(),
         },
-    };
+    }
+}
+
+#[test]
+fn over_cap_metadata_in_an_apply_is_refused_at_decode() {
+    let m = over_cap_join();
     assert!(matches!(
         message::decode(&sealed(&m), CLUSTER, 512),
         Err(MessageError::Malformed(_))
@@ -968,19 +973,7 @@ fn a_nested_or_bad_batch_entry_refuses_the_whole_frame() {
         message::decode_frame(&nested, CLUSTER, 512),
         Err(MessageError::Malformed(_))
     ));
-    let big = message::body(&Message::Request {
-        from: node_id(1, 1),
-        ticket: Ticket::Call(1),
-        op: Op::Join {
-            scope: scope("s"),
-            group: group("g"),
-            pid: Pid {
-                node: node_id(1, 1).root(),
-                serial: 1,
-            },
-            meta: vec![0; 600].into(),
-        },
-    });
+    let big = message::body(&over_cap_join());
     let over_cap = message::encode_bodies(vec![ack.clone(), big], CLUSTER);
     assert!(matches!(
         message::decode_frame(&over_cap, CLUSTER, 512),
