@@ -95,3 +95,47 @@ fn bulk_with_concurrent_callers_lists_every_membership() {
         "{json}"
     );
 }
+
+#[test]
+fn worker_processes_on_a_current_thread_runtime_report_propagation() {
+    let out = common::run_meshreg(
+        &[
+            "bench",
+            "groups",
+            "--backend",
+            "coordinated",
+            "--only",
+            "prop.k2",
+            "--processes",
+            "--worker-threads",
+            "0",
+            "--scale",
+            "0.01",
+            "--json",
+        ],
+        LIMIT,
+    );
+    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    assert_eq!(json["processes"], true);
+    assert_eq!(json["worker_threads"], "0");
+    let p50 = json["prop.k2.join.all_nodes.p50"].as_f64();
+    assert!(p50.is_some_and(|v| v > 0.0), "{json}");
+}
+
+#[test]
+fn worker_threads_out_of_range_is_refused_naming_the_flag() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshreg"))
+        .args([
+            "bench",
+            "groups",
+            "--backend",
+            "gossip",
+            "--worker-threads",
+            "65",
+        ])
+        .output()
+        .expect("run meshreg");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--worker-threads"), "{err}");
+}

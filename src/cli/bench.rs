@@ -89,6 +89,12 @@ pub struct GroupsArgs {
     /// trip per join).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
     bulk_callers: u16,
+    /// Runtime worker threads of each node's OS process with `--processes`: 0 runs the node
+    /// on a current-thread tokio runtime (one thread), N on a multi-thread runtime of N
+    /// workers. Default 2, as the Erlang nodes run two schedulers each.
+    #[arg(long, default_value_t = fleet::DEFAULT_WORKER_THREADS,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    worker_threads: u16,
     /// Also write the JSON object to this file (the table is still printed).
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -130,6 +136,8 @@ pub struct Ctx {
     profile: Option<Profile>,
     /// Concurrent join callers per node in the bulk units.
     bulk_callers: usize,
+    /// Runtime worker threads of each worker process (0 = current-thread).
+    worker_threads: u16,
 }
 
 impl Ctx {
@@ -154,6 +162,7 @@ impl Ctx {
             self.processes,
             k as u32,
         )
+        .with_threads(self.worker_threads)
     }
 
     /// A fresh lone node for the single-node units.
@@ -204,6 +213,7 @@ fn groups(args: GroupsArgs) -> anyhow::Result<()> {
         scale: args.scale,
         profile: args.profile,
         bulk_callers: usize::from(args.bulk_callers),
+        worker_threads: args.worker_threads,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -223,6 +233,11 @@ fn groups(args: GroupsArgs) -> anyhow::Result<()> {
     report
         .notes
         .push(("bulk_callers".into(), ctx.bulk_callers.to_string()));
+    if ctx.processes {
+        report
+            .notes
+            .push(("worker_threads".into(), ctx.worker_threads.to_string()));
+    }
     for (id, k) in units {
         let t0 = Instant::now();
         eprintln!("[bench] running {id} ({} backend)", ctx.backend);
@@ -320,6 +335,7 @@ mod tests {
             scale: 1.0,
             profile: None,
             bulk_callers: 1,
+            worker_threads: 2,
         };
         assert_eq!(ctx.profile_for("bulk"), Profile::Test);
         assert_eq!(ctx.profile_for("nodedown"), Profile::Test);

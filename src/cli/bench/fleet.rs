@@ -45,7 +45,14 @@ pub struct WorkerArgs {
     /// A role of the node (repeatable).
     #[arg(long)]
     role: Vec<String>,
+    /// Worker threads of the node's tokio runtime; 0 = a current-thread runtime.
+    #[arg(long, default_value_t = DEFAULT_WORKER_THREADS)]
+    threads: u16,
 }
+
+/// Worker threads of a worker process's runtime unless told otherwise: two, as the Erlang
+/// nodes of the reference harness run two schedulers each.
+pub const DEFAULT_WORKER_THREADS: u16 = 2;
 
 /// Runs one benchmark node driven by JSON lines on stdin; answers on stdout.
 pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
@@ -61,12 +68,18 @@ pub fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         expected_size: args.expected_size,
         roles: args.role,
     };
-    // Two worker threads per node, as the Erlang nodes run two schedulers each.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    // A current-thread runtime runs every task of the node on one thread: no wake-up crosses
+    // threads, which shortens each message hop when the cores are shared by many nodes.
+    let rt = match args.threads {
+        0 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+    }
+    .context("starting the async runtime")?;
     let stdout = Arc::new(Mutex::new(std::io::stdout()));
     let emit: Emit = Arc::new(move |out: Out| {
         if let Ok(line) = serde_json::to_string(&out) {
@@ -149,6 +162,8 @@ pub struct Fleet {
     members: Vec<Option<Member>>,
     events_tx: mpsc::UnboundedSender<(usize, Event)>,
     events: mpsc::UnboundedReceiver<(usize, Event)>,
+    /// Runtime worker threads of each worker process (0 = current-thread).
+    threads: u16,
 }
 
 impl Fleet {
@@ -169,7 +184,16 @@ impl Fleet {
             members: Vec::new(),
             events_tx,
             events,
+            threads: DEFAULT_WORKER_THREADS,
         }
+    }
+
+    /// Runs each worker process's node on `threads` runtime worker threads (0 = a
+    /// current-thread runtime); no effect on nodes in this process.
+    #[must_use]
+    pub fn with_threads(mut self, threads: u16) -> Self {
+        self.threads = threads;
+        self
     }
 
     /// Starts a full cluster of `k` nodes (each seeded with the first) and waits until every
@@ -254,7 +278,7 @@ impl Fleet {
             }
         });
         let link = if self.processes {
-            let guard = spawn_worker(&spec, route)?;
+            let guard = spawn_worker(&spec, self.threads, route)?;
             Link::Child(guard)
         } else {
             let agent = Agent::start(&spec, self.clock, route.clone()).await?;
@@ -438,12 +462,13 @@ async fn wait_exit(mut guard: ChildGuard, limit: Duration) {
 }
 
 /// Re-executes this binary as `bench worker`; its stdout lines are routed by `route`.
-fn spawn_worker(spec: &NodeSpec, route: Emit) -> anyhow::Result<ChildGuard> {
+fn spawn_worker(spec: &NodeSpec, threads: u16, route: Emit) -> anyhow::Result<ChildGuard> {
     let exe = std::env::current_exe().context("locating the meshreg binary")?;
     let mut cmd = Command::new(exe);
     cmd.args(["bench", "worker", "--backend", spec.backend.name()])
         .args(["--profile", spec.profile.name()])
         .args(["--expected-size", &spec.expected_size.to_string()])
+        .args(["--threads", &threads.to_string()])
         .env(SECRET_ENV, to_hex(&spec.secret))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
