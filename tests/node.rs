@@ -579,3 +579,45 @@ async fn coordinated_converges_when_full_peer_queues_drop_frames() {
     })
     .await;
 }
+
+/// Monitor notices have no repair path: when the watched node's queue to the watcher is full,
+/// they wait for room instead of being dropped, so every monitor still fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_notices_survive_a_full_peer_queue() {
+    bounded(async {
+        let start_small = |seed: Option<std::net::SocketAddrV4>| async move {
+            let mut b = Node::builder()
+                .listen("127.0.0.1:0".parse().unwrap())
+                .backend(Backend::Coordinated)
+                .profile(Profile::Lan)
+                .secret(SECRET.to_vec())
+                .queue_frames(4);
+            if let Some(s) = seed {
+                b = b.seed(s.into());
+            }
+            b.start().await.unwrap()
+        };
+        let a = start_small(None).await;
+        let b = start_small(Some(a.addr())).await;
+        connected(&[&a, &b]).await;
+        let procs: Vec<_> = (0..32).map(|_| b.process()).collect();
+        let watches: Vec<_> = procs.iter().map(|p| a.monitor(p.pid())).collect();
+        // Every monitor request has reached b once a message sent after them arrives.
+        let mut last = b.process();
+        a.send(last.pid(), &0u8).await.unwrap();
+        last.recv().await.unwrap();
+        // Frames to a now sit in the queue for a while: 32 notices cannot all fit in 4 slots.
+        b.faults().set_delay(a.addr(), Duration::from_millis(50));
+        drop(procs);
+        for w in watches {
+            assert_eq!(w.await, DownReason::Exited);
+        }
+        assert!(
+            b.transport_stats().frames_deferred > 0,
+            "the queue was full at least once"
+        );
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}

@@ -440,6 +440,40 @@ async fn a_full_peer_queue_returns_queue_full_instead_of_blocking() {
 }
 
 #[tokio::test]
+async fn a_deferred_frame_waits_for_room_instead_of_being_refused() {
+    bounded(async {
+        let (b, mut rb) = node().await;
+        let mut cfg = config(SECRET);
+        cfg.queue_frames = 4;
+        let (a, mut ra) = node_with(cfg).await;
+        link(&a, &mut ra, &b, &mut rb).await;
+        a.faults()
+            .set_delay(b.local_addr(), Duration::from_millis(100));
+        for i in 0..8u8 {
+            a.send_frame_or_defer(b.local_addr(), vec![i]).unwrap();
+        }
+        let s = a.stats();
+        assert!(s.frames_deferred >= 1, "{s:?}");
+        assert_eq!(s.queue_full, 0, "nothing refused: {s:?}");
+        // Every frame arrives; the deferred ones after those that found room.
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            match rb.recv().await {
+                Some(TransportEvent::Frame { from, payload }) => {
+                    assert_eq!(from, a.local_addr());
+                    got.push(payload[0]);
+                }
+                Some(_) => {}
+                None => panic!("events ended after {got:?}"),
+            }
+        }
+        got.sort_unstable();
+        assert_eq!(got, (0..8).collect::<Vec<u8>>());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_oversized_frame_closes_the_connection_and_is_counted() {
     bounded(async {
         let mut small = config(SECRET);

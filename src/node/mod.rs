@@ -317,8 +317,12 @@ impl Node {
             let _ = tx.send(DownReason::NodeDown);
         } else if st.monitors.watch_remote(pid, tx) {
             let ask = proto::encode(shared.cluster, &proto::ProcMsg::Monitor { target: pid });
-            if shared.transport.send_frame(pid.node.addr(), ask).is_err() {
-                // Cannot ask: the link is saturated or gone; the caller learns it at once.
+            if shared
+                .transport
+                .send_frame_or_defer(pid.node.addr(), ask)
+                .is_err()
+            {
+                // Cannot ask: the transport is closed; the caller learns it at once.
                 st.monitors.remote_down(pid, DownReason::NodeDown);
             }
         }

@@ -334,8 +334,9 @@ impl Shared {
                 reason: DownReason::Exited,
             },
         );
+        // No protocol repairs a lost notice, so a full queue defers it rather than dropping it.
         for w in watchers {
-            let _ = self.transport.send_frame(w, down.clone());
+            let _ = self.transport.send_frame_or_defer(w, down.clone());
         }
     }
 
@@ -404,7 +405,7 @@ impl Shared {
                     };
                     let _ = self
                         .transport
-                        .send_frame(from, proto::encode(self.cluster, &reply));
+                        .send_frame_or_defer(from, proto::encode(self.cluster, &reply));
                 }
             }
             ProcMsg::Down { pid, reason } => st.monitors.remote_down(pid, reason),

@@ -251,6 +251,43 @@ pub(crate) fn send_frame(
     })
 }
 
+/// See [`Transport::send_frame_or_defer`](super::Transport::send_frame_or_defer).
+pub(crate) fn send_frame_or_defer(
+    shared: &Arc<Shared>,
+    to: SocketAddrV4,
+    payload: Vec<u8>,
+) -> Result<(), SendError> {
+    check_frame(shared, to, &payload)?;
+    let q = Queued {
+        at: Instant::now(),
+        payload,
+    };
+    let mut links = lock(&shared.links);
+    if !links.slots.contains_key(&to) {
+        links.create(shared, to, true).ok_or(SendError::Closed)?;
+    }
+    let slot = links.slots.get(&to).ok_or(SendError::Closed)?;
+    let q = match slot.frames.try_send(q) {
+        Ok(()) => return Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Closed),
+        Err(mpsc::error::TrySendError::Full(q)) => q,
+    };
+    let queue = slot.frames.clone();
+    drop(links);
+    Stats::bump(&shared.stats.frames_deferred);
+    let s = shared.clone();
+    // The task ends when the frame is queued or the peer's writer is gone (the slot went away
+    // with its link): the wait is bounded by the link's own life.
+    shared
+        .spawn(async move {
+            if queue.send(q).await.is_err() {
+                Stats::bump(&s.stats.frames_dropped_no_link);
+            }
+        })
+        .map(|_| ())
+        .ok_or(SendError::Closed)
+}
+
 /// See [`Transport::send_frame_wait`](super::Transport::send_frame_wait).
 pub(crate) async fn send_frame_wait(
     shared: &Arc<Shared>,

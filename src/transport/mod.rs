@@ -295,6 +295,16 @@ impl Transport {
         link::send_frame(&self.shared, to, payload)
     }
 
+    /// Like [`Transport::send_frame`], but a full peer queue defers the frame to a task that
+    /// waits for room (counted in `frames_deferred`) instead of refusing it: for the few
+    /// messages no protocol repairs and no caller can wait for, such as a process monitor's
+    /// notice sent while a lock is held. A deferred frame may be overtaken by frames sent to
+    /// the same peer after it; it is dropped (counted in `frames_dropped_no_link`) only if the
+    /// link goes away first. Errors: `Closed`, `TooLarge`.
+    pub fn send_frame_or_defer(&self, to: SocketAddrV4, payload: Vec<u8>) -> Result<(), SendError> {
+        link::send_frame_or_defer(&self.shared, to, payload)
+    }
+
     /// Like [`Transport::send_frame`], but waits for room in the peer's queue (back-pressure
     /// for user-level sends).
     pub async fn send_frame_wait(

@@ -58,6 +58,8 @@ counters! {
     datagrams_dropped,
     /// `send_frame` calls refused with `QueueFull`.
     queue_full,
+    /// `send_frame_or_defer` frames that found the queue full and waited for room.
+    frames_deferred,
     /// Queued frames dropped because their link never came up or broke before they were written.
     frames_dropped_no_link,
     /// Datagrams and frames dropped by fault injection (loss, partitions).
