@@ -69,25 +69,25 @@ fn bench_groups_at_one_percent_reports_every_key() {
     );
 }
 
+/// Runs `meshreg bench groups --backend coordinated --scale 0.01 --json` plus `args`.
+fn coordinated_at_one_percent(args: &[&str]) -> serde_json::Value {
+    let mut all = vec![
+        "bench",
+        "groups",
+        "--backend",
+        "coordinated",
+        "--scale",
+        "0.01",
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    let out = common::run_meshreg(&all, LIMIT);
+    serde_json::from_str(out.trim()).expect("one JSON object")
+}
+
 #[test]
 fn bulk_with_concurrent_callers_lists_every_membership() {
-    let out = common::run_meshreg(
-        &[
-            "bench",
-            "groups",
-            "--backend",
-            "coordinated",
-            "--only",
-            "bulk.k2",
-            "--bulk-callers",
-            "16",
-            "--scale",
-            "0.01",
-            "--json",
-        ],
-        LIMIT,
-    );
-    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let json = coordinated_at_one_percent(&["--only", "bulk.k2", "--bulk-callers", "16"]);
     assert_eq!(json["bulk_callers"], "16");
     assert_eq!(
         json["bulk.10kg_1k.k2.verified"].as_f64(),
@@ -98,24 +98,8 @@ fn bulk_with_concurrent_callers_lists_every_membership() {
 
 #[test]
 fn worker_processes_on_a_current_thread_runtime_report_propagation() {
-    let out = common::run_meshreg(
-        &[
-            "bench",
-            "groups",
-            "--backend",
-            "coordinated",
-            "--only",
-            "prop.k2",
-            "--processes",
-            "--worker-threads",
-            "0",
-            "--scale",
-            "0.01",
-            "--json",
-        ],
-        LIMIT,
-    );
-    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let json =
+        coordinated_at_one_percent(&["--only", "prop.k2", "--processes", "--worker-threads", "0"]);
     assert_eq!(json["processes"], true);
     assert_eq!(json["worker_threads"], "0");
     let p50 = json["prop.k2.join.all_nodes.p50"].as_f64();

@@ -40,6 +40,21 @@ async fn start_with(
     b.start().await.unwrap()
 }
 
+/// A coordinated node whose per-peer send queues hold `frames` frames. Lan timers: failure
+/// detection stays out of the way of what full queues do.
+async fn start_small_queues(seed: Option<&Node>, frames: usize) -> Node {
+    let mut b = Node::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .backend(Backend::Coordinated)
+        .profile(Profile::Lan)
+        .secret(SECRET.to_vec())
+        .queue_frames(frames);
+    if let Some(s) = seed {
+        b = b.seed(s.addr().into());
+    }
+    b.start().await.unwrap()
+}
+
 /// Polls `cond` every 10 ms until it holds (within the test's limit).
 async fn until(what: &str, cond: impl FnMut() -> bool) {
     common::until(LIMIT, what, cond).await;
@@ -510,22 +525,9 @@ async fn a_clean_shutdown_is_seen_as_a_leave() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinated_converges_when_full_peer_queues_drop_frames() {
     bounded(async {
-        let start_small = |seed: Option<std::net::SocketAddrV4>| async move {
-            let mut b = Node::builder()
-                .listen("127.0.0.1:0".parse().unwrap())
-                .backend(Backend::Coordinated)
-                // Lan timers: failure detection stays out of the way of the drops.
-                .profile(Profile::Lan)
-                .secret(SECRET.to_vec())
-                .queue_frames(16);
-            if let Some(s) = seed {
-                b = b.seed(s.into());
-            }
-            b.start().await.unwrap()
-        };
-        let a = start_small(None).await;
-        let b = start_small(Some(a.addr())).await;
-        let c = start_small(Some(a.addr())).await;
+        let a = start_small_queues(None, 16).await;
+        let b = start_small_queues(Some(&a), 16).await;
+        let c = start_small_queues(Some(&a), 16).await;
         let nodes = [&a, &b, &c];
         connected(&nodes).await;
         let per_node = 400;
@@ -585,20 +587,8 @@ async fn coordinated_converges_when_full_peer_queues_drop_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_notices_survive_a_full_peer_queue() {
     bounded(async {
-        let start_small = |seed: Option<std::net::SocketAddrV4>| async move {
-            let mut b = Node::builder()
-                .listen("127.0.0.1:0".parse().unwrap())
-                .backend(Backend::Coordinated)
-                .profile(Profile::Lan)
-                .secret(SECRET.to_vec())
-                .queue_frames(4);
-            if let Some(s) = seed {
-                b = b.seed(s.into());
-            }
-            b.start().await.unwrap()
-        };
-        let a = start_small(None).await;
-        let b = start_small(Some(a.addr())).await;
+        let a = start_small_queues(None, 4).await;
+        let b = start_small_queues(Some(&a), 4).await;
         connected(&[&a, &b]).await;
         let procs: Vec<_> = (0..32).map(|_| b.process()).collect();
         let watches: Vec<_> = procs.iter().map(|p| a.monitor(p.pid())).collect();

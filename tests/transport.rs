@@ -413,18 +413,24 @@ async fn datagram_loss_injection_drops_about_the_configured_share() {
     .await;
 }
 
+/// `a` linked to `b`, with a 4-frame queue to `b` and 100 ms of injected delay: frames sit in
+/// the queue for a while (less than three heartbeats, so the link lives).
+async fn slow_pair_with_small_queue() -> (Transport, Transport, Receiver<TransportEvent>) {
+    let (b, mut rb) = node().await;
+    let mut cfg = config(SECRET);
+    cfg.queue_frames = 4;
+    let (a, mut ra) = node_with(cfg).await;
+    link(&a, &mut ra, &b, &mut rb).await;
+    a.faults()
+        .set_delay(b.local_addr(), Duration::from_millis(100));
+    (a, b, rb)
+}
+
 #[tokio::test]
 async fn a_full_peer_queue_returns_queue_full_instead_of_blocking() {
     bounded(async {
-        let (b, mut rb) = node().await;
-        let mut cfg = config(SECRET);
-        cfg.queue_frames = 4;
-        let (a, mut ra) = node_with(cfg).await;
-        link(&a, &mut ra, &b, &mut rb).await;
-        // Delay holds frames in the queue (less than three heartbeats, so the link lives); the
-        // sixth send cannot fit.
-        a.faults()
-            .set_delay(b.local_addr(), Duration::from_millis(100));
+        let (a, b, mut rb) = slow_pair_with_small_queue().await;
+        // The sixth send cannot fit.
         let results: Vec<_> = (0..6u8)
             .map(|i| a.send_frame(b.local_addr(), vec![i]))
             .collect();
@@ -442,13 +448,7 @@ async fn a_full_peer_queue_returns_queue_full_instead_of_blocking() {
 #[tokio::test]
 async fn a_deferred_frame_waits_for_room_instead_of_being_refused() {
     bounded(async {
-        let (b, mut rb) = node().await;
-        let mut cfg = config(SECRET);
-        cfg.queue_frames = 4;
-        let (a, mut ra) = node_with(cfg).await;
-        link(&a, &mut ra, &b, &mut rb).await;
-        a.faults()
-            .set_delay(b.local_addr(), Duration::from_millis(100));
+        let (a, b, mut rb) = slow_pair_with_small_queue().await;
         for i in 0..8u8 {
             a.send_frame_or_defer(b.local_addr(), vec![i]).unwrap();
         }

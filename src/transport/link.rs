@@ -232,23 +232,13 @@ pub(crate) fn send_frame(
     to: SocketAddrV4,
     payload: Vec<u8>,
 ) -> Result<(), SendError> {
-    check_frame(shared, to, &payload)?;
-    let q = Queued {
-        at: Instant::now(),
-        payload,
-    };
-    let mut links = lock(&shared.links);
-    if !links.slots.contains_key(&to) {
-        links.create(shared, to, true).ok_or(SendError::Closed)?;
-    }
-    let slot = links.slots.get(&to).ok_or(SendError::Closed)?;
-    slot.frames.try_send(q).map_err(|e| match e {
-        mpsc::error::TrySendError::Full(_) => {
+    match try_queue(shared, to, payload)? {
+        None => Ok(()),
+        Some(_) => {
             Stats::bump(&shared.stats.queue_full);
-            SendError::QueueFull
+            Err(SendError::QueueFull)
         }
-        mpsc::error::TrySendError::Closed(_) => SendError::Closed,
-    })
+    }
 }
 
 /// See [`Transport::send_frame_or_defer`](super::Transport::send_frame_or_defer).
@@ -257,23 +247,9 @@ pub(crate) fn send_frame_or_defer(
     to: SocketAddrV4,
     payload: Vec<u8>,
 ) -> Result<(), SendError> {
-    check_frame(shared, to, &payload)?;
-    let q = Queued {
-        at: Instant::now(),
-        payload,
+    let Some((q, queue)) = try_queue(shared, to, payload)? else {
+        return Ok(());
     };
-    let mut links = lock(&shared.links);
-    if !links.slots.contains_key(&to) {
-        links.create(shared, to, true).ok_or(SendError::Closed)?;
-    }
-    let slot = links.slots.get(&to).ok_or(SendError::Closed)?;
-    let q = match slot.frames.try_send(q) {
-        Ok(()) => return Ok(()),
-        Err(mpsc::error::TrySendError::Closed(_)) => return Err(SendError::Closed),
-        Err(mpsc::error::TrySendError::Full(q)) => q,
-    };
-    let queue = slot.frames.clone();
-    drop(links);
     Stats::bump(&shared.stats.frames_deferred);
     let s = shared.clone();
     // The task ends when the frame is queued or the peer's writer is gone (the slot went away
@@ -286,6 +262,30 @@ pub(crate) fn send_frame_or_defer(
         })
         .map(|_| ())
         .ok_or(SendError::Closed)
+}
+
+/// Queues a frame to `to` without waiting, creating its slot (and dialling) if needed. A full
+/// queue hands the frame back with a sender to wait on.
+fn try_queue(
+    shared: &Arc<Shared>,
+    to: SocketAddrV4,
+    payload: Vec<u8>,
+) -> Result<Option<(Queued, mpsc::Sender<Queued>)>, SendError> {
+    check_frame(shared, to, &payload)?;
+    let q = Queued {
+        at: Instant::now(),
+        payload,
+    };
+    let mut links = lock(&shared.links);
+    if !links.slots.contains_key(&to) {
+        links.create(shared, to, true).ok_or(SendError::Closed)?;
+    }
+    let slot = links.slots.get(&to).ok_or(SendError::Closed)?;
+    match slot.frames.try_send(q) {
+        Ok(()) => Ok(None),
+        Err(mpsc::error::TrySendError::Full(q)) => Ok(Some((q, slot.frames.clone()))),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+    }
 }
 
 /// See [`Transport::send_frame_wait`](super::Transport::send_frame_wait).
