@@ -10,19 +10,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 #[test]
 fn bench_groups_at_one_percent_reports_every_key() {
-    let out = common::run_meshreg(
-        &[
-            "bench",
-            "groups",
-            "--backend",
-            "coordinated",
-            "--scale",
-            "0.01",
-            "--json",
-        ],
-        LIMIT,
-    );
-    let json: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
+    let json = coordinated_at_one_percent(&[]);
     assert_eq!(json["backend"], "coordinated");
     assert_eq!(json["processes"], false);
     let mut keys: Vec<String> = [
