@@ -45,5 +45,13 @@ fn bench_sessions_at_a_small_size_reports_every_key() {
     let p50 = json["e2e.k4.lookup_p50_us"].as_f64().unwrap_or(f64::NAN);
     let p99 = json["e2e.k4.lookup_p99_us"].as_f64().unwrap_or(f64::NAN);
     assert!(p50 <= p99, "p50 {p50} <= p99 {p99}");
+    if cfg!(target_os = "linux") {
+        // Worker CPU time is read from /proc: some was spent registering (10 ms ticks, so
+        // zero is possible only if 4000 registrations took under a tick on every worker).
+        let cpu = json["e2e.k4.cpu_us_per_register"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("e2e.k4.cpu_us_per_register missing in {json}"));
+        assert!(cpu.is_finite() && cpu >= 0.0, "cpu_us_per_register = {cpu}");
+    }
     assert!(json.get("failed").is_none(), "{json}");
 }

@@ -317,6 +317,15 @@ impl Fleet {
             .with_context(|| format!("node {i} is not running"))
     }
 
+    /// CPU time (user + system, every thread) node `i`'s OS process has used so far; `None`
+    /// for a node in this process or when `/proc` cannot be read (not Linux).
+    pub fn cpu_time(&self, i: usize) -> Option<Duration> {
+        match &self.members.get(i)?.as_ref()?.link {
+            Link::Child(guard) => process_cpu_time(guard.child.id()),
+            Link::Local { .. } => None,
+        }
+    }
+
     /// Sends `cmd` to node `i` without waiting for the reply (collect it with [`Self::reply`]).
     pub fn send(&mut self, i: usize, cmd: &Cmd) -> anyhow::Result<()> {
         let m = self.member(i)?;
@@ -449,6 +458,28 @@ impl Drop for Fleet {
     }
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times: `USER_HZ`, which Linux fixes at 100
+/// for user space on every architecture it exposes `/proc` on.
+const USER_HZ: u64 = 100;
+
+/// User + system CPU time of process `pid` (all its threads, ended ones included), from
+/// `/proc/<pid>/stat`; resolution 10 ms.
+fn process_cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_ticks(&stat).map(|t| Duration::from_millis(t * 1000 / USER_HZ))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
+/// is parenthesised and may hold spaces or parentheses, so fields are counted after its last
+/// `)`.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11); // field 3 is the first here
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// Gives a child that was asked to quit `limit` to exit; kills it after that (dropping it).
 async fn wait_exit(mut guard: ChildGuard, limit: Duration) {
     guard.stdin = None;
@@ -530,6 +561,19 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_fields_14_and_15_after_the_command_name() {
+        let line = "4242 (bench (w) 1) S 1 2 3 4 5 6 7 8 9 10 17 5 0 0 20 0 3 0 100 0 0";
+        assert_eq!(cpu_ticks(line), Some(22));
+        assert_eq!(cpu_ticks("4242 (x) S 1 2"), None, "too short");
+        assert_eq!(cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_cpu_time() {
+        assert!(process_cpu_time(std::process::id()).is_some());
+    }
 
     #[test]
     fn secrets_survive_the_hex_round_trip() {

@@ -14,6 +14,10 @@
 //!   as `bench worker`), 2 with the session role; callers on all 4 register distinct keys at
 //!   once, each call awaited (`--concurrency` callers per node). Aggregate = acknowledged
 //!   registrations / (last end - first start) on the host clock.
+//! - `e2e.k4.cpu_us_per_register`: CPU time (user + system) the 4 worker processes used over
+//!   the registration phase, summed, per acknowledged registration (from `/proc/<pid>/stat`,
+//!   10 ms resolution; omitted where `/proc` is unavailable). Steadier than the rate on a
+//!   shared host: 2 cores run everything, so the rate is bounded by cores / this cost.
 //! - `e2e.k4.lookup_p50_us`, `e2e.k4.lookup_p99_us`: then lookups of registered keys from all
 //!   4 nodes, open loop, at half the measured registration rate in total, for `--lookup-ms`.
 //!
@@ -308,6 +312,7 @@ async fn e2e_run(
     }
     // Registrations: every node at once, distinct key ranges.
     let per_node = args.registrations / K as u64;
+    let cpu_before = fleet_cpu_time(fleet, ids);
     for (n, &i) in ids.iter().enumerate() {
         let cmd = Cmd::SessionRegister {
             base: n as u64 * per_node,
@@ -333,6 +338,9 @@ async fn e2e_run(
             other => bail!("node {i}: expected a load report, got {other:?}"),
         }
     }
+    let cpu = cpu_before
+        .zip(fleet_cpu_time(fleet, ids))
+        .map(|(a, b)| b.saturating_sub(a));
     if failed > 0 {
         bail!("{failed} of {} registrations failed", ok + failed);
     }
@@ -373,7 +381,7 @@ async fn e2e_run(
         value,
         unit,
     };
-    Ok(vec![
+    let mut metrics = vec![
         m("e2e.k4.registrations", ok as f64, "sessions"),
         m("e2e.k4.register_ops_per_s", register_rate, "ops/s"),
         m(
@@ -384,5 +392,18 @@ async fn e2e_run(
         m("e2e.k4.lookups", lat.len() as f64, "calls"),
         m("e2e.k4.lookup_p50_us", pct(&lat, 50.0), "us"),
         m("e2e.k4.lookup_p99_us", pct(&lat, 99.0), "us"),
-    ])
+    ];
+    if let Some(cpu) = cpu {
+        let us = cpu.as_secs_f64() * 1e6 / ok.max(1) as f64;
+        metrics.push(m("e2e.k4.cpu_us_per_register", us, "us"));
+    }
+    Ok(metrics)
+}
+
+/// CPU time used so far by the worker processes of `ids`, summed; `None` if any is not a
+/// child process or its time cannot be read. Taken around the registration phase, it gives
+/// the CPU cost per acknowledged registration, which the host's load does not scale the way
+/// it scales the throughput.
+fn fleet_cpu_time(fleet: &Fleet, ids: &[usize]) -> Option<Duration> {
+    ids.iter().map(|&i| fleet.cpu_time(i)).sum()
 }
