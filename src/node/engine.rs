@@ -72,8 +72,9 @@ pub(crate) trait Engine: Send {
     fn next_deadline(&self) -> Option<Time>;
     /// Fires every timer due at `now`.
     fn fire_due(&mut self, now: Time, out: &mut Vec<Action>);
-    /// The discovery backend holds its frames until [`Engine::release`] (see
-    /// `RegistryCore::hold`): brackets a burst of inputs handled under one lock.
+    /// The discovery backend and the session manager hold their frames until
+    /// [`Engine::release`] (see `RegistryCore::hold`, `SessionManager::hold`): brackets a
+    /// burst of inputs handled under one lock.
     fn hold(&mut self, now: Time);
     /// Sends what the backend held since [`Engine::hold`].
     fn release(&mut self, now: Time, out: &mut Vec<Action>);
@@ -304,11 +305,14 @@ where
 
     fn hold(&mut self, now: Time) {
         self.stack.group_call(now, &mut self.out, |r, _| r.hold());
+        self.stack.sessions.hold();
     }
 
     fn release(&mut self, now: Time, out: &mut Vec<Action>) {
         self.stack
             .group_call(now, &mut self.out, |r, o| r.release(now, o));
+        self.stack
+            .call(now, &mut self.out, |s, o| s.release(now, o));
         self.flush(now, out);
     }
 

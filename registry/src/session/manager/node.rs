@@ -80,6 +80,10 @@ pub struct SessionManager {
     pub(super) sout: Vec<Output>,
     pub(super) stats: ManagerStats,
     pub(super) ticking: bool,
+    /// Between [`SessionManager::hold`] and [`SessionManager::release`]: replies, replication
+    /// entries and acknowledgements collected by the inputs stay batched per destination (one
+    /// message each at the release, not one per input).
+    pub(super) held: bool,
 }
 
 impl SessionManager {
@@ -118,6 +122,7 @@ impl SessionManager {
             sout: Vec::new(),
             stats: ManagerStats::default(),
             ticking: false,
+            held: false,
         }
     }
 
@@ -287,7 +292,8 @@ impl SessionManager {
         self.send_now(to, msg, out);
     }
 
-    /// Sends the replication entries and acknowledgements batched for `to`.
+    /// Sends the replication entries, acknowledgements and replies batched for `to`, in that
+    /// order (a reply never overtakes the replication it waited for on the same link).
     fn flush_batched(&mut self, to: SocketAddrV4, out: &mut Out) {
         if let Some(entries) = self.replicate_out.remove(&to) {
             self.send_now(to, &ManagerMessage::Replicate(entries), out);
@@ -296,6 +302,26 @@ impl SessionManager {
             let acks = acks.into_values().collect();
             self.send_now(to, &ManagerMessage::Acks(acks), out);
         }
+        if let Some(replies) = self.replies.remove(&to) {
+            self.send_now(to, &ManagerMessage::Replies(replies), out);
+        }
+    }
+
+    /// Holds replies, replication entries and acknowledgements from now until
+    /// [`SessionManager::release`]: a driver that handles a burst of inputs at once (a batch
+    /// of frames read together, a round of due timers) brackets it with these, so each peer
+    /// gets one message of each kind for the whole burst instead of one per input. Nothing
+    /// else changes: a reply is still released only once the standby acknowledged, and any
+    /// other message to a peer first sends what is batched for it (link order is kept). A
+    /// driver that never holds (the simulator) gets every message at the end of its input.
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    /// Sends what was held since [`SessionManager::hold`] and stops holding.
+    pub fn release(&mut self, now: Time, out: &mut Out) {
+        self.held = false;
+        self.finish(now, out);
     }
 
     fn send_now(&mut self, to: SocketAddrV4, msg: &ManagerMessage, out: &mut Out) {
@@ -479,17 +505,17 @@ impl SessionManager {
                 break;
             }
         }
-        for (to, replies) in std::mem::take(&mut self.replies) {
-            self.send(to, &ManagerMessage::Replies(replies), out);
-        }
-        let batched: BTreeSet<SocketAddrV4> = self
-            .replicate_out
-            .keys()
-            .chain(self.ack_out.keys())
-            .copied()
-            .collect();
-        for to in batched {
-            self.flush_batched(to, out);
+        if !self.held {
+            let batched: BTreeSet<SocketAddrV4> = self
+                .replicate_out
+                .keys()
+                .chain(self.ack_out.keys())
+                .chain(self.replies.keys())
+                .copied()
+                .collect();
+            for to in batched {
+                self.flush_batched(to, out);
+            }
         }
         if !self.announce.is_empty() {
             let terms = std::mem::take(&mut self.announce);

@@ -250,9 +250,9 @@ fn oversized_keys_and_foreign_pids_are_refused_without_sending() {
     assert_eq!(m.pending_requests(), 0);
 }
 
-#[test]
-fn the_standby_takes_over_with_its_sessions_when_the_primary_goes_down() {
-    // Node 1 primary, node 2 standby of every shard they share; node 2 alone after the Down.
+/// Node 1 (`a`) and node 2 (`b`), both session nodes, after node 1's epoch round and fill:
+/// `a` serves the shard returned with `b` as its standby.
+fn serving_pair() -> (SessionManager, SessionManager, ShardId) {
     let mut a = manager(1, &[1, 2], &[1, 2]);
     let mut b = manager(2, &[1, 2], &[1, 2]);
     let shard = (0..4)
@@ -282,6 +282,41 @@ fn the_standby_takes_over_with_its_sessions_when_the_primary_goes_down() {
         (standby.role(), standby.epoch()),
         (Role::Standby, primary.epoch())
     );
+    (a, b, shard)
+}
+
+/// A register request of `key` for node 2's process 1, as node 2's request `id`.
+fn register_request(
+    shard: ShardId,
+    epoch: u64,
+    id: u64,
+    key: SessionKey,
+) -> crate::session::Request {
+    crate::session::Request {
+        shard,
+        epoch,
+        id: RequestId {
+            client: node(2),
+            id,
+        },
+        answered_below: 0,
+        body: Body::One(Call::Register {
+            key,
+            pid: crate::Pid {
+                node: node(2),
+                serial: 1,
+            },
+            metadata: Box::new([]),
+            policy: Policy::Reject,
+        }),
+    }
+}
+
+#[test]
+fn the_standby_takes_over_with_its_sessions_when_the_primary_goes_down() {
+    // Node 1 primary, node 2 standby of every shard they share; node 2 alone after the Down.
+    let (mut a, mut b, shard) = serving_pair();
+    let primary = a.replica(shard).expect("serving");
     // A write on node 1's shard, replicated to node 2.
     let pid = crate::Pid {
         node: node(2),
@@ -291,21 +326,7 @@ fn the_standby_takes_over_with_its_sessions_when_the_primary_goes_down() {
         .map(SessionKey::U64)
         .find(|k| a.placement().shard_of(k) == shard)
         .expect("some key");
-    let req = crate::session::Request {
-        shard,
-        epoch: primary.epoch(),
-        id: RequestId {
-            client: node(2),
-            id: 1,
-        },
-        answered_below: 0,
-        body: Body::One(Call::Register {
-            key: key.clone(),
-            pid,
-            metadata: Box::new([]),
-            policy: Policy::Reject,
-        }),
-    };
+    let req = register_request(shard, primary.epoch(), 1, key.clone());
     let out = deliver(&mut a, 2, &ManagerMessage::Requests(vec![req]));
     let (_, rep) = sent(&out)
         .into_iter()
@@ -324,6 +345,79 @@ fn the_standby_takes_over_with_its_sessions_when_the_primary_goes_down() {
     assert_eq!(r.peek(&key).map(|s| s.pid), Some(pid));
     let epoch = r.epoch();
     assert!(b.drain_terms().contains(&(shard, epoch)));
+}
+
+#[test]
+fn held_inputs_send_one_replicate_one_ack_and_one_reply_message_per_peer() {
+    let (mut a, mut b, shard) = serving_pair();
+    let epoch = a.replica(shard).expect("serving").epoch();
+    let keys: Vec<SessionKey> = (0u64..)
+        .map(SessionKey::U64)
+        .filter(|k| a.placement().shard_of(k) == shard)
+        .take(2)
+        .collect();
+    let reqs: Vec<ManagerMessage> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let req = register_request(shard, epoch, i as u64 + 1, k.clone());
+            ManagerMessage::Requests(vec![req])
+        })
+        .collect();
+
+    // Unheld, each input replicates on its own (checked on a copy of the primary's input).
+    let (mut a2, _, _) = serving_pair();
+    let unheld: usize = reqs
+        .iter()
+        .map(|r| sent(&deliver(&mut a2, 2, r)).len())
+        .sum();
+    assert_eq!(unheld, 2, "one Replicate per input");
+
+    // Held: nothing leaves until the release, then one Replicate with both entries.
+    a.hold();
+    for r in &reqs {
+        assert!(sent(&deliver(&mut a, 2, r)).is_empty(), "held");
+    }
+    let mut out = Vec::new();
+    a.release(T0, &mut out);
+    let msgs = sent(&out);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let (to, ManagerMessage::Replicate(entries)) = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    assert_eq!((*to, entries.len()), (node(2).addr(), 2));
+
+    // The standby applies them over two held inputs: one cumulative ack at the release.
+    b.hold();
+    for e in entries {
+        let one = ManagerMessage::Replicate(vec![e.clone()]);
+        assert!(sent(&deliver(&mut b, 1, &one)).is_empty(), "held");
+    }
+    let mut out = Vec::new();
+    b.release(T0, &mut out);
+    let msgs = sent(&out);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let (to, ManagerMessage::Acks(acks)) = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    assert_eq!(*to, node(1).addr());
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].seq, entries[1].seq, "the newest entry");
+
+    // The primary releases both replies only on the ack, in one message at its release.
+    a.hold();
+    assert!(sent(&deliver(&mut a, 2, &msgs[0].1)).is_empty(), "held");
+    let mut out = Vec::new();
+    a.release(T0, &mut out);
+    let msgs = sent(&out);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let (to, ManagerMessage::Replies(replies)) = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    assert_eq!(*to, node(2).addr());
+    let ids: Vec<u64> = replies.iter().map(|r| r.to.id).collect();
+    assert_eq!(ids, vec![1, 2]);
+    assert!(replies.iter().all(|r| r.result.is_ok()), "{replies:?}");
 }
 
 #[test]
