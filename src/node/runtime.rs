@@ -526,7 +526,11 @@ pub(crate) async fn run(
             () = tokio::time::sleep_until(sleep_until) => deadline = shared.fire_timers(),
             () = shared.wake.notified() => {
                 // A call armed an earlier timer; one already due (a session flush, armed with
-                // zero delay) fires now rather than at the next whole millisecond.
+                // zero delay) fires now rather than at the next whole millisecond. The loop
+                // first lets every task already runnable go (callers woken by one reply frame
+                // all queue their calls), so the flush sends them in one message per primary
+                // rather than one each as the woken callers trickle in.
+                tokio::task::yield_now().await;
                 deadline = shared.next_deadline();
                 if deadline.is_some_and(|t| t <= shared.now()) {
                     deadline = shared.fire_timers();
