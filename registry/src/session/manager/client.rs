@@ -102,7 +102,7 @@ impl SessionManager {
             policy,
         };
         self.submit_one(now, req, Some(pid), call, out);
-        self.finish(now, out);
+        self.finish_call(now, out);
     }
 
     /// Removes `key` if local `pid` holds it (`Unregistered`), else `NotHolder` and nothing
@@ -116,13 +116,13 @@ impl SessionManager {
             keys.remove(&key);
         }
         self.submit_one(now, req, Some(pid), Call::Unregister { key, pid }, out);
-        self.finish(now, out);
+        self.finish_call(now, out);
     }
 
     /// Reads `key` at its primary: `Outcome::One(Found(..))`.
     pub fn lookup(&mut self, now: Time, req: CallId, key: SessionKey, out: &mut Out) {
         self.submit_one(now, req, None, Call::Lookup { key }, out);
-        self.finish(now, out);
+        self.finish_call(now, out);
     }
 
     /// Reads `keys` (one request per shard touched): `Outcome::Many` in the order of `keys`.
@@ -171,7 +171,7 @@ impl SessionManager {
             let purpose = Purpose::Call { call: req, part };
             self.submit(now, purpose, shard, Body::Batch(calls), out);
         }
-        self.finish(now, out);
+        self.finish_call(now, out);
     }
 
     /// Local `pid` ended: its acknowledged sessions are unregistered (one batch per shard), and
@@ -208,7 +208,7 @@ impl SessionManager {
         if registering {
             self.exiting.insert(pid);
         }
-        self.finish(now, out);
+        self.finish_call(now, out);
     }
 
     fn submit_one(&mut self, now: Time, req: CallId, pid: Option<Pid>, call: Call, out: &mut Out) {

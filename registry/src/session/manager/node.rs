@@ -432,12 +432,34 @@ impl SessionManager {
             return;
         }
         self.outbox.entry(to.addr()).or_default().push(req);
+        self.arm_flush(out);
+    }
+
+    /// Arms the zero-delay `Flush` timer, once until it fires.
+    fn arm_flush(&mut self, out: &mut Out) {
         if !self.flush_armed {
             self.flush_armed = true;
             out.push(SessionOutput::SetTimer {
                 after: Duration::ZERO,
                 timer: SessionTimer::Flush,
             });
+        }
+    }
+
+    /// End of a local call (register, unregister, lookups, a process exit): as
+    /// [`Self::finish`], except that the replication entries and replies it produced (a call
+    /// to a shard this node serves) wait for the `Flush` timer with the requests queued for
+    /// other nodes. A burst of calls then replicates in one message per standby, not one per
+    /// call; the call still completes only once its standby acknowledged (a shard without a
+    /// standby answers within the call, as before).
+    pub(super) fn finish_call(&mut self, now: Time, out: &mut Out) {
+        let held = std::mem::replace(&mut self.held, true);
+        self.finish(now, out);
+        self.held = held;
+        let batched =
+            !self.replicate_out.is_empty() || !self.ack_out.is_empty() || !self.replies.is_empty();
+        if !held && batched {
+            self.arm_flush(out);
         }
     }
 

@@ -421,6 +421,59 @@ fn held_inputs_send_one_replicate_one_ack_and_one_reply_message_per_peer() {
 }
 
 #[test]
+fn calls_to_a_served_shard_replicate_together_at_the_flush() {
+    let (mut a, _, shard) = serving_pair();
+    let pid = Pid {
+        node: node(1),
+        serial: 3,
+    };
+    let keys: Vec<SessionKey> = (0u64..)
+        .map(SessionKey::U64)
+        .filter(|k| a.placement().shard_of(k) == shard)
+        .take(2)
+        .collect();
+    let mut out = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        a.register(
+            T0,
+            i as u64 + 1,
+            k.clone(),
+            pid,
+            b"",
+            Policy::Reject,
+            &mut out,
+        );
+    }
+    assert!(sent(&out).is_empty(), "{out:?}");
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, SessionOutput::Completed { .. })),
+        "nothing completes before the standby acknowledged"
+    );
+    let flushes = out
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                SessionOutput::SetTimer {
+                    timer: SessionTimer::Flush,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(flushes, 1, "{out:?}");
+    let mut out = Vec::new();
+    a.handle_timer(T0, SessionTimer::Flush, &mut out);
+    let msgs = sent(&out);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    let (to, ManagerMessage::Replicate(entries)) = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    assert_eq!((*to, entries.len()), (node(2).addr(), 2));
+}
+
+#[test]
 fn a_call_to_a_shard_this_node_serves_completes_within_the_call() {
     // A lone session node serves every shard itself: the call must not wait for some later
     // input (a tick, a message) to be delivered to its own shard.
