@@ -12,7 +12,8 @@
 //!   resident-set growth per session while the shard filled.
 //! - `context.shard.register_cpu_ops_per_s`, `context.shard.lookup_cpu_ops_per_s`: the same
 //!   operations per second of this thread's CPU time (median lookup pass), not wall time: on
-//!   a shared host they do not count time spent waiting for a core.
+//!   a shared host they do not count time spent waiting for a core (left out where the kernel
+//!   does not report a thread's CPU time).
 //! - `e2e.k4.register_ops_per_s`: 4 nodes on loopback, each in its own OS process (this binary
 //!   as `bench worker`), 2 with the session role; callers on all 4 register distinct keys at
 //!   once, each call awaited (`--concurrency` callers per node). Aggregate = acknowledged
@@ -271,9 +272,13 @@ fn shard(n: u64) -> Vec<Metric> {
         value,
         unit,
     };
-    vec![
+    let mut metrics = vec![
         m("shard.sessions", held as f64, "sessions"),
-        m("shard.register_ops_per_s", rate(n, register.wall_s), "ops/s"),
+        m(
+            "shard.register_ops_per_s",
+            rate(n, register.wall_s),
+            "ops/s",
+        ),
         m("shard.lookup_ops_per_s", rate(n, lookup.wall_s), "ops/s"),
         m("mem.bytes_per_session", heap / n as f64, "bytes/session"),
         m(
@@ -291,17 +296,21 @@ fn shard(n: u64) -> Vec<Metric> {
             rate(batches * 64, lookup_many.wall_s),
             "ops/s",
         ),
-        m(
+    ];
+    // CPU time is 0 where the kernel does not report it: leave those figures out.
+    if register.cpu_s > 0.0 && lookup_cpu[1] > 0.0 {
+        metrics.push(m(
             "context.shard.register_cpu_ops_per_s",
             rate(n, register.cpu_s),
             "ops/s",
-        ),
-        m(
+        ));
+        metrics.push(m(
             "context.shard.lookup_cpu_ops_per_s",
             rate(n, lookup_cpu[1]),
             "ops/s",
-        ),
-    ]
+        ));
+    }
+    metrics
 }
 
 // ---- e2e: 4 nodes, separate OS processes ----
