@@ -137,8 +137,9 @@ pub struct CoordinatedGroups {
     pub(super) replicas: BTreeMap<Key, Replica>,
     /// The groups of each partition, so a partition's state is read in O(its groups) rather
     /// than O(the scope's). Invariant: every group of the table with members is listed under
-    /// its partition (groups are added wherever the backend joins: `apply_next`,
-    /// `install_state`); groups left empty are dropped lazily when the partition is read.
+    /// its partition (groups are added wherever the backend joins: `apply_next` when the join
+    /// created the group, `install_state`); groups left empty are dropped lazily when the
+    /// partition is read.
     pub(super) part_groups: HashMap<Key, HashSet<GroupName>>,
     /// Terms of the partitions this node is (or is becoming) the boss of.
     pub(super) terms: BTreeMap<Key, Term>,

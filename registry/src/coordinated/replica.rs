@@ -115,8 +115,9 @@ impl Replica {
     }
 }
 
-/// Lists `group` under its partition `key` (see `CoordinatedGroups::part_groups`). Nothing is
-/// cloned when it is listed already (the common case: a group's later joins).
+/// Lists `group` under its partition `key` (see `CoordinatedGroups::part_groups`), after a join
+/// created it in the table. Nothing is cloned when it is listed already (an entry kept from
+/// before the group was last emptied: entries are dropped lazily).
 fn index_group(
     index: &mut std::collections::HashMap<Key, std::collections::HashSet<GroupName>>,
     key: &Key,
@@ -160,11 +161,16 @@ impl CoordinatedGroups {
                     pid,
                     meta,
                 } => {
-                    let refused = self.table.join(scope, group, *pid, meta).is_err();
-                    if !refused {
-                        index_group(&mut self.part_groups, key, group);
+                    // A group already in the table is already indexed (the invariant of
+                    // `part_groups`): only a group this join created needs listing.
+                    match self.table.join_created(scope, group, *pid, meta) {
+                        Ok(true) => {
+                            index_group(&mut self.part_groups, key, group);
+                            false
+                        }
+                        Ok(false) => false,
+                        Err(_) => true,
                     }
-                    refused
                 }
                 Op::Leave { scope, group, pid } => self.table.leave(scope, group, *pid).is_err(),
             }

@@ -67,7 +67,8 @@ pub(super) struct NameIndex {
     pub(super) long: HashMap<GroupName, u32, NameHash>,
 }
 
-/// The name index's hasher: a multiply-fold over 8-byte words from a per-index random seed.
+/// The name index's hasher (also the per-node serial maps'): a multiply-fold over 8-byte words
+/// from a per-map random seed.
 /// Every read and write hashes one name; SipHash cost more than the rest of a lookup in a
 /// warm index. Keyed, so which names collide is not known outside the process.
 #[derive(Clone)]
@@ -120,6 +121,11 @@ impl std::hash::Hasher for NameHasher {
             w[..rest.len()].copy_from_slice(rest);
             self.h = fold(self.h ^ u64::from_le_bytes(w), FOLD ^ rest.len() as u64);
         }
+    }
+
+    // A serial is one word: one fold, as `write` would do with its 8 bytes, without the loop.
+    fn write_u64(&mut self, n: u64) {
+        self.h = fold(self.h ^ n, FOLD);
     }
 
     fn finish(&self) -> u64 {
@@ -185,7 +191,9 @@ pub(super) struct Group {
 pub(super) struct NodeSlot {
     pub(super) id: NodeId,
     pub(super) records: Vec<u32>,
-    pub(super) pids: HashMap<u64, u32>,
+    /// Keyed by the name index's hasher too: every join, leave and exit hashes one serial,
+    /// and SipHash was the largest single cost of a join into a large table.
+    pub(super) pids: HashMap<u64, u32, NameHash>,
 }
 
 impl NodeSlot {
@@ -193,7 +201,7 @@ impl NodeSlot {
         Self {
             id,
             records: Vec::new(),
-            pids: HashMap::new(),
+            pids: HashMap::default(),
         }
     }
 }

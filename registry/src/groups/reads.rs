@@ -301,9 +301,8 @@ impl GroupTable {
     }
 
     fn chain_head(&self, pid: Pid) -> u32 {
-        self.node_index
-            .get(&pid.node)
-            .and_then(|&n| live(&self.nodes, n).pids.get(&pid.serial))
+        self.node_of(pid.node)
+            .and_then(|n| live(&self.nodes, n).pids.get(&pid.serial))
             .copied()
             .unwrap_or(NIL)
     }

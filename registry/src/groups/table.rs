@@ -132,11 +132,24 @@ impl GroupTable {
         pid: Pid,
         meta: &[u8],
     ) -> Result<(), GroupError> {
+        self.join_created(scope, group, pid, meta).map(drop)
+    }
+
+    /// [`join`](Self::join), also telling whether this join created the group (it had no
+    /// members before): a caller indexing groups by something of its own updates its index only
+    /// then, instead of looking the group up on every join.
+    pub fn join_created(
+        &mut self,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        meta: &[u8],
+    ) -> Result<bool, GroupError> {
         self.check_meta(meta.len())?;
         let meta: Box<[u8]> = meta.into();
-        self.insert(scope, group, pid, meta.clone());
+        let created = self.insert(scope, group, pid, meta.clone());
         self.push_event(EventKind::Joined, scope.clone(), group.clone(), pid, meta);
-        Ok(())
+        Ok(created)
     }
 
     /// Removes one occurrence of `pid` from `group` of `scope`: the one joined most recently.
@@ -153,7 +166,7 @@ impl GroupTable {
         let found = self
             .find_group(scope.as_str(), group.as_str())
             .and_then(|g| {
-                let n = *self.node_index.get(&pid.node)?;
+                let n = self.node_of(pid.node)?;
                 let (prev, id) = self.find_in_chain(n, pid.serial, g)?;
                 Some((n, prev, id))
             });
@@ -179,7 +192,7 @@ impl GroupTable {
     ///
     /// Emits one `Left` per occurrence, in the returned order. O(m).
     pub fn remove_pid(&mut self, pid: Pid) -> Vec<Membership> {
-        let Some(&n) = self.node_index.get(&pid.node) else {
+        let Some(n) = self.node_of(pid.node) else {
             return Vec::new();
         };
         let pids = &mut live_mut(&mut self.nodes, n).pids;
@@ -213,7 +226,7 @@ impl GroupTable {
         let slot = live_mut(&mut self.nodes, n);
         let records = mem::take(&mut slot.records);
         // Dropping the whole pid index at once: no chain needs unlinking record by record.
-        slot.pids = HashMap::new();
+        slot.pids = HashMap::default();
         let mut removed = Vec::with_capacity(records.len());
         for id in records {
             let membership = self.detach(id, false);
@@ -317,9 +330,9 @@ impl GroupTable {
         group: &GroupName,
         pid: Pid,
         meta: Box<[u8]>,
-    ) {
+    ) -> bool {
         let s = self.scope_slot(scope);
-        let g = self.group_slot(s, group);
+        let (g, created) = self.group_slot(s, group);
         let n = self.node_slot(pid.node);
         let mut record = Record::new(pid.serial, n, g);
         if !meta.is_empty() {
@@ -336,6 +349,7 @@ impl GroupTable {
         // The new record becomes the head of its pid's chain: newest first.
         self.records.get_mut(id).next_of_pid = node.pids.insert(pid.serial, id).unwrap_or(NIL);
         self.memberships += 1;
+        created
     }
 
     /// Unlinks record `id` (whose chain predecessor is `prev`) from the chain of pid
@@ -423,10 +437,11 @@ impl GroupTable {
         s
     }
 
-    fn group_slot(&mut self, s: u32, group: &GroupName) -> u32 {
+    /// The handle of `group` in scope `s`, and whether it was created now.
+    fn group_slot(&mut self, s: u32, group: &GroupName) -> (u32, bool) {
         let scope = &mut self.scopes[s as usize];
         if let Some(g) = scope.groups.get(group.as_str()) {
-            return g;
+            return (g, false);
         }
         let g = self.groups.insert(Some(Group {
             name: group.clone(),
@@ -437,11 +452,20 @@ impl GroupTable {
         }));
         scope.list.push(g);
         scope.groups.insert(group, g);
-        g
+        (g, true)
+    }
+
+    /// The slot of `node`, if it has one. The owner's is always [`OWNER_SLOT`]: most calls are
+    /// about the owner's own pids, which then hash nothing.
+    pub(super) fn node_of(&self, node: NodeId) -> Option<u32> {
+        if node == self.owner {
+            return Some(OWNER_SLOT);
+        }
+        self.node_index.get(&node).copied()
     }
 
     fn node_slot(&mut self, node: NodeId) -> u32 {
-        if let Some(&n) = self.node_index.get(&node) {
+        if let Some(n) = self.node_of(node) {
             return n;
         }
         let n = self.nodes.insert(Some(NodeSlot::new(node)));
