@@ -340,7 +340,7 @@ impl Node {
     }
 
     /// Checks names for a join or leave as [`Self::names`] does, without copying them: the
-    /// call takes the table's own handles under the lock ([`interned`]).
+    /// call takes the table's scope handle under the lock ([`interned`]).
     fn check_names(scope: &str, group: &str) -> Result<(), NodeError> {
         if scope == ROLES_SCOPE || scope.len() > NAME_MAX_BYTES || group.len() > NAME_MAX_BYTES {
             Self::names(scope, group)?;
@@ -375,8 +375,10 @@ impl Node {
         meta: &[u8],
     ) -> Result<(), NodeError> {
         Self::check_names(scope, group)?;
-        self.call(|e, now, req, out| match interned(e.table(), scope, group) {
-            Ok((s, g)) => e.join(now, req, &s, &g, pid, meta, out),
+        // Made before the lock is taken (see `interned`).
+        let g = GroupName::new(group)?;
+        self.call(|e, now, req, out| match interned(e.table(), scope) {
+            Ok(s) => e.join(now, req, &s, &g, pid, meta, out),
             Err(err) => out.push(engine::Action::Completed(req, Err(CallError::Group(err)))),
         })
         .await
@@ -419,8 +421,9 @@ impl Node {
     /// Removes one occurrence of local `pid` from `group` (`NotJoined` when there is none).
     pub async fn leave(&self, scope: &str, group: &str, pid: Pid) -> Result<(), NodeError> {
         Self::check_names(scope, group)?;
-        self.call(|e, now, req, out| match interned(e.table(), scope, group) {
-            Ok((s, g)) => e.leave(now, req, &s, &g, pid, out),
+        let g = GroupName::new(group)?;
+        self.call(|e, now, req, out| match interned(e.table(), scope) {
+            Ok(s) => e.leave(now, req, &s, &g, pid, out),
             Err(err) => out.push(engine::Action::Completed(req, Err(CallError::Group(err)))),
         })
         .await
@@ -632,23 +635,17 @@ impl Node {
     }
 }
 
-/// Names for a call, as the table's own handles where it has them (no allocation, and the
-/// backends' lookups compare them by pointer), else fresh ones (checked by
-/// [`Node::check_names`] already, so an error here cannot happen in practice).
-fn interned(
-    table: &GroupTable,
-    scope: &str,
-    group: &str,
-) -> Result<(ScopeName, GroupName), GroupError> {
-    let s = match table.scope_name(scope) {
-        Some(s) => s.clone(),
-        None => ScopeName::new(scope)?,
-    };
-    let g = match table.group_name(scope, group) {
-        Some(g) => g.clone(),
-        None => GroupName::new(group)?,
-    };
-    Ok((s, g))
+/// The scope name for a call: the table's own handle where it has one (no allocation; scopes
+/// are few, so their handles stay hot, and the backends' keyed lookups compare them by
+/// pointer), else a fresh one (checked by [`Node::check_names`] already, so an error here cannot
+/// happen in practice). The group name is a fresh copy made before the lock: looking up the
+/// table's handle cost more than the copy (a lookup the table repeats anyway, plus a
+/// reference-count update on the name's own allocation, a cache miss in a large table).
+fn interned(table: &GroupTable, scope: &str) -> Result<ScopeName, GroupError> {
+    match table.scope_name(scope) {
+        Some(s) => Ok(s.clone()),
+        None => ScopeName::new(scope),
+    }
 }
 
 /// Whether a call error means "retry later" (the cluster could not order it now).
