@@ -124,15 +124,20 @@ impl BroadcastQueue {
         self.sent_items = self.items.iter().filter(|item| item.sent > 0).count();
     }
 
-    /// Heap bytes: the buffer and each delta's metadata (names are shared with the table).
+    /// Heap bytes: the buffer, each delta's metadata, and the names no other holder shares
+    /// (a local call's group name is its own copy; names shared with the table are the
+    /// table's to count, and a copy shared by two deltas only is not counted).
     pub fn heap_bytes(&self) -> usize {
         let metas: usize = self
             .items
             .iter()
             .map(|item| match &item.delta.op {
-                super::wire::Op::Join { meta, .. } | super::wire::Op::Leave { meta, .. } => {
-                    meta.len()
+                super::wire::Op::Join {
+                    scope, group, meta, ..
                 }
+                | super::wire::Op::Leave {
+                    scope, group, meta, ..
+                } => meta.len() + scope.unshared_heap_bytes() + group.unshared_heap_bytes(),
                 super::wire::Op::Exit { .. } => 0,
             })
             .sum();

@@ -78,6 +78,17 @@ macro_rules! bounded_name {
             pub(super) fn heap_bytes(&self) -> usize {
                 super::heap::arc_str_bytes(self.0.len())
             }
+
+            /// Heap bytes of the allocation behind this name if this handle is its only one
+            /// (a copy no table shares), else 0: what a holder of many handles counts as its
+            /// own.
+            pub(crate) fn unshared_heap_bytes(&self) -> usize {
+                if Arc::strong_count(&self.0) == 1 {
+                    self.heap_bytes()
+                } else {
+                    0
+                }
+            }
         }
 
         impl TryFrom<&str> for $name {
