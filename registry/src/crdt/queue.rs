@@ -11,7 +11,8 @@ pub const QUEUE_CAP: usize = 4_096;
 
 struct Pending {
     delta: Delta,
-    /// Encoded size in postcard, computed once.
+    /// Encoded size in postcard, computed once, when first needed (0: not yet; no delta encodes
+    /// to nothing). A node without peers never sends, so never pays for it.
     len: usize,
     /// Datagrams that carried it so far.
     sent: u32,
@@ -53,10 +54,9 @@ impl BroadcastQueue {
                 dropped = 1;
             }
         }
-        let len = encoded_len(&delta);
         self.items.push(Pending {
             delta,
-            len,
+            len: 0,
             sent: 0,
         });
         dropped
@@ -89,6 +89,9 @@ impl BroadcastQueue {
         let mut too_large = 0;
         for i in order {
             let item = &mut self.items[i];
+            if item.len == 0 {
+                item.len = encoded_len(&item.delta);
+            }
             if item.len > budget {
                 item.sent = u32::MAX;
                 too_large += 1;
