@@ -55,6 +55,15 @@ fn sent(out: &[SessionOutput]) -> Vec<(SocketAddrV4, ManagerMessage)> {
         .collect()
 }
 
+/// Releases what `m` held; exactly one message must leave.
+fn release_one(m: &mut SessionManager) -> (SocketAddrV4, ManagerMessage) {
+    let mut out = Vec::new();
+    m.release(T0, &mut out);
+    let mut msgs = sent(&out);
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    msgs.remove(0)
+}
+
 fn deliver(m: &mut SessionManager, from: u32, msg: &ManagerMessage) -> Vec<SessionOutput> {
     let mut out = Vec::new();
     let bytes = wire::encode(msg, CLUSTER);
@@ -378,14 +387,11 @@ fn held_inputs_send_one_replicate_one_ack_and_one_reply_message_per_peer() {
     for r in &reqs {
         assert!(sent(&deliver(&mut a, 2, r)).is_empty(), "held");
     }
-    let mut out = Vec::new();
-    a.release(T0, &mut out);
-    let msgs = sent(&out);
-    assert_eq!(msgs.len(), 1, "{msgs:?}");
-    let (to, ManagerMessage::Replicate(entries)) = &msgs[0] else {
-        panic!("{msgs:?}")
+    let (to, msg) = release_one(&mut a);
+    let ManagerMessage::Replicate(entries) = &msg else {
+        panic!("{msg:?}")
     };
-    assert_eq!((*to, entries.len()), (node(2).addr(), 2));
+    assert_eq!((to, entries.len()), (node(2).addr(), 2));
 
     // The standby applies them over two held inputs: one cumulative ack at the release.
     b.hold();
@@ -393,28 +399,22 @@ fn held_inputs_send_one_replicate_one_ack_and_one_reply_message_per_peer() {
         let one = ManagerMessage::Replicate(vec![e.clone()]);
         assert!(sent(&deliver(&mut b, 1, &one)).is_empty(), "held");
     }
-    let mut out = Vec::new();
-    b.release(T0, &mut out);
-    let msgs = sent(&out);
-    assert_eq!(msgs.len(), 1, "{msgs:?}");
-    let (to, ManagerMessage::Acks(acks)) = &msgs[0] else {
-        panic!("{msgs:?}")
+    let (to, ack_msg) = release_one(&mut b);
+    let ManagerMessage::Acks(acks) = &ack_msg else {
+        panic!("{ack_msg:?}")
     };
-    assert_eq!(*to, node(1).addr());
+    assert_eq!(to, node(1).addr());
     assert_eq!(acks.len(), 1);
     assert_eq!(acks[0].seq, entries[1].seq, "the newest entry");
 
     // The primary releases both replies only on the ack, in one message at its release.
     a.hold();
-    assert!(sent(&deliver(&mut a, 2, &msgs[0].1)).is_empty(), "held");
-    let mut out = Vec::new();
-    a.release(T0, &mut out);
-    let msgs = sent(&out);
-    assert_eq!(msgs.len(), 1, "{msgs:?}");
-    let (to, ManagerMessage::Replies(replies)) = &msgs[0] else {
-        panic!("{msgs:?}")
+    assert!(sent(&deliver(&mut a, 2, &ack_msg)).is_empty(), "held");
+    let (to, msg) = release_one(&mut a);
+    let ManagerMessage::Replies(replies) = &msg else {
+        panic!("{msg:?}")
     };
-    assert_eq!(*to, node(2).addr());
+    assert_eq!(to, node(2).addr());
     let ids: Vec<u64> = replies.iter().map(|r| r.to.id).collect();
     assert_eq!(ids, vec![1, 2]);
     assert!(replies.iter().all(|r| r.result.is_ok()), "{replies:?}");
