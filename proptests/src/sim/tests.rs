@@ -161,3 +161,54 @@ fn a_crashed_mesh_peer_resets_its_link_and_refuses_redials() {
             && s.observer().converged())
     );
 }
+
+/// An isolated SWIM node declares every other member Down during the cut; after the heal it
+/// renews (the others declared it Down), and so does every other node: the isolated node's
+/// verdicts reach them (piggybacked by foca, and in its anti-entropy pushes, which ship Down
+/// records) and Down is final, in foca and in the gossip table's tombstones alike. At 10,000
+/// nodes one flaky host would renew the whole cluster. Known limit, kept as a reproduction:
+/// closing it needs the isolated side to drop the verdicts it made while alone (a fresh foca
+/// on `Idle`, no Down records in its pushes) *and* the gossip backend not to spread
+/// tombstones of generations only that side saw Down.
+#[test]
+#[ignore = "known limit: a healed isolated node makes every node renew; see the doc comment"]
+fn after_one_node_is_isolated_and_healed_only_that_node_renews() {
+    const N: u32 = 8;
+    let mut sim = Sim::new(N, 11, NetConfig::default(), swim_factory(Profile::Test, N));
+    sim.start_at(0, 0, &[]);
+    for i in 1..N {
+        sim.start_at(i, MS, &[0]);
+    }
+    assert!(
+        sim.run_until_or(10_000 * MS, |s| s.observer().live_count() == N
+            && s.observer().converged())
+    );
+    sim.record_members();
+    let mut sides = vec![0u8; N as usize];
+    sides[7] = 1;
+    sim.partition(sides, vec![(0, 1), (1, 0)]);
+    // Long enough for both sides to declare the other Down (test profile: ~1 s).
+    sim.run_until(sim.now() + 5_000 * MS);
+    sim.heal();
+    assert!(
+        sim.run_until_or(sim.now() + 30_000 * MS, |s| s.observer().live_count() == N
+            && s.observer().converged()),
+        "no convergence after the heal"
+    );
+    // Let any late verdict arrive.
+    sim.run_until(sim.now() + 5_000 * MS);
+    let renewed: Vec<u32> = sim
+        .drain_members()
+        .iter()
+        .filter(|r| matches!(r.what, MemberFact::Renewed(_)))
+        .map(|r| r.node)
+        .collect();
+    assert!(
+        renewed.contains(&7),
+        "the isolated node renews: {renewed:?}"
+    );
+    assert!(
+        renewed.iter().all(|&n| n == 7),
+        "only the isolated node renews: {renewed:?}"
+    );
+}
