@@ -319,14 +319,19 @@ fn link(n: &mut Swim, event: LinkEvent) -> Vec<Output<SwimTimer>> {
     out
 }
 
+/// A reset of the link to member `peer` makes `n` redial it (a check starts).
+fn reset_redials(n: &mut Swim, peer: SocketAddrV4) {
+    assert_eq!(
+        link(n, LinkEvent::Reset(peer)),
+        vec![Output::Connect { to: peer }]
+    );
+}
+
 #[test]
 fn a_reset_link_to_a_member_is_redialled_once() {
     let mut nodes = trio();
     let peer = id(1).addr();
-    assert_eq!(
-        link(&mut nodes[0], LinkEvent::Reset(peer)),
-        vec![Output::Connect { to: peer }]
-    );
+    reset_redials(&mut nodes[0], peer);
     // A second reset while the check is pending dials nothing more.
     assert_eq!(link(&mut nodes[0], LinkEvent::Reset(peer)), vec![]);
     // A reset of a link to an address that is no member is none of our business.
@@ -340,16 +345,10 @@ fn a_reset_link_to_a_member_is_redialled_once() {
 fn a_reset_link_whose_redial_succeeds_or_keeps_failing_declares_nothing() {
     let mut nodes = trio();
     let peer = id(1).addr();
-    assert_eq!(
-        link(&mut nodes[0], LinkEvent::Reset(peer)),
-        vec![Output::Connect { to: peer }]
-    );
+    reset_redials(&mut nodes[0], peer);
     assert_eq!(link(&mut nodes[0], LinkEvent::Up(peer)), vec![]);
     // Failed dials (no refusal) are repeated up to CHECK_DIALS dials, then probing decides.
-    assert_eq!(
-        link(&mut nodes[0], LinkEvent::Reset(peer)),
-        vec![Output::Connect { to: peer }]
-    );
+    reset_redials(&mut nodes[0], peer);
     for _ in 1..CHECK_DIALS {
         assert_eq!(
             link(&mut nodes[0], LinkEvent::ConnectFailed(peer)),

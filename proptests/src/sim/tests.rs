@@ -11,17 +11,30 @@ const MS: u64 = 1_000_000;
 /// Bytes no core accepts: if they are delivered, the receiver counts a refusal.
 const JUNK: [u8; 2] = [0xde, 0xad];
 
-/// Two mesh nodes, linked and converged, recording membership facts from then on.
-fn pair() -> Sim<meshreg_membership::Mesh> {
-    let mut sim = Sim::new(2, 7, NetConfig::default(), mesh_factory(Profile::Test));
+/// `n` nodes (node 0 first, the others 1 ms later through it), converged within `limit_ms`
+/// virtual ms, recording membership facts from then on.
+fn converged<C: meshreg_membership::MembershipCore>(
+    n: u32,
+    seed: u64,
+    factory: super::Factory<C>,
+    limit_ms: u64,
+) -> Sim<C> {
+    let mut sim = Sim::new(n, seed, NetConfig::default(), factory);
     sim.start_at(0, 0, &[]);
-    sim.start_at(1, MS, &[0]);
+    for i in 1..n {
+        sim.start_at(i, MS, &[0]);
+    }
     assert!(
-        sim.run_until_or(2_000 * MS, |s| s.observer().live_count() == 2
+        sim.run_until_or(limit_ms * MS, |s| s.observer().live_count() == n
             && s.observer().converged())
     );
     sim.record_members();
     sim
+}
+
+/// Two mesh nodes, linked and converged, recording membership facts from then on.
+fn pair() -> Sim<meshreg_membership::Mesh> {
+    converged(2, 7, mesh_factory(Profile::Test), 2_000)
 }
 
 fn send_junk(sim: &mut Sim<meshreg_membership::Mesh>, from: u32, to: u32) {
@@ -94,16 +107,7 @@ fn a_frame_without_a_link_is_delivered_when_no_cut_is_in_the_way() {
 
 /// Three SWIM nodes, converged, recording membership facts from then on.
 fn swim_trio() -> Sim<meshreg_membership::Swim> {
-    let mut sim = Sim::new(3, 7, NetConfig::default(), swim_factory(Profile::Test, 3));
-    sim.start_at(0, 0, &[]);
-    sim.start_at(1, MS, &[0]);
-    sim.start_at(2, MS, &[0]);
-    assert!(
-        sim.run_until_or(5_000 * MS, |s| s.observer().live_count() == 3
-            && s.observer().converged())
-    );
-    sim.record_members();
-    sim
+    converged(3, 7, swim_factory(Profile::Test, 3), 5_000)
 }
 
 fn send_frame<C: meshreg_membership::MembershipCore>(sim: &mut Sim<C>, from: u32, to: u32) {
@@ -174,16 +178,7 @@ fn a_crashed_mesh_peer_resets_its_link_and_refuses_redials() {
 #[ignore = "known limit: a healed isolated node makes every node renew; see the doc comment"]
 fn after_one_node_is_isolated_and_healed_only_that_node_renews() {
     const N: u32 = 8;
-    let mut sim = Sim::new(N, 11, NetConfig::default(), swim_factory(Profile::Test, N));
-    sim.start_at(0, 0, &[]);
-    for i in 1..N {
-        sim.start_at(i, MS, &[0]);
-    }
-    assert!(
-        sim.run_until_or(10_000 * MS, |s| s.observer().live_count() == N
-            && s.observer().converged())
-    );
-    sim.record_members();
+    let mut sim = converged(N, 11, swim_factory(Profile::Test, N), 10_000);
     let mut sides = vec![0u8; N as usize];
     sides[7] = 1;
     sim.partition(sides, vec![(0, 1), (1, 0)]);

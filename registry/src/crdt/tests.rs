@@ -155,14 +155,20 @@ fn the_first_up_peer_gets_a_full_sync_and_later_ones_a_pull() {
     assert_eq!(g.peers(), &[id(1, 1), id(2, 1)]);
 }
 
-#[test]
-fn a_gossip_round_sends_one_datagram_of_deltas_to_each_of_fanout_peers() {
-    let me = id(0, 1);
+/// A gossip node `me` that has seen peers 1 to 4 come up, and what that produced.
+fn with_four_peers(me: NodeId) -> (GossipGroups, Out) {
     let mut g = GossipGroups::new(me, CLUSTER, Profile::Test, 1);
     let mut out = Out::new();
     for i in 1..=4 {
         g.member_event(Time::ZERO, MemberEvent::Up(id(i, 1)), &mut out);
     }
+    (g, out)
+}
+
+#[test]
+fn a_gossip_round_sends_one_datagram_of_deltas_to_each_of_fanout_peers() {
+    let me = id(0, 1);
+    let (mut g, mut out) = with_four_peers(me);
     g.join(
         Time::ZERO,
         1,
@@ -235,11 +241,7 @@ fn pushed(out: &Out) -> Vec<usize> {
 #[test]
 fn eager_pushes_are_coalesced_within_a_millisecond_and_held_over_a_burst() {
     let me = id(0, 1);
-    let mut g = GossipGroups::new(me, CLUSTER, Profile::Test, 1);
-    let mut out = Out::new();
-    for i in 1..=4 {
-        g.member_event(Time::ZERO, MemberEvent::Up(id(i, 1)), &mut out);
-    }
+    let (mut g, mut out) = with_four_peers(me);
     let join = |g: &mut GossipGroups, t: Time, serial: u64, out: &mut Out| {
         g.join(t, serial, &scope(), &group("a"), pid(me, serial), b"", out);
     };
