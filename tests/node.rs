@@ -587,7 +587,9 @@ async fn coordinated_converges_when_full_peer_queues_drop_frames() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_notices_survive_a_full_peer_queue() {
     bounded(async {
-        let a = start_small_queues(None, 4).await;
+        // Only b's queues are small (its notices to a must wait for room); a's monitor
+        // requests must all find room, or the message below could overtake deferred ones.
+        let a = start_small_queues(None, 4096).await;
         let b = start_small_queues(Some(&a), 4).await;
         connected(&[&a, &b]).await;
         let procs: Vec<_> = (0..32).map(|_| b.process()).collect();
