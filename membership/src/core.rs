@@ -182,6 +182,15 @@ pub trait MembershipCore {
     /// Leave the cluster cleanly: peers see a leave, not a failure.
     fn leave(&mut self, now: Time, out: &mut Vec<Output<Self::Timer>>);
 
+    /// First-hand evidence that member `id` stopped answering (a layer above saw requests to
+    /// it go unanswered). A core with refutable suspicion (SWIM) suspects it at once instead
+    /// of waiting for its probe to come round; a live member refutes as after any false
+    /// suspicion. The default ignores it (the mesh's heartbeat timeout already watches every
+    /// link). Never about this node itself.
+    fn suspect(&mut self, now: Time, id: NodeId, out: &mut Vec<Output<Self::Timer>>) {
+        let _ = (now, id, out);
+    }
+
     /// Number of live members in this node's view, itself excluded.
     fn num_members(&self) -> usize;
 

@@ -90,6 +90,7 @@ impl<M: MembershipCore, R: RegistryCore> SessionStack<M, R> {
     }
 
     fn route_sessions(&mut self, now: Time, sout: &mut Vec<SessionOutput>, out: &mut Out<M, R>) {
+        let mut suspects = Vec::new();
         for o in sout.drain(..) {
             match o {
                 SessionOutput::Send {
@@ -109,7 +110,14 @@ impl<M: MembershipCore, R: RegistryCore> SessionStack<M, R> {
                     self.completed.push((now, req, result));
                 }
                 SessionOutput::Lost { key, pid } => self.lost.push((now, key, pid)),
+                SessionOutput::Suspect(id) => suspects.push(id),
             }
+        }
+        // After the loop: suspecting routes the membership core's outputs, which may come
+        // back here (never with another suspicion, so this ends).
+        for id in suspects {
+            self.inner.suspect(now, id, &mut self.iout);
+            self.route_inner(now, out);
         }
     }
 
@@ -241,6 +249,11 @@ impl<M: MembershipCore, R: RegistryCore> MembershipCore for SessionStack<M, R> {
 
     fn leave(&mut self, now: Time, out: &mut Vec<Output<Self::Timer>>) {
         self.inner.leave(now, &mut self.iout);
+        self.route_inner(now, out);
+    }
+
+    fn suspect(&mut self, now: Time, id: NodeId, out: &mut Vec<Output<Self::Timer>>) {
+        self.inner.suspect(now, id, &mut self.iout);
         self.route_inner(now, out);
     }
 

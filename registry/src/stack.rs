@@ -257,6 +257,11 @@ impl<M: MembershipCore, R: RegistryCore> MembershipCore for Stack<M, R> {
         self.route_membership(now, out);
     }
 
+    fn suspect(&mut self, now: Time, id: NodeId, out: &mut Vec<Output<Self::Timer>>) {
+        self.membership.suspect(now, id, &mut self.mout);
+        self.route_membership(now, out);
+    }
+
     fn num_members(&self) -> usize {
         self.membership.num_members()
     }

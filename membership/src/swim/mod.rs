@@ -61,6 +61,14 @@ pub enum SwimTimer {
     Foca(foca::Timer<NodeId>),
     /// One anti-entropy round (and the alone check).
     AntiEntropy,
+    /// The suspicion this node raised on outside evidence ([`MembershipCore::suspect`]) ran
+    /// its course: Down unless `id` refuted it (a higher incarnation) or is gone already.
+    SuspectToDown {
+        /// The suspected member.
+        id: NodeId,
+        /// The incarnation suspected.
+        incarnation: foca::Incarnation,
+    },
 }
 
 /// Dials of one check (module docs) before it gives up and leaves the member to probing.
@@ -91,6 +99,10 @@ pub struct Swim {
     /// Addresses of active members whose link reset and whose redial has not answered yet, with
     /// the dials made so far (one entry per member at most; see the module docs).
     checking: HashMap<SocketAddrV4, u8>,
+    /// foca's suspect-to-down time (foca does not hand its config back).
+    suspicion: Duration,
+    /// Suspicions raised on outside evidence.
+    suspected: u64,
 }
 
 /// Adapts foca's `Runtime` callbacks to [`Output`]s; notifications are kept for post-processing
@@ -127,6 +139,7 @@ impl Swim {
     /// derives retransmissions and suspicion time from it). `seed` drives all randomness.
     pub fn new(id: NodeId, cluster: u32, profile: Profile, cluster_size: u32, seed: u64) -> Self {
         let config = profile.foca_config(cluster_size);
+        let suspicion = config.suspect_to_down_after;
         let foca = Foca::new(id, config, SmallRng::seed_from_u64(seed), PostcardCodec);
         // The digest covers the whole live set *including* this node, so two converged nodes
         // have equal digests.
@@ -145,6 +158,8 @@ impl Swim {
             notes: Vec::new(),
             receiving_from: None,
             checking: HashMap::new(),
+            suspicion,
+            suspected: 0,
         }
     }
 
@@ -189,6 +204,11 @@ impl Swim {
             f.apply_many(std::iter::once(down), true, &mut *rt)?;
             f.gossip(rt)
         });
+    }
+
+    /// Suspicions raised on outside evidence so far ([`MembershipCore::suspect`]).
+    pub fn suspected(&self) -> u64 {
+        self.suspected
     }
 
     /// The anti-entropy digest of the current view (for tests and diagnostics).
@@ -565,7 +585,48 @@ impl MembershipCore for Swim {
                 self.anti_entropy_round(out);
                 self.arm_anti_entropy(out);
             }
+            SwimTimer::SuspectToDown { id, incarnation } => {
+                let unrefuted = self.foca.iter_membership_state().any(|m| {
+                    *m.id() == id && m.state() == State::Suspect && m.incarnation() == incarnation
+                });
+                if unrefuted && !self.left {
+                    let down = Member::new(id, incarnation, State::Down);
+                    let _ = self.with_foca(out, |f, rt| {
+                        f.apply_many(std::iter::once(down), true, &mut *rt)?;
+                        f.gossip(rt)
+                    });
+                }
+            }
         }
+    }
+
+    /// Suspects `id` the way foca does after a failed probe: the suspicion is applied and
+    /// gossiped at once (so a live `id` hears it and refutes with a higher incarnation), and
+    /// this node declares `id` Down after foca's suspicion time unless it was refuted. Only an
+    /// active, unsuspected member is suspected: a suspicion already running (ours or foca's)
+    /// keeps its own deadline.
+    fn suspect(&mut self, _now: Time, id: NodeId, out: &mut Vec<Output<SwimTimer>>) {
+        if self.left || id.addr() == self.me.addr() {
+            return;
+        }
+        let Some(incarnation) = self
+            .foca
+            .iter_members()
+            .find(|m| *m.id() == id && m.state() == State::Alive)
+            .map(Member::incarnation)
+        else {
+            return;
+        };
+        self.suspected += 1;
+        let suspicion = Member::new(id, incarnation, State::Suspect);
+        let _ = self.with_foca(out, |f, rt| {
+            f.apply_many(std::iter::once(suspicion), true, &mut *rt)?;
+            f.gossip(rt)
+        });
+        out.push(Output::SetTimer {
+            after: self.suspicion,
+            timer: SwimTimer::SuspectToDown { id, incarnation },
+        });
     }
 
     fn leave(&mut self, _now: Time, out: &mut Vec<Output<SwimTimer>>) {

@@ -433,3 +433,77 @@ fn a_live_node_wrongly_refused_renews_when_the_verdict_reaches_it() {
     assert!(out.contains(&Output::Renewed(renewed)), "{out:?}");
     assert_eq!(nodes[1].id(), renewed);
 }
+
+/// The `SuspectToDown` timer `out` arms, if any.
+fn suspicion_timer(out: &[Output<SwimTimer>]) -> Option<SwimTimer> {
+    out.iter().find_map(|o| match o {
+        Output::SetTimer {
+            timer: t @ SwimTimer::SuspectToDown { .. },
+            ..
+        } => Some(t.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn an_outside_suspicion_declares_the_member_down_after_the_suspicion_time() {
+    let mut nodes = trio();
+    let mut out = Vec::new();
+    nodes[0].suspect(Time::ZERO, id(1), &mut out);
+    let timer = suspicion_timer(&out).expect("a suspicion deadline");
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::SetTimer { after, timer: SwimTimer::SuspectToDown { .. } }
+            if *after == Profile::Test.foca_config(16).suspect_to_down_after
+    )));
+    assert!(
+        out.iter().any(|o| matches!(o, Output::Send { .. })),
+        "gossiped at once: {out:?}"
+    );
+    assert_eq!(nodes[0].suspected(), 1);
+    // Still a member while suspected; a second suspicion keeps the first deadline.
+    assert!(nodes[0].members().contains(&id(1)));
+    let mut again = Vec::new();
+    nodes[0].suspect(Time::ZERO, id(1), &mut again);
+    assert_eq!(suspicion_timer(&again), None);
+    // Neither this node nor a stranger is ever suspected.
+    nodes[0].suspect(Time::ZERO, id(0), &mut again);
+    nodes[0].suspect(Time::ZERO, id(9), &mut again);
+    assert_eq!(again, vec![]);
+    let mut out = Vec::new();
+    nodes[0].handle_timer(Time::ZERO, timer, &mut out);
+    assert!(
+        out.contains(&Output::Event(MemberEvent::Down(id(1)))),
+        "{out:?}"
+    );
+    assert_eq!(nodes[0].members(), vec![id(2)]);
+}
+
+#[test]
+fn a_live_member_refutes_an_outside_suspicion_and_stays_up() {
+    let mut nodes = trio();
+    let mut out = Vec::new();
+    nodes[0].suspect(Time::ZERO, id(1), &mut out);
+    let timer = suspicion_timer(&out).expect("a suspicion deadline");
+    let sends: Vec<_> = out
+        .into_iter()
+        .filter(|o| matches!(o, Output::Send { .. }))
+        .map(|o| (0, o))
+        .collect();
+    // Node 1 hears it is suspected and refutes with a higher incarnation, which its next
+    // gossip carries back.
+    pump(&mut nodes, sends);
+    let mut refute = Vec::new();
+    nodes[1]
+        .with_foca(&mut refute, |f, rt| f.gossip(rt))
+        .expect("gossip");
+    let events = pump(&mut nodes, refute.into_iter().map(|o| (1, o)).collect());
+    assert!(!events[0].contains(&MemberEvent::Down(id(1))));
+    let mut out = Vec::new();
+    nodes[0].handle_timer(Time::ZERO, timer, &mut out);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Event(_))),
+        "a refuted suspicion declares nothing: {out:?}"
+    );
+    assert!(nodes[0].members().contains(&id(1)));
+}

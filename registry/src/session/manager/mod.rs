@@ -63,7 +63,7 @@ use std::fmt;
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use meshreg_membership::Channel;
+use meshreg_membership::{Channel, NodeId};
 
 pub use node::{ManagerStats, SessionManager};
 pub use placement::{DEFAULT_SHARDS, Placement, shard_of, weight};
@@ -119,6 +119,14 @@ pub enum SessionOutput {
         /// The shard's answer (shaped like the call: `One`, or `Many` for `lookup_many`).
         result: Result<Outcome, SessionCallError>,
     },
+    /// Node `0`, a replication partner of this node, was silent for
+    /// [`ManagerConfig::suspect_silent_after`]: as a primary it sent nothing (not even the
+    /// per-tick keepalive) to this standby, or as a standby it acknowledged none of the
+    /// replication this primary waits for. The driver hands it to the membership core, which
+    /// may suspect it at once (SWIM) instead of waiting for its probe to come round, so a
+    /// silent primary fails over after the suspicion time rather than probe period plus
+    /// suspicion time. A live node refutes the suspicion as after any other.
+    Suspect(NodeId),
     /// A local process lost its session: another registration replaced it, or a re-assertion
     /// found the key taken.
     Lost {
@@ -173,6 +181,11 @@ pub struct ManagerConfig {
     pub call_deadline: Duration,
     /// Sessions per re-assertion request.
     pub reassert_chunk: usize,
+    /// A replication partner silent this long is reported as a suspect
+    /// ([`SessionOutput::Suspect`]); `None` never reports. Primaries send a keepalive to each
+    /// standby every `tick` they sent it nothing else, so silence means a paused, cut off or
+    /// dead partner (or one starved for this long).
+    pub suspect_silent_after: Option<Duration>,
 }
 
 impl Default for ManagerConfig {
@@ -185,6 +198,7 @@ impl Default for ManagerConfig {
             backoff_max: Duration::from_millis(100),
             call_deadline: Duration::from_secs(60),
             reassert_chunk: 1024,
+            suspect_silent_after: Some(Duration::from_millis(500)),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`SessionManager`]: the state both sides share, the membership view, input dispatch, and
 //! the end-of-input flush (local deliveries, batched sends).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
@@ -28,6 +28,9 @@ pub struct ManagerStats {
     pub resent: u64,
     /// Messages refused (malformed, from a non-member).
     pub refused: u64,
+    /// Suspicions raised: a primary left a request unanswered past `request_timeout`, or a
+    /// standby stalled replication for as long ([`SessionOutput::Suspect`]).
+    pub suspected: u64,
 }
 
 /// One node's session manager. See the [module docs](super) for the protocol.
@@ -84,6 +87,12 @@ pub struct SessionManager {
     /// entries and acknowledgements collected by the inputs stay batched per destination (one
     /// message each at the release, not one per input).
     pub(super) held: bool,
+    /// Last time a message arrived from each member (for the silence watch).
+    pub(super) heard: HashMap<SocketAddrV4, Time>,
+    /// Last time a message left for each member (keepalives go only to quiet links).
+    pub(super) sent: HashMap<SocketAddrV4, Time>,
+    /// The `now` of the input being handled (stamps `sent`).
+    pub(super) now: Time,
 }
 
 impl SessionManager {
@@ -123,6 +132,9 @@ impl SessionManager {
             stats: ManagerStats::default(),
             ticking: false,
             held: false,
+            heard: HashMap::new(),
+            sent: HashMap::new(),
+            now: Duration::ZERO,
         }
     }
 
@@ -218,6 +230,8 @@ impl SessionManager {
                     return;
                 }
                 self.live.remove(&node.addr());
+                self.heard.remove(&node.addr());
+                self.sent.remove(&node.addr());
                 self.drop_node_everywhere(node, out);
             }
         }
@@ -326,6 +340,7 @@ impl SessionManager {
 
     fn send_now(&mut self, to: SocketAddrV4, msg: &ManagerMessage, out: &mut Out) {
         debug_assert_ne!(to, self.me.addr(), "local deliveries are direct");
+        self.sent.insert(to, self.now);
         out.push(SessionOutput::Send {
             to,
             channel: Channel::Stream,
@@ -360,6 +375,8 @@ impl SessionManager {
                 return Err(e);
             }
         };
+        self.now = now;
+        self.heard.insert(from, now);
         match msg {
             ManagerMessage::Requests(reqs) => {
                 for r in reqs {
@@ -413,6 +430,7 @@ impl SessionManager {
                 self.flush_outbox(out);
             }
             SessionTimer::Tick => {
+                self.now = now;
                 self.server_tick(now, out);
                 self.resend_overdue(now, out);
                 out.push(SessionOutput::SetTimer {

@@ -14,9 +14,9 @@ use std::net::SocketAddrV4;
 
 use meshreg_membership::{NodeId, Time};
 
-use super::Out;
 use super::node::SessionManager;
 use super::wire::ManagerMessage;
+use super::{Out, SessionOutput};
 use crate::session::{
     Epoch, ReplicaAck, Replicate, Reply, Request, Role, Seq, SessionError, Shard, ShardId, Snapshot,
 };
@@ -424,6 +424,54 @@ impl SessionManager {
         self.route_shard_outputs(out);
     }
 
+    /// The silence watch between replication partners. Every session node sends every other
+    /// live session node a keepalive (an empty `Replicate`) on each tick it sent it nothing
+    /// else, so a partner (the primary of a shard this node is standby of, or the standby of
+    /// a shard it serves) heard from for none of `suspect_silent_after` is paused, cut off or
+    /// dead, and is reported ([`SessionOutput::Suspect`]). Keepalives go to every session
+    /// node, not only to partners in this node's view, because views differ for a while after
+    /// a change and a partner in one view must not be silent for lack of it in the other.
+    /// Clients do not watch: a client cannot tell a silent primary from one whose replies wait
+    /// on a silent standby.
+    fn watch_partners(&mut self, now: Time, out: &mut Out) {
+        let Some(patience) = self.config.suspect_silent_after else {
+            return;
+        };
+        if !self.session_addrs.contains(&self.me.addr()) {
+            return;
+        }
+        let quiet_since = now.saturating_sub(self.config.tick);
+        let quiet: Vec<SocketAddrV4> = self
+            .session_addrs
+            .iter()
+            .filter(|a| **a != self.me.addr() && self.live.contains_key(*a))
+            .filter(|a| self.sent.get(*a).is_none_or(|&t| t <= quiet_since))
+            .copied()
+            .collect();
+        for addr in quiet {
+            self.send(addr, &ManagerMessage::Replicate(Vec::new()), out);
+        }
+        let mut partners = BTreeSet::new();
+        for (s, r) in &self.replicas {
+            match r.shard.role() {
+                Role::Primary => partners.extend(r.shard.standby_node()),
+                Role::Standby => partners.extend(self.placement.primary(*s)),
+                Role::Fenced => {}
+            }
+        }
+        for node in partners {
+            if node == self.me || self.live.get(&node.addr()) != Some(&node) {
+                continue;
+            }
+            // The clock starts at the first tick that finds the partnership.
+            let heard = *self.heard.entry(node.addr()).or_insert(now);
+            if now.saturating_sub(heard) >= patience {
+                self.stats.suspected += 1;
+                out.push(SessionOutput::Suspect(node));
+            }
+        }
+    }
+
     /// Upkeep: re-ask recovery rounds, re-fill standbys that did not acknowledge, retransmit
     /// to standbys that made no progress, and take up shards this node should serve.
     pub(super) fn server_tick(&mut self, now: Time, out: &mut Out) {
@@ -458,6 +506,7 @@ impl SessionManager {
             self.attach(s, standby, out);
         }
         self.route_shard_outputs(out);
+        self.watch_partners(now, out);
         for s in 0..self.placement.shards() {
             let shard = ShardId(s);
             let mine = self.placement.primary(shard) == Some(self.me);

@@ -537,3 +537,56 @@ fn a_newcomer_is_told_the_terms_this_node_serves() {
         .collect();
     assert_eq!(terms, vec![(node(2).addr(), served)]);
 }
+
+fn tick_at(m: &mut SessionManager, at: Duration) -> Vec<SessionOutput> {
+    let mut out = Vec::new();
+    m.handle_timer(at, SessionTimer::Tick, &mut out);
+    out
+}
+
+fn suspects(out: &[SessionOutput]) -> Vec<NodeId> {
+    out.iter()
+        .filter_map(|o| match o {
+            SessionOutput::Suspect(n) => Some(*n),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn replication_partners_keep_quiet_links_alive_and_report_a_silent_partner() {
+    let (mut a, mut b, _) = serving_pair();
+    let ms = Duration::from_millis;
+    // Node 1 sent node 2 nothing since T0: its tick sends a keepalive, and suspects nobody.
+    let out = tick_at(&mut a, T0 + ms(200));
+    assert!(suspects(&out).is_empty());
+    let keepalive: Vec<_> = sent(&out)
+        .into_iter()
+        .filter(|(to, m)| *to == node(2).addr() && *m == ManagerMessage::Replicate(Vec::new()))
+        .collect();
+    assert_eq!(keepalive.len(), 1, "{out:?}");
+    // A keepalive is only for a quiet link: a second tick at the same time sends none.
+    assert!(sent(&tick_at(&mut a, T0 + ms(200))).is_empty());
+    let mut none = Vec::new();
+    let bytes = wire::encode(&keepalive[0].1, CLUSTER);
+    b.handle_message(
+        T0 + ms(200),
+        node(1).addr(),
+        Channel::Stream,
+        &bytes,
+        &mut none,
+    )
+    .expect("a keepalive is accepted");
+    assert!(none.is_empty(), "{none:?}");
+    // Node 2 heard node 1 at +200 ms: silent for 400 ms is within the patience.
+    assert!(suspects(&tick_at(&mut b, T0 + ms(600))).is_empty());
+    // Nothing more arrives: node 2 reports its primary, node 1 (who heard nothing from its
+    // standby since T0) reports its standby, each once per tick while the silence lasts.
+    assert_eq!(suspects(&tick_at(&mut b, T0 + ms(800))), vec![node(1)]);
+    assert_eq!(suspects(&tick_at(&mut a, T0 + ms(800))), vec![node(2)]);
+    assert_eq!(b.stats().suspected, 1);
+    // With the watch off, silence is never reported.
+    let (mut a, _, _) = serving_pair();
+    a.config.suspect_silent_after = None;
+    assert!(suspects(&tick_at(&mut a, T0 + ms(10_000))).is_empty());
+}
