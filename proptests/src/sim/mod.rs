@@ -375,6 +375,7 @@ impl<C: MembershipCore> Sim<C> {
             self.note(i as u32, MemberFact::Started(*id));
         }
         let batch = threads.max(1) * 8;
+        let mut outs = Vec::with_capacity(n as usize);
         let mut start = 0u32;
         while start < n {
             let end = (start + batch as u32).min(n);
@@ -411,14 +412,20 @@ impl<C: MembershipCore> Sim<C> {
                 slot.generation = members[i as usize].generation();
                 slot.life += 1;
                 slot.core = Some(core);
-                let offset = if offset_max_ns > 0 {
-                    self.rng.random_range(0..offset_max_ns)
-                } else {
-                    0
-                };
-                self.apply_outputs(i, out, offset);
+                outs.push(out);
             }
             start = end;
+        }
+        // Outputs only once every core exists: a stream frame sent during preseed (a registry's
+        // first sync) to a node of a later batch would otherwise be refused as if nothing
+        // listened there, and the refusal taken for a dead process.
+        for (i, out) in outs.into_iter().enumerate() {
+            let offset = if offset_max_ns > 0 {
+                self.rng.random_range(0..offset_max_ns)
+            } else {
+                0
+            };
+            self.apply_outputs(i as u32, out, offset);
         }
     }
 
