@@ -41,7 +41,7 @@ impl NodeId {
     ///
     /// A generation is `creation << 16 | renewals`: a restart starts a new *creation*
     /// ([`NodeId::next_creation`]); a node falsely declared Down keeps running and only
-    /// *renews* ([`NodeId::next_generation`], foca's `renew`). Processes (`Pid`s) name their node
+    /// *renews* ([`NodeId::next_generation`]). Processes (`Pid`s) name their node
     /// by this root, so they keep their identity across renewals and lose it on a restart.
     pub const fn root(&self) -> Self {
         Self {
@@ -103,16 +103,18 @@ impl fmt::Display for NodeId {
 impl foca::Identity for NodeId {
     type Addr = SocketAddrV4;
 
-    /// A node declared Down comes back as the next generation instead of staying defunct.
+    /// None: foca never renews on its own. A SWIM node declared Down goes defunct in foca, and
+    /// the core renews itself ([`NodeId::next_generation`]) with a fresh view that no longer
+    /// vouches for the Down verdicts of its old identity (see `swim`'s module docs).
     fn renew(&self) -> Option<Self> {
-        Some(self.next_generation())
+        None
     }
 
     fn addr(&self) -> SocketAddrV4 {
         self.addr
     }
 
-    /// The newer generation wins; `renew` relies on this.
+    /// The newer generation wins: a renewed node replaces its old identity everywhere.
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
         self.generation > adversary.generation
     }
@@ -144,7 +146,8 @@ mod tests {
     #[test]
     fn renewed_identity_wins_the_address_conflict() {
         let a = NodeId::new(loopback_addr(3, 7000), 5);
-        let b = a.renew().expect("renewable");
+        assert_eq!(a.renew(), None, "the SWIM core renews, not foca");
+        let b = a.next_generation();
         assert_eq!(b.generation(), 6);
         assert_eq!(Identity::addr(&a), Identity::addr(&b));
         assert!(b.win_addr_conflict(&a));

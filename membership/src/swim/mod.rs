@@ -43,7 +43,10 @@ use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use foca::{Foca, Member, NoCustomBroadcast, OwnedNotification, PostcardCodec, State};
+use foca::{
+    Codec, Foca, Header, Member, Message, NoCustomBroadcast, OwnedNotification, PostcardCodec,
+    State,
+};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
@@ -57,8 +60,9 @@ use sync::SyncMsg;
 /// Timers of the SWIM core.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SwimTimer {
-    /// A foca timer, handed back to foca.
-    Foca(foca::Timer<NodeId>),
+    /// A foca timer of view `.0`, handed back to foca; timers of a view replaced by a renewal
+    /// are dropped (the fresh foca's tokens could collide with them).
+    Foca(u32, foca::Timer<NodeId>),
     /// One anti-entropy round (and the alone check).
     AntiEntropy,
     /// The suspicion this node raised on outside evidence ([`MembershipCore::suspect`]) ran
@@ -87,6 +91,10 @@ pub struct Swim {
     me: NodeId,
     cluster: u32,
     profile: Profile,
+    /// The cluster size foca's configuration is derived from (kept to rebuild foca on renewal).
+    cluster_size: u32,
+    /// Renewals so far: the view foca timers belong to.
+    view: u32,
     rng: SmallRng,
     seeds: Vec<SocketAddrV4>,
     digest: Digest,
@@ -109,6 +117,7 @@ pub struct Swim {
 /// (a `Rename` needs the notification that follows it).
 struct Rt<'a> {
     cluster: u32,
+    view: u32,
     out: &'a mut Vec<Output<SwimTimer>>,
     notes: &'a mut Vec<OwnedNotification<NodeId>>,
 }
@@ -129,7 +138,7 @@ impl foca::Runtime<NodeId> for Rt<'_> {
     fn submit_after(&mut self, event: foca::Timer<NodeId>, after: Duration) {
         self.out.push(Output::SetTimer {
             after,
-            timer: SwimTimer::Foca(event),
+            timer: SwimTimer::Foca(self.view, event),
         });
     }
 }
@@ -150,6 +159,8 @@ impl Swim {
             foca,
             cluster,
             profile,
+            cluster_size,
+            view: 0,
             rng: SmallRng::seed_from_u64(seed ^ 0x5157_494D_5F41_45FF),
             seeds: Vec::new(),
             digest,
@@ -216,8 +227,10 @@ impl Swim {
         &self.digest
     }
 
-    /// Turns buffered foca notifications into events, keeping the digest in step.
+    /// Turns buffered foca notifications into events, keeping the digest in step; renews when
+    /// foca found our identity Down.
     fn flush_notes(&mut self, out: &mut Vec<Output<SwimTimer>>) {
+        let mut defunct = false;
         let mut i = 0;
         while i < self.notes.len() {
             match self.notes[i].clone() {
@@ -250,9 +263,8 @@ impl Swim {
                     self.me = me;
                     out.push(Output::Renewed(me));
                 }
-                OwnedNotification::Active
-                | OwnedNotification::Idle
-                | OwnedNotification::Defunct => {}
+                OwnedNotification::Defunct => defunct = true,
+                OwnedNotification::Active | OwnedNotification::Idle => {}
             }
             i += 1;
         }
@@ -262,6 +274,71 @@ impl Swim {
         if self.notes.capacity() > 64 {
             self.notes = Vec::new();
         }
+        if defunct && !self.left {
+            self.renew(out);
+        }
+    }
+
+    /// Our identity was declared Down (foca went defunct: `NodeId` never renews inside foca):
+    /// continue as the next generation with a *fresh* foca that knows the active members only.
+    ///
+    /// Dropping the Down records and foca's update backlog is what keeps one cut-off node from
+    /// renewing the cluster: whoever declared us Down saw more of the cluster than we did (a
+    /// receiver that holds us Down trusts our verdicts only then, see `merge`), so the verdicts
+    /// our old identity reached (about every member when we were cut off) must not travel on
+    /// under the new one. Members we held Down that are alive come back Up under the same
+    /// identity (the consumers of a renewed node's events accept that); truly dead ones are
+    /// learned Down again from peers' pushes, without an event since they are not active here.
+    /// Cost: O(members²), foca's member table being a `Vec` (as `preseed`); renewals are rare.
+    fn renew(&mut self, out: &mut Vec<Output<SwimTimer>>) {
+        let new = self.me.next_generation();
+        let members: Vec<Member<NodeId>> = self.foca.iter_members().cloned().collect();
+        let config = self.profile.foca_config(self.cluster_size);
+        let seed = self.rng.random::<u64>();
+        self.foca = Foca::new(new, config, SmallRng::seed_from_u64(seed), PostcardCodec);
+        self.view = self.view.wrapping_add(1);
+        // The same active set: its Up notes were reported already.
+        let mut known = Vec::new();
+        let mut rt = Rt {
+            cluster: self.cluster,
+            view: self.view,
+            out: &mut *out,
+            notes: &mut known,
+        };
+        // Applying Alive or Suspect members of other addresses cannot fail.
+        let _ = self.foca.apply_many(members.into_iter(), false, &mut rt);
+        self.digest.remove(&self.me);
+        self.digest.add(&new);
+        self.me = new;
+        out.push(Output::Renewed(new));
+        if self.foca.num_members() == 0 {
+            self.announce_to_seeds(out);
+        } else {
+            // Any message from the new identity replaces the old one at its receiver.
+            let _ = self.with_foca(out, |f, rt| f.gossip(rt));
+        }
+    }
+
+    /// Whether we hold exactly `id` Down.
+    fn holds_down(&self, id: &NodeId) -> bool {
+        self.foca
+            .iter_membership_state()
+            .any(|m| m.id() == id && m.state() == State::Down)
+    }
+
+    /// A foca `TurnUndead` ("you are Down") from a sender we hold Down: not believed. Its
+    /// verdict is weighed in anti-entropy instead, where the sizes of both views are known
+    /// (`merge`); foca would act on it at once.
+    fn is_turn_undead_from_down(&self, payload: &[u8]) -> bool {
+        let header: Result<Header<NodeId>, _> = PostcardCodec.decode_header(payload);
+        header.is_ok_and(|h| h.message == Message::TurnUndead && self.holds_down(&h.src))
+    }
+
+    /// Active members in our view, ourselves included (what `Push::live` carries).
+    fn live_count(&self) -> u32 {
+        u32::try_from(self.foca.num_members())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
     }
 
     fn up(&mut self, x: NodeId, out: &mut Vec<Output<SwimTimer>>) {
@@ -285,6 +362,7 @@ impl Swim {
     ) -> R {
         let mut rt = Rt {
             cluster: self.cluster,
+            view: self.view,
             out,
             notes: &mut self.notes,
         };
@@ -333,6 +411,7 @@ impl Swim {
         let pull_from = seeds[self.rng.random_range(0..seeds.len())];
         let msg = SyncMsg::Push {
             from: self.id(),
+            live: self.live_count(),
             want: ALL_BUCKETS,
             members: vec![Member::alive(self.id())],
         };
@@ -389,18 +468,36 @@ impl Swim {
         v
     }
 
-    /// Applies the entries of a peer's push that differ from our view in liveness or generation
+    /// Applies the entries of `from`'s push that differ from our view in liveness or generation
     /// (incarnation-only differences are left to SWIM's own probing). Returns how many applied.
-    fn merge(&mut self, members: Vec<Member<NodeId>>, out: &mut Vec<Output<SwimTimer>>) -> usize {
+    ///
+    /// The Down records of a sender we hold Down are trusted only if its view (`live`) is at
+    /// least as large as ours: after a cut heals, the side that saw less of the cluster (one
+    /// isolated node, a minority) takes the other side's verdicts and renews, and its own
+    /// verdicts renew nobody (it drops them when it renews). Equal views (two halves, two
+    /// nodes) trust each other, as before. Of two nodes holding each other Down at least one
+    /// trusts the other, so a healed cut always resolves.
+    fn merge(
+        &mut self,
+        from: NodeId,
+        live: u32,
+        members: Vec<Member<NodeId>>,
+        out: &mut Vec<Output<SwimTimer>>,
+    ) -> usize {
         let me = self.id();
         let ours: HashMap<SocketAddrV4, (NodeId, bool)> = self
             .foca
             .iter_membership_state()
             .map(|m| (m.id().addr(), (*m.id(), m.state() != State::Down)))
             .collect();
+        let trust_downs =
+            live >= self.live_count() || ours.get(&from.addr()) != Some(&(from, false));
         let fresh: Vec<Member<NodeId>> = members
             .into_iter()
             .filter(|m| {
+                if m.state() == State::Down && !trust_downs {
+                    return false;
+                }
                 let id = m.id();
                 if id.addr() == me.addr() {
                     // A Down verdict about our own identity is news we must see (foca renews).
@@ -449,18 +546,25 @@ impl Swim {
                     let members = self.members_in(mask);
                     let reply = SyncMsg::Push {
                         from: self.id(),
+                        live: self.live_count(),
                         want: mask,
                         members,
                     };
                     self.send_sync(from.addr(), Channel::Stream, &reply, out);
                 }
             }
-            SyncMsg::Push { want, members, .. } => {
-                self.merge(members, out);
+            SyncMsg::Push {
+                from,
+                live,
+                want,
+                members,
+            } => {
+                self.merge(from, live, members, out);
                 if want != 0 {
                     let members = self.members_in(want);
                     let reply = SyncMsg::Push {
                         from: self.id(),
+                        live: self.live_count(),
                         want: 0,
                         members,
                     };
@@ -496,6 +600,7 @@ impl MembershipCore for Swim {
             .map(|m| Member::alive(*m));
         let mut rt = Rt {
             cluster: self.cluster,
+            view: self.view,
             out,
             notes: &mut self.notes,
         };
@@ -518,6 +623,9 @@ impl MembershipCore for Swim {
         }
         match kind {
             Kind::Swim => {
+                if self.is_turn_undead_from_down(payload) {
+                    return Ok(());
+                }
                 self.receiving_from = Some(from);
                 let r = self
                     .with_foca(out, |f, rt| f.handle_data(payload, rt))
@@ -574,7 +682,10 @@ impl MembershipCore for Swim {
 
     fn handle_timer(&mut self, _now: Time, timer: SwimTimer, out: &mut Vec<Output<SwimTimer>>) {
         match timer {
-            SwimTimer::Foca(t) => {
+            SwimTimer::Foca(view, t) => {
+                if view != self.view {
+                    return;
+                }
                 // foca filters stale timers by token; an error means a timer of an old state.
                 let _ = self.with_foca(out, |f, rt| f.handle_timer(t, rt));
             }
@@ -630,8 +741,9 @@ impl MembershipCore for Swim {
     }
 
     fn leave(&mut self, _now: Time, out: &mut Vec<Output<SwimTimer>>) {
-        let _ = self.with_foca(out, |f, rt| f.leave_cluster(rt));
+        // Set first: foca goes defunct when it leaves, which must not renew us.
         self.left = true;
+        let _ = self.with_foca(out, |f, rt| f.leave_cluster(rt));
     }
 
     fn num_members(&self) -> usize {

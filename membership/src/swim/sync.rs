@@ -4,7 +4,8 @@
 //!
 //! 1. A → B `Digest` (datagram): A's active-member count and summary hash.
 //! 2. If B's summary differs: B → A `Buckets` (datagram): B's 64 bucket digests.
-//! 3. A → B `Push` (stream): A's members in the differing buckets, `want` = those buckets.
+//! 3. A → B `Push` (stream): A's members in the differing buckets, `want` = those buckets,
+//!    and the size of A's live set.
 //! 4. B applies them and answers `Push` with its own members in `want`, `want` = 0.
 //!
 //! A joining node sends `Push { members: [itself], want: ALL }` to a seed: a full pull.
@@ -42,6 +43,9 @@ pub enum SyncMsg {
     Push {
         /// Sender.
         from: NodeId,
+        /// Active members in the sender's view, itself included: a receiver that holds the
+        /// sender Down trusts its Down records only if this is at least its own count.
+        live: u32,
         /// Buckets whose members the sender wants back (0: none).
         want: u64,
         /// The sender's members in the buckets it pushes, itself included.
@@ -109,6 +113,7 @@ mod tests {
             },
             SyncMsg::Push {
                 from,
+                live: 4,
                 want: 5,
                 members: vec![foca::Member::alive(from)],
             },

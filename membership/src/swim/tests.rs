@@ -68,6 +68,7 @@ fn start_announces_pulls_from_the_seed_and_arms_anti_entropy() {
         SyncMsg::decode(p),
         Ok(SyncMsg::Push {
             from: id(1),
+            live: 1,
             want: ALL_BUCKETS,
             members: vec![Member::alive(id(1))]
         })
@@ -168,6 +169,7 @@ fn a_renamed_active_member_is_reported_down_then_up() {
     let newer = id(1).next_generation();
     let push = SyncMsg::Push {
         from: newer,
+        live: 2,
         want: 0,
         members: vec![Member::alive(newer)],
     };
@@ -261,6 +263,7 @@ fn a_member_declared_down_renews_its_generation() {
     // A peer says our identity is Down: foca renews, the digest follows, the driver is told.
     let push = SyncMsg::Push {
         from: id(1),
+        live: 2,
         want: 0,
         members: vec![Member::new(id(0), 0, State::Down)],
     };
@@ -422,6 +425,7 @@ fn a_live_node_wrongly_refused_renews_when_the_verdict_reaches_it() {
     // The gossip went to active members only; node 1 hears the verdict by anti-entropy.
     let push = SyncMsg::Push {
         from: id(0),
+        live: nodes[0].live_count(),
         want: 0,
         members: nodes[0].members_in(ALL_BUCKETS),
     };
