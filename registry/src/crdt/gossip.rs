@@ -568,11 +568,18 @@ impl RegistryCore for GossipGroups {
     /// Re-keys this node's own owner state to `new`: peers dropped the old identity when they saw
     /// it Down, and pull the new one when they see it Up (its version is news to them), so the
     /// memberships come back. Pids keep their root, so nothing changes in the local table.
+    ///
+    /// The tombstones go too: a renewed membership core starts a fresh view (SWIM drops the
+    /// verdicts of the old identity, which, cut off, held every member Down) and reports Up
+    /// again the members it finds alive under the same identity; they must be admitted. Dead
+    /// generations stay out all the same: the core reports no Up for them (it learns them
+    /// Down from its peers), and without an Up nothing of an owner is applied (`admit`).
     fn renewed(&mut self, _now: Time, new: NodeId, _out: &mut Vec<RegistryOutput<GossipTimer>>) {
         let old = self.me;
         if new.root() != old.root() || new.generation() <= old.generation() {
             return;
         }
+        self.dead.clear();
         if self.version > 0 {
             self.digest.remove(&old, self.version);
             self.digest.add(&new, self.version);

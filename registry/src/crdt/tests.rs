@@ -819,6 +819,71 @@ fn a_renewed_owner_brings_its_memberships_back_under_its_new_identity() {
     assert_eq!(member, Some(pid(old.root(), 1)));
 }
 
+/// A node cut off from the others held them all Down (their memberships dropped); when it
+/// renews, its membership core reports them Up again under the same identities: their
+/// memberships come back. An owner that is really dead gets no Up, so its late deltas stay
+/// out.
+#[test]
+fn a_renewed_node_admits_again_the_members_it_held_down() {
+    let mut net = Net::new(5, 8);
+    net.join(0, "svc", 1);
+    net.join(3, "svc", 1);
+    net.run_for(Duration::from_millis(500));
+    assert!(ALL.iter().all(|&i| net.members(i, "svc") == 2));
+    // Node 4 alone declares everyone Down; node 3 really crashed meanwhile.
+    for j in ALL {
+        net.cut.insert((3, j));
+        net.cut.insert((j, 3));
+    }
+    for i in 0..4 {
+        net.event(4, MemberEvent::Down(id(i, 1)));
+    }
+    for i in 0..3 {
+        net.event(i, MemberEvent::Down(id(3, 1)));
+        net.event(i, MemberEvent::Down(id(4, 1)));
+    }
+    assert_eq!(net.members(4, "svc"), 0);
+    let new = id(4, 1).next_generation();
+    net.call(4, |g, now, out| g.renewed(now, new, out));
+    for i in 0..3 {
+        net.event(4, MemberEvent::Up(id(i as u32, 1)));
+        net.event(i, MemberEvent::Up(new));
+    }
+    net.run_for(Duration::from_secs(2));
+    for i in [0, 1, 2, 4] {
+        assert_eq!(net.members(i, "svc"), 1, "node {i}");
+    }
+    // A late delta of the crashed owner, relayed by a live member, changes nothing.
+    let late = GroupsMsg::Deltas {
+        from: id(1, 1),
+        deltas: vec![Delta {
+            dot: Dot::new(id(3, 1), 2),
+            op: Op::Join {
+                scope: scope(),
+                group: group("svc"),
+                serial: 2,
+                meta: Box::default(),
+            },
+        }],
+    };
+    let mut out = Out::new();
+    let _ = net.nodes[4].handle_message(
+        net.now,
+        id(1, 1).addr(),
+        Channel::Datagram,
+        &late.encode(CLUSTER),
+        &mut out,
+    );
+    assert_eq!(net.members(4, "svc"), 1);
+    assert!(
+        net.nodes[4]
+            .table()
+            .memberships_of_node(id(3, 1))
+            .next()
+            .is_none()
+    );
+}
+
 #[test]
 fn a_local_join_is_pushed_to_fanout_peers_at_once() {
     let me = id(0, 1);
