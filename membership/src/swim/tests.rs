@@ -511,3 +511,142 @@ fn a_live_member_refutes_an_outside_suspicion_and_stays_up() {
     );
     assert!(nodes[0].members().contains(&id(1)));
 }
+
+/// Node 0 of a converged four-node view `{0, 1, 2, 3}` that holds node 3 Down (learnt from
+/// node 1).
+fn holding_three_down() -> Swim {
+    let all: Vec<NodeId> = (0..4).map(id).collect();
+    let mut a = node(0);
+    a.preseed(Time::ZERO, &all, &mut Vec::new());
+    let out = push(&mut a, id(1), 4, vec![Member::new(id(3), 0, State::Down)]);
+    assert!(out.contains(&Output::Event(MemberEvent::Down(id(3)))));
+    a
+}
+
+/// Delivers a `Push { from, live, members }` to `n`; returns its outputs.
+fn push(
+    n: &mut Swim,
+    from: NodeId,
+    live: u32,
+    members: Vec<Member<NodeId>>,
+) -> Vec<Output<SwimTimer>> {
+    let msg = SyncMsg::Push {
+        from,
+        live,
+        want: 0,
+        members,
+    };
+    let mut out = Vec::new();
+    n.handle_stream(Time::ZERO, from.addr(), &msg.encode(CLUSTER), &mut out)
+        .expect("ok");
+    out
+}
+
+fn renewed(out: &[Output<SwimTimer>]) -> bool {
+    out.iter().any(|o| matches!(o, Output::Renewed(_)))
+}
+
+#[test]
+fn down_records_from_a_member_held_down_with_a_smaller_view_are_ignored() {
+    let mut a = holding_three_down();
+    // Node 3 was cut off and holds everyone Down: its view is itself alone.
+    let verdicts = vec![
+        Member::new(id(0), 0, State::Down),
+        Member::new(id(1), 0, State::Down),
+    ];
+    let out = push(&mut a, id(3), 1, verdicts.clone());
+    assert!(!renewed(&out), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Event(_))),
+        "{out:?}"
+    );
+    assert_eq!(a.num_members(), 2);
+    // From a view as large as ours the same verdicts are believed (two equal halves).
+    let ours = a.live_count();
+    let out = push(&mut a, id(3), ours, verdicts);
+    assert!(renewed(&out), "{out:?}");
+    assert_eq!(a.id(), id(0).next_generation());
+}
+
+#[test]
+fn a_member_active_here_is_believed_whatever_its_view() {
+    let mut a = holding_three_down();
+    let out = push(&mut a, id(2), 1, vec![Member::new(id(0), 0, State::Down)]);
+    assert!(renewed(&out), "{out:?}");
+}
+
+/// foca's "you are Down" message from `from` to node 0, enveloped.
+fn turn_undead(from: NodeId) -> Vec<u8> {
+    let header = Header {
+        src: from,
+        src_incarnation: 0,
+        dst: id(0),
+        message: Message::TurnUndead,
+    };
+    let mut bytes = Vec::new();
+    PostcardCodec
+        .encode_header(&header, &mut bytes)
+        .expect("encodes");
+    wire::seal(Kind::Swim, CLUSTER, &bytes)
+}
+
+#[test]
+fn turn_undead_from_a_member_held_down_is_ignored() {
+    let mut a = holding_three_down();
+    let mut out = Vec::new();
+    a.handle_datagram(Time::ZERO, id(3).addr(), &turn_undead(id(3)), &mut out)
+        .expect("ok");
+    assert!(!renewed(&out), "{out:?}");
+    assert_eq!(a.id(), id(0));
+    // The same message from an active member is believed.
+    a.handle_datagram(Time::ZERO, id(1).addr(), &turn_undead(id(1)), &mut out)
+        .expect("ok");
+    assert!(renewed(&out), "{out:?}");
+}
+
+#[test]
+fn a_renewed_node_keeps_its_active_members_and_drops_its_down_records() {
+    let mut a = holding_three_down();
+    let out = push(&mut a, id(1), 4, vec![Member::new(id(0), 0, State::Down)]);
+    assert!(renewed(&out));
+    let new = id(0).next_generation();
+    // No event about the members it keeps; the old identity's Down records are gone, so its
+    // pushes carry no verdict.
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Event(_))),
+        "{out:?}"
+    );
+    let mut members = a.members();
+    members.sort();
+    assert_eq!(members, vec![id(1), id(2)]);
+    let pushed = a.members_in(ALL_BUCKETS);
+    assert!(
+        pushed.iter().all(|m| m.state() != State::Down),
+        "{pushed:?}"
+    );
+    let mut digest = Digest::default();
+    for x in [new, id(1), id(2)] {
+        digest.add(&x);
+    }
+    assert_eq!(a.digest(), &digest);
+    // Node 3, alive after all, comes back under the same identity.
+    let out = push(&mut a, id(1), 4, vec![Member::alive(id(3))]);
+    assert!(
+        out.contains(&Output::Event(MemberEvent::Up(id(3)))),
+        "{out:?}"
+    );
+    // Timers of the old foca are dropped: only the fresh one's run.
+    let mut out = Vec::new();
+    let stale = foca::Timer::ProbeRandomMember(Default::default());
+    a.handle_timer(Time::ZERO, SwimTimer::Foca(0, stale), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn leaving_does_not_renew() {
+    let mut a = holding_three_down();
+    let mut out = Vec::new();
+    a.leave(Time::ZERO, &mut out);
+    assert!(!renewed(&out), "{out:?}");
+    assert_eq!(a.id(), id(0));
+}
