@@ -111,6 +111,9 @@ pub struct Swim {
     suspicion: Duration,
     /// Suspicions raised on outside evidence.
     suspected: u64,
+    /// The records of the push being merged when it declares us Down: the view of whoever
+    /// renews us, which the fresh view adopts (see `renew`).
+    renewer: Vec<Member<NodeId>>,
 }
 
 /// Adapts foca's `Runtime` callbacks to [`Output`]s; notifications are kept for post-processing
@@ -171,6 +174,7 @@ impl Swim {
             checking: HashMap::new(),
             suspicion,
             suspected: 0,
+            renewer: Vec::new(),
         }
     }
 
@@ -311,6 +315,17 @@ impl Swim {
         self.digest.add(&new);
         self.me = new;
         out.push(Output::Renewed(new));
+        // Renewed by a push: adopt its view of the members it differed on. Its Down records
+        // (the members cut off with us) keep their packets and verdicts out of the fresh view;
+        // its Alive records bring back at once the members our old identity held Down.
+        let renewer = std::mem::take(&mut self.renewer);
+        let adopt: Vec<Member<NodeId>> = renewer
+            .into_iter()
+            .filter(|m| m.id().addr() != new.addr())
+            .collect();
+        if !adopt.is_empty() {
+            let _ = self.with_foca(out, |f, rt| f.apply_many(adopt.into_iter(), false, rt));
+        }
         if self.foca.num_members() == 0 {
             self.announce_to_seeds(out);
         } else {
@@ -319,19 +334,24 @@ impl Swim {
         }
     }
 
-    /// Whether we hold exactly `id` Down.
-    fn holds_down(&self, id: &NodeId) -> bool {
-        self.foca
-            .iter_membership_state()
-            .any(|m| m.id() == id && m.state() == State::Down)
+    /// The sender of a foca `TurnUndead` ("you are Down"), if `payload` is one. foca would
+    /// renew at once, on the word of anyone, and with no view to adopt; the verdict is weighed
+    /// in an anti-entropy exchange instead (`merge`), where the sizes of both views are known
+    /// and a renewal adopts the renewer's view.
+    fn turn_undead_from(payload: &[u8]) -> Option<NodeId> {
+        let header: Header<NodeId> = PostcardCodec.decode_header(payload).ok()?;
+        (header.message == Message::TurnUndead).then_some(header.src)
     }
 
-    /// A foca `TurnUndead` ("you are Down") from a sender we hold Down: not believed. Its
-    /// verdict is weighed in anti-entropy instead, where the sizes of both views are known
-    /// (`merge`); foca would act on it at once.
-    fn is_turn_undead_from_down(&self, payload: &[u8]) -> bool {
-        let header: Result<Header<NodeId>, _> = PostcardCodec.decode_header(payload);
-        header.is_ok_and(|h| h.message == Message::TurnUndead && self.holds_down(&h.src))
+    /// Starts an anti-entropy exchange with `to` (our digest; it answers only if ours differs).
+    fn send_digest(&self, to: SocketAddrV4, out: &mut Vec<Output<SwimTimer>>) {
+        let (count, hash) = self.digest.summary();
+        let msg = SyncMsg::Digest {
+            from: self.id(),
+            count,
+            hash,
+        };
+        self.send_sync(to, Channel::Datagram, &msg, out);
     }
 
     /// Active members in our view, ourselves included (what `Push::live` carries).
@@ -444,13 +464,7 @@ impl Swim {
         let Some(target) = target.map(|m| m.id().addr()) else {
             return;
         };
-        let (count, hash) = self.digest.summary();
-        let msg = SyncMsg::Digest {
-            from: self.id(),
-            count,
-            hash,
-        };
-        self.send_sync(target, Channel::Datagram, &msg, out);
+        self.send_digest(target, out);
     }
 
     /// Our member states (and our own entry) in the buckets of `mask`.
@@ -490,8 +504,12 @@ impl Swim {
             .iter_membership_state()
             .map(|m| (m.id().addr(), (*m.id(), m.state() != State::Down)))
             .collect();
-        let trust_downs =
-            live >= self.live_count() || ours.get(&from.addr()) != Some(&(from, false));
+        // A sender we hold Down, or one we know a newer generation of (a push sent before it
+        // renewed), speaks for a view we already overruled.
+        let overruled = ours.get(&from.addr()).is_some_and(|&(known, active)| {
+            known.generation() > from.generation() || (known == from && !active)
+        });
+        let trust_downs = !overruled || live >= self.live_count();
         let fresh: Vec<Member<NodeId>> = members
             .into_iter()
             .filter(|m| {
@@ -515,11 +533,15 @@ impl Swim {
             .collect();
         let n = fresh.len();
         if n > 0 {
+            if fresh.iter().any(|m| *m.id() == me) {
+                self.renewer.clone_from(&fresh);
+            }
             let rebroadcast = n <= REBROADCAST_MAX;
             // Errors here can only come from a self-update foca refuses; nothing to report.
             let _ = self.with_foca(out, |f, rt| {
                 f.apply_many(fresh.into_iter(), rebroadcast, rt)
             });
+            self.renewer.clear();
         }
         n
     }
@@ -623,7 +645,10 @@ impl MembershipCore for Swim {
         }
         match kind {
             Kind::Swim => {
-                if self.is_turn_undead_from_down(payload) {
+                if let Some(sender) = Self::turn_undead_from(payload) {
+                    if sender.addr() != self.id().addr() {
+                        self.send_digest(sender.addr(), out);
+                    }
                     return Ok(());
                 }
                 self.receiving_from = Some(from);

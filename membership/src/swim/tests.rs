@@ -590,18 +590,94 @@ fn turn_undead(from: NodeId) -> Vec<u8> {
     wire::seal(Kind::Swim, CLUSTER, &bytes)
 }
 
+/// The anti-entropy messages among `out`, decoded.
+fn sync_sent(out: &[Output<SwimTimer>]) -> Vec<(SocketAddrV4, SyncMsg)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, payload, .. } => {
+                let (kind, p) = wire::open(payload, CLUSTER, wire::MAX_FRAME_PAYLOAD).ok()?;
+                (kind == Kind::AntiEntropy).then(|| (*to, SyncMsg::decode(p).expect("valid")))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A `TurnUndead` never renews at once, whoever sends it (foca would, with no view to adopt):
+/// it starts an anti-entropy exchange with its sender, where the verdict is weighed.
 #[test]
-fn turn_undead_from_a_member_held_down_is_ignored() {
+fn turn_undead_starts_an_exchange_instead_of_renewing() {
     let mut a = holding_three_down();
-    let mut out = Vec::new();
-    a.handle_datagram(Time::ZERO, id(3).addr(), &turn_undead(id(3)), &mut out)
-        .expect("ok");
-    assert!(!renewed(&out), "{out:?}");
+    for from in [id(3), id(1)] {
+        let mut out = Vec::new();
+        a.handle_datagram(Time::ZERO, from.addr(), &turn_undead(from), &mut out)
+            .expect("ok");
+        assert!(!renewed(&out), "{out:?}");
+        let sent = sync_sent(&out);
+        assert!(
+            matches!(sent.as_slice(), [(to, SyncMsg::Digest { .. })] if *to == from.addr()),
+            "{out:?}"
+        );
+    }
     assert_eq!(a.id(), id(0));
-    // The same message from an active member is believed.
-    a.handle_datagram(Time::ZERO, id(1).addr(), &turn_undead(id(1)), &mut out)
-        .expect("ok");
+}
+
+#[test]
+fn a_push_from_an_older_generation_of_a_member_is_overruled() {
+    let mut a = holding_three_down();
+    // Node 2 renewed; a push its old identity sent before that arrives late.
+    let out = push(
+        &mut a,
+        id(1),
+        4,
+        vec![Member::alive(id(2).next_generation())],
+    );
+    assert!(out.contains(&Output::Event(MemberEvent::Up(id(2).next_generation()))));
+    let out = push(&mut a, id(2), 1, vec![Member::new(id(0), 0, State::Down)]);
+    assert!(!renewed(&out), "{out:?}");
+}
+
+/// Renewed by a push, a node adopts the pusher's view of the members they differed on.
+#[test]
+fn a_node_renewed_by_a_push_adopts_its_view() {
+    let all: Vec<NodeId> = (0..4).map(id).collect();
+    let mut a = node(0);
+    a.preseed(Time::ZERO, &all, &mut Vec::new());
+    // Node 0 was cut off with node 3 and held nodes 1 and 2 Down.
+    for x in [1, 2] {
+        push(&mut a, id(3), 4, vec![Member::new(id(x), 0, State::Down)]);
+    }
+    assert_eq!(a.members(), vec![id(3)]);
+    // Node 1 saw more: nodes 0 and 3 are Down, node 2 alive.
+    let out = push(
+        &mut a,
+        id(1),
+        3,
+        vec![
+            Member::new(id(0), 0, State::Down),
+            Member::new(id(3), 0, State::Down),
+            Member::alive(id(1)),
+            Member::alive(id(2)),
+        ],
+    );
     assert!(renewed(&out), "{out:?}");
+    let mut members = a.members();
+    members.sort();
+    assert_eq!(members, vec![id(1), id(2)]);
+    // Node 3 stays Down in the fresh view: its packets and stale verdicts stay out.
+    let pushed = a.members_in(ALL_BUCKETS);
+    assert!(
+        pushed
+            .iter()
+            .any(|m| *m.id() == id(3) && m.state() == State::Down),
+        "{pushed:?}"
+    );
+    assert!(
+        pushed
+            .iter()
+            .all(|m| m.state() != State::Down || *m.id() == id(3)),
+        "{pushed:?}"
+    );
 }
 
 #[test]
