@@ -95,6 +95,9 @@ pub enum Output<T> {
     /// A membership change in this node's view.
     Event(MemberEvent),
     /// This node now runs under a new identity (it was declared Down and renewed itself).
+    /// A renewed SWIM node's view starts anew: members its old identity held Down may be
+    /// reported `Up` again under the same identity (its verdicts made while cut off are
+    /// withdrawn), so consumers forget their own Down verdicts (tombstones) here.
     Renewed(NodeId),
     /// The member said itself that it is leaving (a clean shutdown, not a failure). Reported
     /// just before its `Event(Down)`. Only nodes that heard the farewell directly report it

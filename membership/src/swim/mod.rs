@@ -33,8 +33,27 @@
 //! A refusal names an address, not an identity: the verdict is about the member we know at that
 //! address. A process restarted there listens again (no refusal) and joins as a newer
 //! generation; a live node wrongly declared Down (e.g. a firewall that rejects connections)
-//! learns it like any other Down verdict and renews its identity (foca's `Rejoin`, reported as
+//! learns it like any other Down verdict and renews its identity (reported as
 //! [`Output::Renewed`]), as after a false suspicion.
+//!
+//! **Verdicts of a cut-off node stay with it.** During a cut each side declares the other Down,
+//! and Down is final per identity, so whichever verdicts cross the healed cut renew their
+//! subjects. Only the side that saw less of the cluster should renew:
+//! - a `Push` carries the size of its sender's live set; the Down records of a sender we hold
+//!   Down (or whose newer generation we know) apply only if that size is at least ours, so the
+//!   majority ignores the minority's verdicts and the minority takes the majority's. Equal
+//!   sizes (two halves, two nodes) trust each other: both renew, and any two nodes holding each
+//!   other Down resolve;
+//! - foca's `TurnUndead` ("you are Down"), which foca acts on from anyone, starts such an
+//!   exchange with its sender instead;
+//! - the node renews itself (`NodeId` never renews inside foca) with a fresh foca: no Down
+//!   records, no update backlog, the active members kept, and the view of the push that
+//!   renewed it adopted (its Alive records bring back the members it held Down, under the
+//!   same identities; its Down records keep the members cut off with it, which renew later,
+//!   from teaching it their verdicts again).
+//!
+//! Left: a Down record about us piggybacked in a foca packet from a member we hold active
+//! renews us without a view to adopt (rare: whoever holds us Down no longer sends to us).
 
 pub mod digest;
 pub mod sync;
@@ -261,6 +280,7 @@ impl Swim {
                         }
                     }
                 }
+                // Not sent while `NodeId::renew` is `None`; kept should foca renew by itself.
                 OwnedNotification::Rejoin(me) => {
                     self.digest.remove(&self.me);
                     self.digest.add(&me);
@@ -284,15 +304,16 @@ impl Swim {
     }
 
     /// Our identity was declared Down (foca went defunct: `NodeId` never renews inside foca):
-    /// continue as the next generation with a *fresh* foca that knows the active members only.
+    /// continue as the next generation with a *fresh* foca that knows the active members, then
+    /// adopts the view of the push that declared us Down, if one did.
     ///
     /// Dropping the Down records and foca's update backlog is what keeps one cut-off node from
-    /// renewing the cluster: whoever declared us Down saw more of the cluster than we did (a
-    /// receiver that holds us Down trusts our verdicts only then, see `merge`), so the verdicts
-    /// our old identity reached (about every member when we were cut off) must not travel on
-    /// under the new one. Members we held Down that are alive come back Up under the same
-    /// identity (the consumers of a renewed node's events accept that); truly dead ones are
-    /// learned Down again from peers' pushes, without an event since they are not active here.
+    /// renewing the cluster: whoever declared us Down saw at least as much of the cluster as we
+    /// did (see `merge`), so the verdicts our old identity reached (about every member, when
+    /// we were cut off) must not travel on under the new one. Members we held Down that are
+    /// alive come back Up under the same identity (a renewed node's view starts anew; the
+    /// gossip backend drops its tombstones on `renewed`); truly dead ones are learned Down
+    /// again from peers' pushes, with no event since they are not active here.
     /// Cost: O(members²), foca's member table being a `Vec` (as `preseed`); renewals are rare.
     fn renew(&mut self, out: &mut Vec<Output<SwimTimer>>) {
         let new = self.me.next_generation();
