@@ -1,27 +1,33 @@
-//! The private storage of [`GroupTable`](super::GroupTable): one `Record` per membership
-//! occurrence, and lists of record handles that make every read a slice walk.
+//! The private storage of [`GroupTable`](super::GroupTable): each group lists its occurrences
+//! inline (pid and metadata handle), so a read walks one contiguous list; a `Record` per
+//! occurrence is its stable handle for the pid chains and the node lists.
 //!
 //! ```text
 //! scope_index: ScopeName -> scope (Vec index; scopes are never removed)
 //!   Scope.groups: GroupName -> group handle        (lookup only)
 //!   Scope.list:   [group handle]                   (which_groups order)
-//! Group.members:  [record handle]  every occurrence, cluster-wide
-//! Group.local:    [record handle]  occurrences of the owner node's pids
+//! Group.members:  [Entry]  every occurrence, cluster-wide: serial, node, meta, record handle
+//! Group.local:    [position in Group.members]      occurrences of the owner node's pids
 //! node_index: NodeId -> node handle
 //!   NodeSlot.records: [record handle]              (memberships_of_node, remove_node)
 //!   NodeSlot.pids:    serial -> newest record of that pid, chained by Record.next_of_pid
-//! Record: serial, node, group, and its position in each list above (O(1) swap_remove)
+//! Record: group, and where its occurrence is in each list above (O(1) swap_remove)
 //! ```
 //!
-//! Architecture Invariant (positions): for every live record `r`,
-//! `group.members[r.pos_in_group] == r`, `node.records[r.pos_in_node] == r`, and if `r.node` is
-//! the owner slot, `group.local[r.pos_in_local] == r`. Every removal is a `swap_remove` that
-//! rewrites the position of the one record it moved.
+//! Architecture Invariant (positions): for every live record `r` of handle `id`,
+//! `group.members[r.pos_in_group].record == id`, `node.records[r.pos_in_node] == id`, and if
+//! that entry's node is the owner slot, `group.local[r.pos_in_local] == r.pos_in_group`. Every
+//! removal is a `swap_remove` that rewrites the positions of the one entry it moved.
 //!
 //! Architecture Invariant (chains): the records of one pid form one chain from
 //! `NodeSlot.pids[serial]`, newest join first; a pid has a map entry iff it has a record; a
 //! group exists iff it has a record; a node slot (other than the owner's, slot 0) exists iff it
 //! has a record.
+//!
+//! Why entries are inline: a read of a group of `k` members used to follow `k` handles into a
+//! slab where the records of one group lie far apart (they are allocated in join order), one
+//! cache miss each; the group's own list is one or two cache lines. The record keeps only what
+//! the chains and removals need, so an occurrence costs the same bytes as before.
 
 use std::collections::HashMap;
 
@@ -183,7 +189,8 @@ pub(super) struct Group {
     pub(super) name: GroupName,
     pub(super) scope: u32,
     pub(super) pos_in_scope: u32,
-    pub(super) members: Vec<u32>,
+    pub(super) members: Vec<Entry>,
+    /// Positions in `members` of the owner node's occurrences.
     pub(super) local: Vec<u32>,
 }
 
@@ -206,34 +213,25 @@ impl NodeSlot {
     }
 }
 
-/// One occurrence of a pid in a group: 36 bytes, all 4-byte fields (the serial is split so the
-/// record stays 4-aligned and unpadded).
-#[derive(Clone, Copy, Default)]
-pub(super) struct Record {
+/// One occurrence of a pid as its group lists it: what a read returns, inline. 20 bytes, all
+/// 4-byte fields (the serial is split so the entry stays 4-aligned and unpadded).
+#[derive(Clone, Copy)]
+pub(super) struct Entry {
     serial: [u32; 2],
     pub(super) node: u32,
-    pub(super) group: u32,
-    pub(super) pos_in_group: u32,
-    /// Meaningful only when `node == OWNER_SLOT`.
-    pub(super) pos_in_local: u32,
-    pub(super) pos_in_node: u32,
-    /// The next older record of the same pid, or `NIL`.
-    pub(super) next_of_pid: u32,
     /// Handle in the metadata slab, or `NIL` for no metadata.
     pub(super) meta: u32,
+    /// The occurrence's record.
+    pub(super) record: u32,
 }
 
-impl Record {
-    pub(super) fn new(serial: u64, node: u32, group: u32) -> Self {
+impl Entry {
+    pub(super) fn new(serial: u64, node: u32, meta: u32, record: u32) -> Self {
         Self {
             serial: [serial as u32, (serial >> 32) as u32],
             node,
-            group,
-            pos_in_group: NIL,
-            pos_in_local: NIL,
-            pos_in_node: NIL,
-            next_of_pid: NIL,
-            meta: NIL,
+            meta,
+            record,
         }
     }
 
@@ -242,20 +240,27 @@ impl Record {
     }
 }
 
-/// Which list position of a record a `remove_at` must rewrite.
-#[derive(Clone, Copy)]
-pub(super) enum Pos {
-    Group,
-    Local,
-    Node,
+/// The stable handle of one occurrence (its entry moves within its group's list): the group,
+/// the positions of the occurrence in the lists that hold it, and the pid chain. 20 bytes.
+#[derive(Clone, Copy, Default)]
+pub(super) struct Record {
+    pub(super) group: u32,
+    pub(super) pos_in_group: u32,
+    /// Meaningful only when the entry's node is `OWNER_SLOT`.
+    pub(super) pos_in_local: u32,
+    pub(super) pos_in_node: u32,
+    /// The next older record of the same pid, or `NIL`.
+    pub(super) next_of_pid: u32,
 }
 
-impl Pos {
-    fn of(self, record: &mut Record) -> &mut u32 {
-        match self {
-            Self::Group => &mut record.pos_in_group,
-            Self::Local => &mut record.pos_in_local,
-            Self::Node => &mut record.pos_in_node,
+impl Record {
+    pub(super) fn new(group: u32, pos_in_group: u32) -> Self {
+        Self {
+            group,
+            pos_in_group,
+            pos_in_local: NIL,
+            pos_in_node: NIL,
+            next_of_pid: NIL,
         }
     }
 }
@@ -265,21 +270,32 @@ pub(super) fn pos_u32(len: usize) -> u32 {
     u32::try_from(len).expect("a list of record handles is shorter than 2^32")
 }
 
-/// Appends `id` to `list`, records where it went, O(1) amortised.
-pub(super) fn push_at(list: &mut Vec<u32>, id: u32, records: &mut Slab<Record>, pos: Pos) {
-    *pos.of(records.get_mut(id)) = pos_u32(list.len());
+/// Appends record `id` to a node's list and records where it went, O(1) amortised.
+pub(super) fn push_in_node(list: &mut Vec<u32>, id: u32, records: &mut Slab<Record>) {
+    records.get_mut(id).pos_in_node = pos_u32(list.len());
     list.push(id);
 }
 
-/// Removes the entry at `at` by moving the last entry into it (O(1)), rewrites the moved record's
-/// position, and gives memory back once the list is a quarter full.
-pub(super) fn remove_at(list: &mut Vec<u32>, at: u32, records: &mut Slab<Record>, pos: Pos) {
+/// Removes the entry at `at` of a node's list by moving the last entry into it (O(1)),
+/// rewrites the moved record's position, and gives memory back once the list is a quarter full.
+pub(super) fn remove_in_node(list: &mut Vec<u32>, at: u32, records: &mut Slab<Record>) {
     let at = at as usize;
     list.swap_remove(at);
     if let Some(&moved) = list.get(at) {
-        *pos.of(records.get_mut(moved)) = pos_u32(at);
+        records.get_mut(moved).pos_in_node = pos_u32(at);
     }
     shrink_vec(list);
+}
+
+/// Appends `entry` to a group's list, growing it by half rather than doubling: an entry is 20
+/// bytes and most groups are small, so doubling would leave up to half the list unused. Still
+/// geometric, so O(1) amortised.
+pub(super) fn push_entry(list: &mut Vec<Entry>, entry: Entry) {
+    if list.len() == list.capacity() {
+        let cap = list.capacity();
+        list.reserve_exact((cap / 2).max(4));
+    }
+    list.push(entry);
 }
 
 /// Halves a list's buffer when it is under a quarter full, and frees it when empty: a shrink

@@ -357,18 +357,17 @@ fn assert_invariants(table: &GroupTable) {
             assert!(!group.members.is_empty(), "an empty group exists");
             in_groups += group.members.len();
             let mut local = 0;
-            for (at, &id) in group.members.iter().enumerate() {
-                let record = table.records.get(id);
+            for (at, entry) in group.members.iter().enumerate() {
+                let record = table.records.get(entry.record);
                 assert_eq!((record.group, record.pos_in_group as usize), (g, at));
-                local += usize::from(record.node == OWNER_SLOT);
+                if entry.node == OWNER_SLOT {
+                    local += 1;
+                    assert_eq!(group.local[record.pos_in_local as usize] as usize, at);
+                }
             }
             assert_eq!(local, group.local.len());
-            for (at, &id) in group.local.iter().enumerate() {
-                let record = table.records.get(id);
-                assert_eq!(
-                    (record.node, record.pos_in_local as usize),
-                    (OWNER_SLOT, at)
-                );
+            for &at in &group.local {
+                assert_eq!(group.members[at as usize].node, OWNER_SLOT);
             }
         }
     }
@@ -384,14 +383,18 @@ fn assert_invariants(table: &GroupTable) {
         in_nodes += slot.records.len();
         for (at, &r) in slot.records.iter().enumerate() {
             let record = table.records.get(r);
-            assert_eq!((record.node, record.pos_in_node as usize), (n, at));
+            assert_eq!(
+                (table.entry_of(r).node, record.pos_in_node as usize),
+                (n, at)
+            );
         }
         let mut chained = HashSet::new();
         for (&serial, &head) in &slot.pids {
             let mut r = head;
             while r != super::slab::NIL {
                 let record = table.records.get(r);
-                assert_eq!((record.node, record.serial()), (n, serial));
+                let entry = table.entry_of(r);
+                assert_eq!((entry.node, entry.serial(), entry.record), (n, serial, r));
                 assert!(chained.insert(r), "a record is chained twice");
                 r = record.next_of_pid;
             }

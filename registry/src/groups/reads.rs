@@ -1,5 +1,6 @@
 //! Reads of [`GroupTable`]: borrowed iterators over the materialised lists, O(1) to start and
-//! O(1) per item. Nothing is copied or hashed per member.
+//! O(1) per item. Nothing is copied or hashed per member, and a group's members are read from
+//! its own contiguous list.
 //!
 //! Reads take names as `&str` (a `&ScopeName`/`&GroupName` works too), so a lookup never
 //! allocates; a name that is too long or unknown simply has no members.
@@ -9,7 +10,7 @@ use std::slice;
 
 use meshreg_membership::NodeId;
 
-use super::layout::Record;
+use super::layout::{Entry, OWNER_SLOT};
 use super::name::{GroupName, ScopeName};
 use super::slab::NIL;
 use super::table::{GroupTable, live};
@@ -39,19 +40,44 @@ pub struct MembershipRef<'a> {
 
 /// The members of a group (or its local members), one item per occurrence. Exact size.
 pub struct Members<'a> {
-    ids: slice::Iter<'a, u32>,
+    walk: Walk<'a>,
     table: &'a GroupTable,
+}
+
+/// What a [`Members`] walks: a group's entries, or its local positions into them.
+enum Walk<'a> {
+    All(slice::Iter<'a, Entry>),
+    Local(slice::Iter<'a, u32>, &'a [Entry]),
 }
 
 impl<'a> Iterator for Members<'a> {
     type Item = Member<'a>;
 
     fn next(&mut self) -> Option<Member<'a>> {
-        self.ids.next().map(|&id| self.table.member(id))
+        let entry = match &mut self.walk {
+            Walk::All(entries) => entries.next()?,
+            Walk::Local(at, entries) => &entries[*at.next()? as usize],
+        };
+        Some(self.table.member_of(entry))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.ids.size_hint()
+        match &self.walk {
+            Walk::All(entries) => entries.size_hint(),
+            Walk::Local(at, _) => at.size_hint(),
+        }
+    }
+
+    // Chooses the walk once rather than per item: what `map`, `sum`, `for_each` and `collect`
+    // end up calling.
+    fn fold<B, F: FnMut(B, Member<'a>) -> B>(self, init: B, mut f: F) -> B {
+        let table = self.table;
+        match self.walk {
+            Walk::All(entries) => entries.fold(init, |acc, e| f(acc, table.member_of(e))),
+            Walk::Local(at, entries) => at.fold(init, |acc, &i| {
+                f(acc, table.member_of(&entries[i as usize]))
+            }),
+        }
     }
 }
 
@@ -119,9 +145,9 @@ impl<'a> Iterator for PidMemberships<'a> {
         }
         let table = self.table;
         let record = table.records.get(self.next);
-        self.next = record.next_of_pid;
         let group = live(&table.groups, record.group);
-        let member = table.member_of(record);
+        let member = table.member_of(table.entry_of(self.next));
+        self.next = record.next_of_pid;
         Some(MembershipRef {
             scope: &table.scopes[group.scope as usize].name,
             group: &group.name,
@@ -145,9 +171,8 @@ impl<'a> Iterator for NodeMemberships<'a> {
     fn next(&mut self) -> Option<MembershipRef<'a>> {
         let table = self.table;
         self.ids.next().map(|&id| {
-            let record = table.records.get(id);
-            let group = live(&table.groups, record.group);
-            let member = table.member_of(record);
+            let group = live(&table.groups, table.records.get(id).group);
+            let member = table.member_of(table.entry_of(id));
             MembershipRef {
                 scope: &table.scopes[group.scope as usize].name,
                 group: &group.name,
@@ -169,11 +194,11 @@ impl GroupTable {
     /// Every occurrence of every member of `group` in `scope`, cluster-wide: a pid joined `k`
     /// times appears `k` times. Empty for an unknown scope or group. O(1) + O(1) per item.
     pub fn members(&self, scope: impl AsRef<str>, group: impl AsRef<str>) -> Members<'_> {
-        let ids = self
+        let entries = self
             .find_group(scope.as_ref(), group.as_ref())
             .map_or(&[][..], |g| &live(&self.groups, g).members[..]);
         Members {
-            ids: ids.iter(),
+            walk: Walk::All(entries.iter()),
             table: self,
         }
     }
@@ -194,11 +219,14 @@ impl GroupTable {
 
     /// Like [`members`](Self::members), but only the owner node's pids. O(1) + O(1) per item.
     pub fn local_members(&self, scope: impl AsRef<str>, group: impl AsRef<str>) -> Members<'_> {
-        let ids = self
+        let (at, entries) = self
             .find_group(scope.as_ref(), group.as_ref())
-            .map_or(&[][..], |g| &live(&self.groups, g).local[..]);
+            .map_or((&[][..], &[][..]), |g| {
+                let group = live(&self.groups, g);
+                (&group.local[..], &group.members[..])
+            });
         Members {
-            ids: ids.iter(),
+            walk: Walk::Local(at.iter(), entries),
             table: self,
         }
     }
@@ -282,20 +310,22 @@ impl GroupTable {
         self.scopes.iter().map(|scope| scope.list.len()).sum()
     }
 
-    fn member(&self, id: u32) -> Member<'_> {
-        self.member_of(self.records.get(id))
-    }
-
-    fn member_of(&self, record: &Record) -> Member<'_> {
+    /// The owner's pids (most reads) resolve their node without touching the node slab.
+    #[inline]
+    fn member_of(&self, entry: &Entry) -> Member<'_> {
         Member {
             pid: Pid {
-                node: live(&self.nodes, record.node).id,
-                serial: record.serial(),
+                node: if entry.node == OWNER_SLOT {
+                    self.owner
+                } else {
+                    live(&self.nodes, entry.node).id
+                },
+                serial: entry.serial(),
             },
-            meta: if record.meta == NIL {
+            meta: if entry.meta == NIL {
                 &[]
             } else {
-                self.metas.get(record.meta)
+                self.metas.get(entry.meta)
             },
         }
     }

@@ -7,7 +7,6 @@ use meshreg_membership::NodeId;
 
 use super::error::GroupError;
 use super::event::{EventKind, GroupEvent, Membership};
-use super::layout::Record;
 use super::slab::NIL;
 use super::table::{GroupTable, live};
 
@@ -78,18 +77,17 @@ impl GroupTable {
             let slot = live(&self.nodes, n);
             let mut seen = HashSet::new();
             for &first in &slot.records {
-                let serial = self.records.get(first).serial();
+                let serial = self.entry_of(first).serial();
                 if !seen.insert(serial) {
                     continue;
                 }
                 let mut id = slot.pids.get(&serial).copied().unwrap_or(NIL);
                 while id != NIL {
-                    let record = self.records.get(id);
-                    match want.get_mut(&self.key_of(record)) {
+                    match want.get_mut(&self.key_of(id)) {
                         Some(count) if *count > 0 => *count -= 1,
                         _ => doomed.add(serial, id),
                     }
-                    id = record.next_of_pid;
+                    id = self.records.get(id).next_of_pid;
                 }
             }
         }
@@ -107,17 +105,18 @@ impl GroupTable {
         (doomed, to_add)
     }
 
-    fn key_of(&self, record: &Record) -> Key<'_> {
-        let group = live(&self.groups, record.group);
-        let meta: &[u8] = if record.meta == NIL {
+    fn key_of(&self, id: u32) -> Key<'_> {
+        let group = live(&self.groups, self.records.get(id).group);
+        let entry = self.entry_of(id);
+        let meta: &[u8] = if entry.meta == NIL {
             &[]
         } else {
-            self.metas.get(record.meta)
+            self.metas.get(entry.meta)
         };
         (
             self.scopes[group.scope as usize].name.as_str(),
             group.name.as_str(),
-            record.serial(),
+            entry.serial(),
             meta,
         )
     }

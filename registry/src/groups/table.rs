@@ -8,8 +8,8 @@ use meshreg_membership::NodeId;
 use super::error::GroupError;
 use super::event::{EventKind, GroupEvent, Membership};
 use super::layout::{
-    Group, NameIndex, NodeSlot, OWNER_SLOT, Pos, Record, Scope, pos_u32, push_at, remove_at,
-    shrink_map, shrink_vec,
+    Entry, Group, NameIndex, NodeSlot, OWNER_SLOT, Record, Scope, pos_u32, push_entry,
+    push_in_node, remove_in_node, shrink_map, shrink_vec,
 };
 use super::name::{GroupName, ScopeName};
 use super::slab::{NIL, Slab};
@@ -334,18 +334,21 @@ impl GroupTable {
         let s = self.scope_slot(scope);
         let (g, created) = self.group_slot(s, group);
         let n = self.node_slot(pid.node);
-        let mut record = Record::new(pid.serial, n, g);
-        if !meta.is_empty() {
-            record.meta = self.metas.insert(meta);
-        }
-        let id = self.records.insert(record);
+        let meta = if meta.is_empty() {
+            NIL
+        } else {
+            self.metas.insert(meta)
+        };
         let grp = live_mut(&mut self.groups, g);
-        push_at(&mut grp.members, id, &mut self.records, Pos::Group);
+        let at = pos_u32(grp.members.len());
+        let id = self.records.insert(Record::new(g, at));
+        push_entry(&mut grp.members, Entry::new(pid.serial, n, meta, id));
         if n == OWNER_SLOT {
-            push_at(&mut grp.local, id, &mut self.records, Pos::Local);
+            self.records.get_mut(id).pos_in_local = pos_u32(grp.local.len());
+            grp.local.push(at);
         }
         let node = live_mut(&mut self.nodes, n);
-        push_at(&mut node.records, id, &mut self.records, Pos::Node);
+        push_in_node(&mut node.records, id, &mut self.records);
         // The new record becomes the head of its pid's chain: newest first.
         self.records.get_mut(id).next_of_pid = node.pids.insert(pid.serial, id).unwrap_or(NIL);
         self.memberships += 1;
@@ -375,40 +378,42 @@ impl GroupTable {
     pub(super) fn detach(&mut self, id: u32, from_node: bool) -> Membership {
         let record = *self.records.get(id);
         let group = live_mut(&mut self.groups, record.group);
-        remove_at(
-            &mut group.members,
-            record.pos_in_group,
-            &mut self.records,
-            Pos::Group,
-        );
-        if record.node == OWNER_SLOT {
-            remove_at(
-                &mut group.local,
-                record.pos_in_local,
-                &mut self.records,
-                Pos::Local,
-            );
+        let at = record.pos_in_group as usize;
+        let entry = group.members[at];
+        if entry.node == OWNER_SLOT {
+            // Before the members move: the moved local position still names its entry.
+            let at = record.pos_in_local as usize;
+            group.local.swap_remove(at);
+            if let Some(&moved) = group.local.get(at) {
+                let moved = group.members[moved as usize].record;
+                self.records.get_mut(moved).pos_in_local = pos_u32(at);
+            }
+            shrink_vec(&mut group.local);
         }
+        group.members.swap_remove(at);
+        if let Some(moved) = group.members.get(at) {
+            let moved_record = self.records.get_mut(moved.record);
+            moved_record.pos_in_group = pos_u32(at);
+            if moved.node == OWNER_SLOT {
+                group.local[moved_record.pos_in_local as usize] = pos_u32(at);
+            }
+        }
+        shrink_vec(&mut group.members);
         let group_name = group.name.clone();
         let scope = group.scope;
         let group_is_empty = group.members.is_empty();
-        let node = live_mut(&mut self.nodes, record.node);
+        let node = live_mut(&mut self.nodes, entry.node);
         if from_node {
-            remove_at(
-                &mut node.records,
-                record.pos_in_node,
-                &mut self.records,
-                Pos::Node,
-            );
+            remove_in_node(&mut node.records, record.pos_in_node, &mut self.records);
         }
         let pid = Pid {
             node: node.id,
-            serial: record.serial(),
+            serial: entry.serial(),
         };
-        let meta = if record.meta == NIL {
+        let meta = if entry.meta == NIL {
             Box::default()
         } else {
-            self.metas.remove(record.meta)
+            self.metas.remove(entry.meta)
         };
         self.records.remove(id);
         self.memberships -= 1;
@@ -421,6 +426,12 @@ impl GroupTable {
             pid,
             meta,
         }
+    }
+
+    /// The group entry of live record `id`.
+    pub(super) fn entry_of(&self, id: u32) -> &Entry {
+        let record = self.records.get(id);
+        &live(&self.groups, record.group).members[record.pos_in_group as usize]
     }
 
     fn scope_slot(&mut self, scope: &ScopeName) -> u32 {
