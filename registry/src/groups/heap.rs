@@ -67,7 +67,7 @@ impl Group {
 
 impl NodeSlot {
     fn heap_bytes(&self) -> usize {
-        vec_bytes(&self.records) + map_bytes(&self.pids)
+        vec_bytes(&self.records) + self.pids.heap_bytes()
     }
 }
 

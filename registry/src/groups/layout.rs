@@ -198,9 +198,7 @@ pub(super) struct Group {
 pub(super) struct NodeSlot {
     pub(super) id: NodeId,
     pub(super) records: Vec<u32>,
-    /// Keyed by the name index's hasher too: every join, leave and exit hashes one serial,
-    /// and SipHash was the largest single cost of a join into a large table.
-    pub(super) pids: HashMap<u64, u32, NameHash>,
+    pub(super) pids: PidIndex,
 }
 
 impl NodeSlot {
@@ -208,8 +206,66 @@ impl NodeSlot {
         Self {
             id,
             records: Vec::new(),
-            pids: HashMap::default(),
+            pids: PidIndex::default(),
         }
+    }
+}
+
+/// A serial as a map key of two 4-byte halves: a `(u64, u32)` bucket is padded to 16 bytes,
+/// this one's `([u32; 2], u32)` is 12, and the map holds one bucket per pid with memberships.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct SerialKey([u32; 2]);
+
+impl SerialKey {
+    fn new(serial: u64) -> Self {
+        Self([serial as u32, (serial >> 32) as u32])
+    }
+
+    fn get(self) -> u64 {
+        u64::from(self.0[0]) | (u64::from(self.0[1]) << 32)
+    }
+}
+
+impl std::hash::Hash for SerialKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.get());
+    }
+}
+
+/// Serial -> newest record of that pid. Keyed by the name index's hasher too: every join,
+/// leave and exit hashes one serial, and SipHash was the largest single cost of a join into a
+/// large table.
+#[derive(Default)]
+pub(super) struct PidIndex(HashMap<SerialKey, u32, NameHash>);
+
+impl PidIndex {
+    pub(super) fn get(&self, serial: u64) -> Option<u32> {
+        self.0.get(&SerialKey::new(serial)).copied()
+    }
+
+    /// Sets the head of `serial`'s chain, returning the previous one.
+    pub(super) fn insert(&mut self, serial: u64, id: u32) -> Option<u32> {
+        self.0.insert(SerialKey::new(serial), id)
+    }
+
+    /// Drops `serial`'s entry, giving memory back as [`shrink_map`] does.
+    pub(super) fn remove(&mut self, serial: u64) -> Option<u32> {
+        let head = self.0.remove(&SerialKey::new(serial));
+        shrink_map(&mut self.0);
+        head
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    #[cfg(test)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.0.iter().map(|(k, &v)| (k.get(), v))
+    }
+
+    pub(super) fn heap_bytes(&self) -> usize {
+        super::heap::map_bytes(&self.0)
     }
 }
 

@@ -389,7 +389,7 @@ fn assert_invariants(table: &GroupTable) {
             );
         }
         let mut chained = HashSet::new();
-        for (&serial, &head) in &slot.pids {
+        for (serial, head) in slot.pids.iter() {
             let mut r = head;
             while r != super::slab::NIL {
                 let record = table.records.get(r);

@@ -219,12 +219,12 @@ impl GroupTable {
 
     /// Like [`members`](Self::members), but only the owner node's pids. O(1) + O(1) per item.
     pub fn local_members(&self, scope: impl AsRef<str>, group: impl AsRef<str>) -> Members<'_> {
-        let (at, entries) = self
-            .find_group(scope.as_ref(), group.as_ref())
-            .map_or((&[][..], &[][..]), |g| {
-                let group = live(&self.groups, g);
-                (&group.local[..], &group.members[..])
-            });
+        let (at, entries) =
+            self.find_group(scope.as_ref(), group.as_ref())
+                .map_or((&[][..], &[][..]), |g| {
+                    let group = live(&self.groups, g);
+                    (&group.local[..], &group.members[..])
+                });
         Members {
             walk: Walk::Local(at.iter(), entries),
             table: self,
@@ -332,8 +332,7 @@ impl GroupTable {
 
     fn chain_head(&self, pid: Pid) -> u32 {
         self.node_of(pid.node)
-            .and_then(|n| live(&self.nodes, n).pids.get(&pid.serial))
-            .copied()
+            .and_then(|n| live(&self.nodes, n).pids.get(pid.serial))
             .unwrap_or(NIL)
     }
 

@@ -81,7 +81,7 @@ impl GroupTable {
                 if !seen.insert(serial) {
                     continue;
                 }
-                let mut id = slot.pids.get(&serial).copied().unwrap_or(NIL);
+                let mut id = slot.pids.get(serial).unwrap_or(NIL);
                 while id != NIL {
                     match want.get_mut(&self.key_of(id)) {
                         Some(count) if *count > 0 => *count -= 1,
@@ -125,7 +125,7 @@ impl GroupTable {
     fn remove_doomed(&mut self, n: u32, doomed: &Doomed) -> usize {
         let mut left = 0;
         for &serial in &doomed.serials {
-            let Some(&head) = live(&self.nodes, n).pids.get(&serial) else {
+            let Some(head) = live(&self.nodes, n).pids.get(serial) else {
                 continue;
             };
             let (mut prev, mut id) = (NIL, head);

@@ -8,7 +8,7 @@ use meshreg_membership::NodeId;
 use super::error::GroupError;
 use super::event::{EventKind, GroupEvent, Membership};
 use super::layout::{
-    Entry, Group, NameIndex, NodeSlot, OWNER_SLOT, Record, Scope, pos_u32, push_entry,
+    Entry, Group, NameIndex, NodeSlot, OWNER_SLOT, PidIndex, Record, Scope, pos_u32, push_entry,
     push_in_node, remove_in_node, shrink_map, shrink_vec,
 };
 use super::name::{GroupName, ScopeName};
@@ -195,11 +195,9 @@ impl GroupTable {
         let Some(n) = self.node_of(pid.node) else {
             return Vec::new();
         };
-        let pids = &mut live_mut(&mut self.nodes, n).pids;
-        let Some(mut id) = pids.remove(&pid.serial) else {
+        let Some(mut id) = live_mut(&mut self.nodes, n).pids.remove(pid.serial) else {
             return Vec::new();
         };
-        shrink_map(pids);
         let mut removed = Vec::new();
         while id != NIL {
             let next = self.records.get(id).next_of_pid;
@@ -226,7 +224,7 @@ impl GroupTable {
         let slot = live_mut(&mut self.nodes, n);
         let records = mem::take(&mut slot.records);
         // Dropping the whole pid index at once: no chain needs unlinking record by record.
-        slot.pids = HashMap::default();
+        slot.pids = PidIndex::default();
         let mut removed = Vec::with_capacity(records.len());
         for id in records {
             let membership = self.detach(id, false);
@@ -311,7 +309,7 @@ impl GroupTable {
     /// chain (`NIL` if it is the head).
     pub(super) fn find_in_chain(&self, n: u32, serial: u64, g: u32) -> Option<(u32, u32)> {
         let mut prev = NIL;
-        let mut id = *live(&self.nodes, n).pids.get(&serial)?;
+        let mut id = live(&self.nodes, n).pids.get(serial)?;
         while id != NIL {
             let record = self.records.get(id);
             if record.group == g {
@@ -365,8 +363,7 @@ impl GroupTable {
         }
         let pids = &mut live_mut(&mut self.nodes, n).pids;
         if next == NIL {
-            pids.remove(&serial);
-            shrink_map(pids);
+            pids.remove(serial);
         } else {
             pids.insert(serial, next);
         }
