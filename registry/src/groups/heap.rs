@@ -24,12 +24,17 @@ pub(crate) fn vec_bytes<T>(v: &Vec<T>) -> usize {
     v.capacity() * size_of::<T>()
 }
 
-/// Heap bytes of a std `HashMap`'s table: buckets of `(K, V)`, then one control byte per bucket
-/// plus one trailing control group. The bucket count is recovered from `capacity()` (7/8 load
-/// factor, power-of-two buckets); tombstones can hide up to a few buckets of capacity, which
-/// only ever makes this an under-estimate by a few percent of one map.
+/// Heap bytes of a std `HashMap`'s table (see [`table_bytes`]).
 pub(crate) fn map_bytes<K, V, S>(map: &HashMap<K, V, S>) -> usize {
-    let capacity = map.capacity();
+    table_bytes::<(K, V)>(map.capacity())
+}
+
+/// Heap bytes of a SwissTable (std's `HashMap`, hashbrown's `HashTable`) of `T` with
+/// `capacity`: buckets of `T`, then one control byte per bucket plus one trailing control
+/// group. The bucket count is recovered from the capacity (7/8 load factor, power-of-two
+/// buckets); tombstones can hide up to a few buckets of capacity, which only ever makes this
+/// an under-estimate by a few percent of one table.
+pub(crate) fn table_bytes<T>(capacity: usize) -> usize {
     if capacity == 0 {
         return 0;
     }
@@ -38,8 +43,8 @@ pub(crate) fn map_bytes<K, V, S>(map: &HashMap<K, V, S>) -> usize {
     } else {
         (capacity * 8 / 7).next_power_of_two()
     };
-    let ctrl_align = align_of::<(K, V)>().max(CTRL_GROUP_WIDTH);
-    let ctrl_offset = (buckets * size_of::<(K, V)>()).next_multiple_of(ctrl_align);
+    let ctrl_align = align_of::<T>().max(CTRL_GROUP_WIDTH);
+    let ctrl_offset = (buckets * size_of::<T>()).next_multiple_of(ctrl_align);
     ctrl_offset + buckets + CTRL_GROUP_WIDTH
 }
 
@@ -51,10 +56,7 @@ pub(super) fn arc_str_bytes(len: usize) -> usize {
 impl Scope {
     fn heap_bytes(&self) -> usize {
         // The name's allocation is shared with the scope index key: counted here once.
-        self.name.heap_bytes()
-            + map_bytes(&self.groups.short)
-            + map_bytes(&self.groups.long)
-            + vec_bytes(&self.list)
+        self.name.heap_bytes() + self.groups.heap_bytes() + vec_bytes(&self.list)
     }
 }
 

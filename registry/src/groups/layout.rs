@@ -30,6 +30,9 @@
 //! the chains and removals need, so an occurrence costs the same bytes as before.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+
+use hashbrown::HashTable;
 
 use meshreg_membership::NodeId;
 
@@ -48,29 +51,126 @@ pub(super) struct Scope {
     pub(super) list: Vec<u32>,
 }
 
-/// Longest name whose bytes are stored in the index's own buckets.
+/// Longest name whose bytes a group keeps inline for the index's comparisons.
 const INLINE_NAME: usize = 23;
 
-/// A short name as a map key: its length, then its bytes, zero-padded. Hashes only the
-/// bytes in use; compares as one fixed-size array.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) struct InlineName([u8; INLINE_NAME + 1]);
+/// The length byte of a [`NameKey`] of a longer name.
+const LONG: u8 = u8::MAX;
 
-impl std::hash::Hash for InlineName {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let len = usize::from(self.0[0]);
-        state.write(&self.0[..=len]);
+/// A group's name as the name index compares it, kept in the group itself. A name of up to
+/// [`INLINE_NAME`] bytes (nearly all) is its length, then its bytes, zero-padded: it compares as
+/// one fixed-size array, without following a pointer (keyed by the shared `Arc<str>`, every
+/// read of a large table paid a cache miss on the name's own allocation just to confirm the
+/// hash hit). A longer name is marked [`LONG`] and compared through the shared name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct NameKey([u8; INLINE_NAME + 1]);
+
+impl NameKey {
+    pub(super) fn of(name: &str) -> Self {
+        let bytes = name.as_bytes();
+        let mut key = [0u8; INLINE_NAME + 1];
+        if bytes.len() <= INLINE_NAME {
+            key[0] = bytes.len() as u8;
+            key[1..=bytes.len()].copy_from_slice(bytes);
+        } else {
+            key[0] = LONG;
+        }
+        Self(key)
+    }
+
+    fn is_long(&self) -> bool {
+        self.0[0] == LONG
     }
 }
 
-/// Group name -> group handle. Names of up to [`INLINE_NAME`] bytes (nearly all) are keyed by
-/// their bytes stored in the bucket, so a lookup compares without following a pointer: keyed by
-/// the shared `Arc<str>`, every read of a large table paid a cache miss on the name's own
-/// allocation just to confirm the hash hit. Longer names use the shared name.
+/// Group name -> group handle, for one scope. The table holds only the 4-byte handles; a probe
+/// compares against the [`NameKey`] in the group, which a read goes on to use anyway. Keyed by
+/// the names themselves (24-byte buckets), the index of 10,000 groups was half a megabyte, and
+/// a read paid a cache miss on its bucket; this one is a quarter of that size.
+///
+/// Invariant: every handle in the table is a live group of this scope, and each is found by
+/// its name's hash (so a group is removed from the index while it is still live).
 #[derive(Default)]
 pub(super) struct NameIndex {
-    pub(super) short: HashMap<InlineName, u32, NameHash>,
-    pub(super) long: HashMap<GroupName, u32, NameHash>,
+    table: HashTable<u32>,
+    hash: NameHash,
+}
+
+impl NameIndex {
+    /// The hash of a name: its key's words in use when short, its bytes when long.
+    fn hash_of(hash: &NameHash, key: &NameKey, name: &str) -> u64 {
+        let mut h = hash.build_hasher();
+        if key.is_long() {
+            h.write(name.as_bytes());
+        } else {
+            // The length byte and the name: len / 8 + 1 whole words, zero-padded.
+            let used = usize::from(key.0[0]) / 8 + 1;
+            for chunk in key.0.chunks_exact(8).take(used) {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(chunk);
+                h.write_u64(u64::from_le_bytes(w));
+            }
+        }
+        h.finish()
+    }
+
+    fn rehash(hash: &NameHash, groups: &Slab<Option<Group>>, g: u32) -> u64 {
+        let group = live_group(groups, g);
+        Self::hash_of(hash, &group.key, group.name.as_str())
+    }
+
+    /// The handle of the group called `name`, if this scope has it.
+    pub(super) fn get(&self, name: &str, groups: &Slab<Option<Group>>) -> Option<u32> {
+        let key = NameKey::of(name);
+        let hash = Self::hash_of(&self.hash, &key, name);
+        let found = if key.is_long() {
+            self.table.find(hash, |&g| {
+                let group = live_group(groups, g);
+                group.key.is_long() && group.name.as_str() == name
+            })
+        } else {
+            self.table.find(hash, |&g| live_group(groups, g).key == key)
+        };
+        found.copied()
+    }
+
+    /// Adds live group `g`, whose name the index does not hold yet.
+    pub(super) fn insert(&mut self, g: u32, groups: &Slab<Option<Group>>) {
+        let hash = Self::rehash(&self.hash, groups, g);
+        let seed = &self.hash;
+        self.table
+            .insert_unique(hash, g, |&h| Self::rehash(seed, groups, h));
+    }
+
+    /// Removes group `g`, still live; gives memory back as [`shrink_map`] does.
+    pub(super) fn remove(&mut self, g: u32, groups: &Slab<Option<Group>>) {
+        let hash = Self::rehash(&self.hash, groups, g);
+        if let Ok(entry) = self.table.find_entry(hash, |&h| h == g) {
+            entry.remove();
+        }
+        let seed = &self.hash;
+        if self.table.is_empty() {
+            self.table = HashTable::new();
+        } else if self.table.capacity() >= 32 && self.table.len() < self.table.capacity() / 4 {
+            let half = self.table.capacity() / 2;
+            self.table
+                .shrink_to(half, |&h| Self::rehash(seed, groups, h));
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(super) fn heap_bytes(&self) -> usize {
+        super::heap::table_bytes::<u32>(self.table.capacity())
+    }
+}
+
+/// The live group behind a handle; a dead handle here is a bug in the table.
+fn live_group(groups: &Slab<Option<Group>>, g: u32) -> &Group {
+    groups.get(g).as_ref().expect("handle of a live group")
 }
 
 /// The name index's hasher (also the per-node serial maps'): a multiply-fold over 8-byte words
@@ -140,52 +240,10 @@ impl std::hash::Hasher for NameHasher {
     }
 }
 
-fn inline(name: &str) -> Option<InlineName> {
-    let bytes = name.as_bytes();
-    (bytes.len() <= INLINE_NAME).then(|| {
-        let mut key = [0u8; INLINE_NAME + 1];
-        key[0] = bytes.len() as u8;
-        key[1..=bytes.len()].copy_from_slice(bytes);
-        InlineName(key)
-    })
-}
-
-impl NameIndex {
-    pub(super) fn get(&self, name: &str) -> Option<u32> {
-        match inline(name) {
-            Some(key) => self.short.get(&key).copied(),
-            None => self.long.get(name).copied(),
-        }
-    }
-
-    pub(super) fn insert(&mut self, name: &GroupName, handle: u32) {
-        match inline(name.as_str()) {
-            Some(key) => self.short.insert(key, handle),
-            None => self.long.insert(name.clone(), handle),
-        };
-    }
-
-    pub(super) fn remove(&mut self, name: &str) {
-        match inline(name) {
-            Some(key) => {
-                self.short.remove(&key);
-                shrink_map(&mut self.short);
-            }
-            None => {
-                self.long.remove(name);
-                shrink_map(&mut self.long);
-            }
-        }
-    }
-
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.short.len() + self.long.len()
-    }
-}
-
 /// One non-empty group.
 pub(super) struct Group {
+    /// The name as the scope's index compares it.
+    pub(super) key: NameKey,
     pub(super) name: GroupName,
     pub(super) scope: u32,
     pub(super) pos_in_scope: u32,

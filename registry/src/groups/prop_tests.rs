@@ -70,8 +70,15 @@ fn scope(s: u8) -> ScopeName {
     ScopeName::new(&format!("s{s}")).unwrap()
 }
 
+/// Short, exactly the longest inline (23 bytes), and long names: the index compares them in
+/// two ways.
 fn group(g: u8) -> GroupName {
-    GroupName::new(&format!("g{g}")).unwrap()
+    let name = match g {
+        0 => format!("g{g}"),
+        1 => format!("g{g}{}", "x".repeat(21)),
+        _ => format!("g{g}{}", "y".repeat(40)),
+    };
+    GroupName::new(&name).unwrap()
 }
 
 type Occurrence = (Pid, Vec<u8>);
@@ -240,7 +247,8 @@ fn run(table: &mut GroupTable, op: &Op) -> Option<Vec<Change>> {
         assert!(events.is_empty(), "a refused {op:?} reported {events:?}");
         return None;
     }
-    let index = |name: &str| name[1..].parse::<u8>().unwrap();
+    // Names are a letter, the index (one digit), then padding (see `group`).
+    let index = |name: &str| name[1..2].parse::<u8>().unwrap();
     Some(
         events
             .into_iter()
@@ -353,7 +361,10 @@ fn assert_invariants(table: &GroupTable) {
         for (at, &g) in scope.list.iter().enumerate() {
             let group = live(&table.groups, g);
             assert_eq!((group.scope as usize, group.pos_in_scope as usize), (s, at));
-            assert_eq!(scope.groups.get(group.name.as_str()), Some(g));
+            assert_eq!(
+                scope.groups.get(group.name.as_str(), &table.groups),
+                Some(g)
+            );
             assert!(!group.members.is_empty(), "an empty group exists");
             in_groups += group.members.len();
             let mut local = 0;

@@ -8,8 +8,8 @@ use meshreg_membership::NodeId;
 use super::error::GroupError;
 use super::event::{EventKind, GroupEvent, Membership};
 use super::layout::{
-    Entry, Group, NameIndex, NodeSlot, OWNER_SLOT, PidIndex, Record, Scope, pos_u32, push_entry,
-    push_in_node, remove_in_node, shrink_map, shrink_vec,
+    Entry, Group, NameIndex, NameKey, NodeSlot, OWNER_SLOT, PidIndex, Record, Scope, pos_u32,
+    push_entry, push_in_node, remove_in_node, shrink_map, shrink_vec,
 };
 use super::name::{GroupName, ScopeName};
 use super::slab::{NIL, Slab};
@@ -291,7 +291,7 @@ impl GroupTable {
 
     pub(super) fn find_group(&self, scope: &str, group: &str) -> Option<u32> {
         let s = self.scope_of(scope)?;
-        self.scopes[s as usize].groups.get(group)
+        self.scopes[s as usize].groups.get(group, &self.groups)
     }
 
     /// The slot of `scope`. A node uses a handful of scopes: up to [`SCAN_SCOPES`] of them are
@@ -448,10 +448,11 @@ impl GroupTable {
     /// The handle of `group` in scope `s`, and whether it was created now.
     fn group_slot(&mut self, s: u32, group: &GroupName) -> (u32, bool) {
         let scope = &mut self.scopes[s as usize];
-        if let Some(g) = scope.groups.get(group.as_str()) {
+        if let Some(g) = scope.groups.get(group.as_str(), &self.groups) {
             return (g, false);
         }
         let g = self.groups.insert(Some(Group {
+            key: NameKey::of(group.as_str()),
             name: group.clone(),
             scope: s,
             pos_in_scope: pos_u32(scope.list.len()),
@@ -459,7 +460,7 @@ impl GroupTable {
             local: Vec::new(),
         }));
         scope.list.push(g);
-        scope.groups.insert(group, g);
+        scope.groups.insert(g, &self.groups);
         (g, true)
     }
 
@@ -483,9 +484,10 @@ impl GroupTable {
 
     /// Deletes group `g`, which has no member left: a group with no members does not exist.
     fn drop_group(&mut self, g: u32) {
+        let scope = &mut self.scopes[live(&self.groups, g).scope as usize];
+        // While the group is live: the index finds it by its name.
+        scope.groups.remove(g, &self.groups);
         let group = self.groups.remove(g).expect("handle of a live group");
-        let scope = &mut self.scopes[group.scope as usize];
-        scope.groups.remove(group.name.as_str());
         let at = group.pos_in_scope as usize;
         scope.list.swap_remove(at);
         if let Some(&moved) = scope.list.get(at) {

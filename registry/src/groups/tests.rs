@@ -523,3 +523,45 @@ fn replace_node_keeps_the_newest_of_equal_occurrences() {
     t.leave(&s, &g, pid(1, 1)).unwrap();
     assert_eq!(t.drain_events()[0].membership.meta[..], b"x"[..]);
 }
+
+#[test]
+fn many_groups_of_short_and_long_names_are_found_while_the_index_grows_and_shrinks() {
+    let mut t = table();
+    let s = scope("s");
+    // Names around the inline limit (23 bytes), and long ones sharing a 30-byte prefix.
+    let name = |i: usize| match i % 3 {
+        0 => format!("g{i}"),
+        1 => format!("{i:0>23}"),
+        _ => format!("{}{i}", "p".repeat(30)),
+    };
+    for i in 0..600 {
+        t.join(&s, &group(&name(i)), pid(0, i as u64), &[]).unwrap();
+    }
+    for i in 0..600 {
+        assert_eq!(
+            pids(t.members("s", name(i))),
+            [pid(0, i as u64)],
+            "{}",
+            name(i)
+        );
+    }
+    assert_eq!(t.members("s", format!("{:0>24}", 1)).len(), 0);
+    assert_eq!(t.members("s", "p".repeat(30)).len(), 0);
+    // Leaving most groups shrinks the index; the rest stay found.
+    for i in 0..560 {
+        t.leave(&s, &group(&name(i)), pid(0, i as u64)).unwrap();
+    }
+    for i in 0..600 {
+        let expected = if i < 560 {
+            vec![]
+        } else {
+            vec![pid(0, i as u64)]
+        };
+        assert_eq!(pids(t.members("s", name(i))), expected, "{}", name(i));
+    }
+    assert_eq!(t.group_count(), 40);
+    for i in 560..600 {
+        t.leave(&s, &group(&name(i)), pid(0, i as u64)).unwrap();
+    }
+    assert_eq!(t.group_count(), 0);
+}
