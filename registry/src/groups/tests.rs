@@ -565,3 +565,21 @@ fn many_groups_of_short_and_long_names_are_found_while_the_index_grows_and_shrin
     }
     assert_eq!(t.group_count(), 0);
 }
+
+#[test]
+fn name_keys_hold_the_length_then_the_bytes_of_short_names_only() {
+    for len in 0..=30 {
+        let name: String = (0..len).map(|i| char::from(b'a' + i as u8)).collect();
+        let key = super::layout::NameKey::of(&name);
+        let mut expected = [0u8; 24];
+        if len <= 23 {
+            expected[0] = len as u8;
+            expected[1..=len].copy_from_slice(name.as_bytes());
+        } else {
+            expected[0] = u8::MAX;
+        }
+        let words: Vec<u8> = key.0.iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(words, expected, "length {len}");
+        assert_eq!(key.is_long(), len > 23);
+    }
+}
