@@ -14,8 +14,9 @@
 //! - Every refusal is a [`GroupError`] and leaves the table unchanged.
 //! - [`GroupTable::heap_bytes`] accounts the table's memory exactly.
 //!
-//! The layout (one 36-byte record per occurrence, lists of 4-byte handles, positions for O(1)
-//! `swap_remove`) and its invariants are described in `layout.rs`.
+//! The layout (each group's occurrences inline in one list of 20-byte entries, a 20-byte record
+//! per occurrence as its stable handle, positions for O(1) `swap_remove`) and its invariants are
+//! described in `layout.rs`.
 
 mod error;
 mod event;
