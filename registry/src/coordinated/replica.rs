@@ -29,20 +29,73 @@
 //! a re-join applied here early is never removed by the old identity's later `Down`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use meshreg_membership::{NodeId, Time};
 
 use super::groups::{CoordinatedGroups, Key, Out};
-use super::message::{Entry, Message, NackReason, Op, Origin, PartitionState, Refused};
+use super::message::{Entry, Message, NackReason, Op, Origin, PartitionState, Refused, Ticket};
 use crate::groups::{GroupName, GroupTable, ScopeName};
 
 /// A partition's dedupe window: the origins of its last applied ops, oldest first, each with
 /// whether it was refused. Checked by a scan (at most `dedupe_per_partition` entries, 256 by
 /// default): an index would double the window's memory, which at 256 partitions per scope is
-/// the backend's main fixed cost.
+/// the backend's main fixed cost. For the same reason entries are packed into 20 bytes (an
+/// `(Origin, bool)` takes 40).
 #[derive(Default)]
 pub(crate) struct Recent {
-    order: VecDeque<(Origin, bool)>,
+    order: VecDeque<Packed>,
+}
+
+/// One window entry: `[ipv4, port | kind | refused, generation, ticket low, ticket high]`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Packed([u32; 5]);
+
+/// Bit of word 1 set for [`Ticket::Exit`] (clear for [`Ticket::Call`]).
+const EXIT_BIT: u32 = 1 << 16;
+/// Bit of word 1 set when the op was refused (not part of the origin).
+const REFUSED_BIT: u32 = 1 << 17;
+
+impl Packed {
+    fn new(origin: &Origin, refused: bool) -> Self {
+        let (node, ticket) = origin;
+        let (exit, n) = match *ticket {
+            Ticket::Call(n) => (0, n),
+            Ticket::Exit(n) => (EXIT_BIT, n),
+        };
+        let addr = node.addr();
+        let flags = if refused { REFUSED_BIT } else { 0 };
+        Self([
+            u32::from(*addr.ip()),
+            u32::from(addr.port()) | exit | flags,
+            node.generation(),
+            n as u32,
+            (n >> 32) as u32,
+        ])
+    }
+
+    /// Same origin, whatever the refused flag.
+    fn is(&self, key: &Packed) -> bool {
+        let mut w = self.0;
+        w[1] &= !REFUSED_BIT;
+        w == key.0
+    }
+
+    fn refused(&self) -> bool {
+        self.0[1] & REFUSED_BIT != 0
+    }
+
+    fn unpack(&self) -> (Origin, bool) {
+        let w = self.0;
+        let addr = SocketAddrV4::new(Ipv4Addr::from(w[0]), (w[1] & 0xFFFF) as u16);
+        let n = u64::from(w[3]) | (u64::from(w[4]) << 32);
+        let ticket = if w[1] & EXIT_BIT != 0 {
+            Ticket::Exit(n)
+        } else {
+            Ticket::Call(n)
+        };
+        ((NodeId::new(addr, w[2]), ticket), self.refused())
+    }
 }
 
 impl Recent {
@@ -52,32 +105,33 @@ impl Recent {
         while self.order.len() >= cap.max(1) {
             self.order.pop_front();
         }
-        self.order.push_back((origin, refused));
+        self.order.push_back(Packed::new(&origin, refused));
     }
 
     /// Whether `origin` was applied recently, and if so whether it was refused (newest first:
     /// a retry is usually of a recent op).
     pub(crate) fn get(&self, origin: &Origin) -> Option<bool> {
+        let key = Packed::new(origin, false);
         self.order
             .iter()
             .rev()
-            .find(|(o, _)| o == origin)
-            .map(|&(_, refused)| refused)
+            .find(|p| p.is(&key))
+            .map(Packed::refused)
     }
 
     /// The window, oldest first.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &(Origin, bool)> {
-        self.order.iter()
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Origin, bool)> + '_ {
+        self.order.iter().map(Packed::unpack)
     }
 
     /// Replaces the window (a recovered state).
     pub(crate) fn replace(&mut self, entries: Vec<(Origin, bool)>) {
-        self.order = entries.into();
+        self.order = entries.iter().map(|(o, r)| Packed::new(o, *r)).collect();
     }
 
     /// Heap bytes of the window.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.order.capacity() * size_of::<(Origin, bool)>()
+        self.order.capacity() * size_of::<Packed>()
     }
 }
 
@@ -389,7 +443,7 @@ impl CoordinatedGroups {
         PartitionState {
             written_epoch: r.written_epoch,
             seq: r.seq,
-            recent: r.recent.iter().copied().collect(),
+            recent: r.recent.iter().collect(),
             entries,
             owners,
         }
@@ -546,8 +600,6 @@ fn replace_partition(
 #[cfg(test)]
 mod recent_tests {
     use super::*;
-    use crate::coordinated::message::Ticket;
-    use std::net::{Ipv4Addr, SocketAddrV4};
 
     fn origin(n: u64) -> Origin {
         (
@@ -568,8 +620,45 @@ mod recent_tests {
         assert_eq!(r.get(&origin(3)), Some(true));
         assert_eq!(r.iter().count(), 3);
         assert!(r.order.capacity() < 8, "capacity {}", r.order.capacity());
+        assert_eq!(
+            r.iter().collect::<Vec<_>>(),
+            vec![(origin(2), false), (origin(3), true), (origin(4), false)]
+        );
         r.replace(vec![(origin(7), true)]);
         assert_eq!(r.get(&origin(9)), None);
         assert_eq!(r.get(&origin(7)), Some(true));
+    }
+
+    #[test]
+    fn a_packed_entry_keeps_every_field_of_its_origin() {
+        let node = NodeId::new(
+            SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 65_535),
+            u32::MAX,
+        );
+        let other = NodeId::new(
+            SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 65_534),
+            u32::MAX,
+        );
+        let mut r = Recent::default();
+        let origins = [
+            (node, Ticket::Call(u64::MAX)),
+            (node, Ticket::Exit(u64::MAX)),
+            (node, Ticket::Call(1 << 32)),
+            (other, Ticket::Call(u64::MAX)),
+        ];
+        for (i, o) in origins.iter().enumerate() {
+            r.push(*o, i % 2 == 0, 8);
+        }
+        let back: Vec<_> = r.iter().collect();
+        for (i, o) in origins.iter().enumerate() {
+            assert_eq!(back[i], (*o, i % 2 == 0));
+            assert_eq!(r.get(o), Some(i % 2 == 0), "{o:?}");
+        }
+        assert_eq!(r.get(&(node, Ticket::Exit(1 << 32))), None);
+        assert_eq!(
+            r.get(&(node.next_generation(), Ticket::Call(u64::MAX))),
+            None
+        );
+        assert_eq!(size_of::<Packed>(), 20);
     }
 }
