@@ -12,9 +12,10 @@ use rand::{RngExt, SeedableRng};
 
 use super::digest::VersionDigest;
 use super::merge::{OwnerSet, ReplicaState};
+use super::peers::PeerBook;
 use super::queue::{BroadcastQueue, max_transmissions};
 use super::wire::{Delta, Entry, GroupsMsg, Op, OwnerState};
-use crate::groups::heap::{map_bytes, vec_bytes};
+use crate::groups::heap::map_bytes;
 use crate::groups::{GroupError, GroupEvent, GroupName, GroupTable, GroupTableConfig, ScopeName};
 use crate::{CallError, MessageError, Pid, RegistryCore, RegistryOutput, RequestId};
 
@@ -114,15 +115,9 @@ pub struct GossipGroups {
     pub(super) table: GroupTable,
     /// This node's own version: the number of local changes in this generation.
     pub(super) version: u64,
-    /// Other owners' held `(generation, version)`, by address. Lookups only.
-    pub(super) held: HashMap<SocketAddrV4, (u32, u64)>,
+    /// Per other address: live generation, held `(generation, version)`, tombstone.
+    pub(super) book: PeerBook,
     pub(super) digest: VersionDigest,
-    /// Live peers by address: `(generation, index in peers)`. Lookups only.
-    pub(super) live: HashMap<SocketAddrV4, (u32, u32)>,
-    /// Live peers, for random choice; changed only by push and swap_remove (deterministic).
-    pub(super) peers: Vec<NodeId>,
-    /// Highest generation declared Down, per address (the tombstones).
-    pub(super) dead: HashMap<SocketAddrV4, u32>,
     /// Owners whose full state was requested, and when (one request per anti-entropy period).
     pub(super) pulling: HashMap<SocketAddrV4, Time>,
     pub(super) queue: BroadcastQueue,
@@ -152,11 +147,8 @@ impl GossipGroups {
             // Pids name their node by its root: they survive renewals of `me`.
             table: GroupTable::new(me.root()),
             version: 0,
-            held: HashMap::new(),
+            book: PeerBook::default(),
             digest: VersionDigest::default(),
-            live: HashMap::new(),
-            peers: Vec::new(),
-            dead: HashMap::new(),
             pulling: HashMap::new(),
             queue: BroadcastQueue::default(),
             synced: false,
@@ -193,8 +185,10 @@ impl GossipGroups {
     }
 
     /// Live peers in this node's view.
-    pub fn peers(&self) -> &[NodeId] {
-        &self.peers
+    pub fn peers(&self) -> Vec<NodeId> {
+        (0..self.book.live_len())
+            .map(|i| self.book.live_at(i))
+            .collect()
     }
 
     /// Deltas waiting for (re)transmission.
@@ -207,8 +201,8 @@ impl GossipGroups {
         if owner == self.me {
             return self.version;
         }
-        match self.held.get(&owner.addr()) {
-            Some(&(generation, version)) if generation == owner.generation() => version,
+        match self.book.held(owner.addr()) {
+            Some((generation, version)) if generation == owner.generation() => version,
             _ => 0,
         }
     }
@@ -217,10 +211,7 @@ impl GossipGroups {
     /// tombstones, pulls in flight) and the retransmit queue. O(scopes + groups + nodes).
     pub fn heap_bytes(&self) -> usize {
         self.table.heap_bytes()
-            + map_bytes(&self.held)
-            + map_bytes(&self.live)
-            + vec_bytes(&self.peers)
-            + map_bytes(&self.dead)
+            + self.book.heap_bytes()
             + map_bytes(&self.pulling)
             + self.queue.heap_bytes()
     }
@@ -229,16 +220,15 @@ impl GossipGroups {
     /// converged nodes agree on. O(memberships held); for tests and the simulator.
     pub fn snapshot(&self) -> ReplicaState {
         let mut state = ReplicaState::new();
-        for (&addr, &generation) in &self.dead {
-            state.tombstone(NodeId::new(addr, generation));
+        for dead in self.book.dead_iter() {
+            state.tombstone(dead);
         }
         if self.version > 0 {
             state.insert_owner(OwnerSet::from_state(
                 &self.owner_state(self.me, self.version),
             ));
         }
-        for (&addr, &(generation, version)) in &self.held {
-            let owner = NodeId::new(addr, generation);
+        for (owner, version) in self.book.held_iter() {
             state.insert_owner(OwnerSet::from_state(&self.owner_state(owner, version)));
         }
         state
@@ -264,17 +254,14 @@ impl GossipGroups {
     }
 
     pub(super) fn is_dead(&self, node: NodeId) -> bool {
-        self.dead
-            .get(&node.addr())
-            .is_some_and(|&g| node.generation() <= g)
+        self.book
+            .dead_generation(node.addr())
+            .is_some_and(|g| node.generation() <= g)
     }
 
     /// Sets the held version of `owner` (not this node), keeping the digest exact.
     pub(super) fn set_held(&mut self, owner: NodeId, version: u64) {
-        if let Some((generation, old)) = self
-            .held
-            .insert(owner.addr(), (owner.generation(), version))
-        {
+        if let Some((generation, old)) = self.book.set_held(owner, version) {
             self.digest
                 .remove(&NodeId::new(owner.addr(), generation), old);
         }
@@ -326,7 +313,7 @@ impl GossipGroups {
 
     /// Up to `k` distinct random live peers, in the order drawn.
     pub(super) fn random_peers(&mut self, k: usize) -> Vec<NodeId> {
-        let n = self.peers.len();
+        let n = self.book.live_len();
         let k = k.min(n);
         let mut chosen: Vec<usize> = Vec::with_capacity(k);
         while chosen.len() < k {
@@ -335,7 +322,7 @@ impl GossipGroups {
                 chosen.push(i);
             }
         }
-        chosen.into_iter().map(|i| self.peers[i]).collect()
+        chosen.into_iter().map(|i| self.book.live_at(i)).collect()
     }
 
     /// One gossip round: the least-sent queued deltas, one datagram's worth at a time, each to
@@ -389,10 +376,10 @@ impl GossipGroups {
     /// Sends up to `datagrams` datagrams of the least-sent queued deltas, each to [`FANOUT`]
     /// random peers.
     fn send_deltas(&mut self, datagrams: usize, out: &mut Vec<RegistryOutput<GossipTimer>>) {
-        let max_tx = max_transmissions(self.peers.len() + 1);
+        let max_tx = max_transmissions(self.book.live_len() + 1);
         let budget = MAX_DATAGRAM_PAYLOAD - DELTAS_OVERHEAD;
         for _ in 0..datagrams {
-            if self.queue.is_empty() || self.peers.is_empty() {
+            if self.queue.is_empty() || self.book.live_len() == 0 {
                 return;
             }
             let targets = self.random_peers(FANOUT);
@@ -436,15 +423,13 @@ impl GossipGroups {
         if x.addr() == self.me.addr() || self.is_dead(x) {
             return;
         }
-        match self.live.get(&x.addr()) {
-            Some(&(generation, _)) if generation >= x.generation() => return,
+        match self.book.live_generation(x.addr()) {
+            Some(generation) if generation >= x.generation() => return,
             // A newer generation without a Down first: the old one is gone all the same.
-            Some(&(generation, _)) => self.member_down(NodeId::new(x.addr(), generation)),
+            Some(generation) => self.member_down(NodeId::new(x.addr(), generation)),
             None => {}
         }
-        let index = u32::try_from(self.peers.len()).unwrap_or(u32::MAX);
-        self.live.insert(x.addr(), (x.generation(), index));
-        self.peers.push(x);
+        self.book.add_live(x);
         // Catch up without waiting for random rounds: a fresh node syncs everything with its
         // first peer; afterwards each new peer's own state is pulled from it, and a burst of
         // Ups (a healed partition) turns into one full sync.
@@ -464,23 +449,18 @@ impl GossipGroups {
             return;
         }
         let addr = x.addr();
-        let dead = self.dead.entry(addr).or_insert(0);
-        *dead = (*dead).max(x.generation());
-        if let Some(&(generation, index)) = self.live.get(&addr)
-            && generation <= x.generation()
+        self.book.bury(x);
+        if self
+            .book
+            .live_generation(addr)
+            .is_some_and(|generation| generation <= x.generation())
         {
-            self.live.remove(&addr);
-            self.peers.swap_remove(index as usize);
-            if let Some(moved) = self.peers.get(index as usize)
-                && let Some(entry) = self.live.get_mut(&moved.addr())
-            {
-                entry.1 = index;
-            }
+            self.book.remove_live(addr);
         }
-        if let Some(&(generation, version)) = self.held.get(&addr)
+        if let Some((generation, version)) = self.book.held(addr)
             && generation <= x.generation()
         {
-            self.held.remove(&addr);
+            self.book.remove_held(addr);
             let owner = NodeId::new(addr, generation);
             self.digest.remove(&owner, version);
             self.table.remove_node(owner.root());
@@ -579,7 +559,7 @@ impl RegistryCore for GossipGroups {
         if new.root() != old.root() || new.generation() <= old.generation() {
             return;
         }
-        self.dead.clear();
+        self.book.clear_dead();
         if self.version > 0 {
             self.digest.remove(&old, self.version);
             self.digest.add(&new, self.version);

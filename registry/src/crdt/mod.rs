@@ -27,6 +27,7 @@
 mod digest;
 mod gossip;
 mod merge;
+mod peers;
 mod queue;
 mod sync;
 pub mod wire;

@@ -20,15 +20,14 @@ use meshreg_membership::wire::{self, Kind, MAX_DATAGRAM_PAYLOAD, MAX_FRAME_PAYLO
 use meshreg_membership::{Channel, NodeId, Time};
 
 use super::gossip::{GossipGroups, GossipTimer};
-use super::wire::{Delta, GroupsMsg, Op, OwnerState, state_len_bound};
+use super::wire::{Delta, DeltaRef, GroupsMsg, Op, OwnerState, decode_deltas, state_len_bound};
 use crate::groups::{EventKind, Membership};
 use crate::{MessageError, Pid, RegistryOutput};
 
 type Out = Vec<RegistryOutput<GossipTimer>>;
 
-/// What applying one delta did.
+/// Why a delta was not applied.
 enum Applied {
-    Yes,
     Duplicate,
     Stale,
     UnknownOwner,
@@ -59,13 +58,27 @@ impl GossipGroups {
                 "{kind:?} message given to the gossip groups backend"
             )));
         }
+        if let Some(decoded) = decode_deltas(payload) {
+            let (sender, deltas) = decoded.map_err(|e| {
+                self.stats.malformed += 1;
+                MessageError::Malformed(e)
+            })?;
+            self.check_sender(from, sender)?;
+            return self.on_deltas(now, from, deltas, out);
+        }
         let msg = GroupsMsg::decode(payload).map_err(|e| {
             self.stats.malformed += 1;
             MessageError::Malformed(e)
         })?;
         self.check_sender(from, msg.from())?;
         match msg {
-            GroupsMsg::Deltas { deltas, .. } => self.on_deltas(now, from, deltas, out),
+            // `decode_deltas` above takes every message with the Deltas tag.
+            GroupsMsg::Deltas { .. } => {
+                self.stats.malformed += 1;
+                Err(MessageError::Malformed(
+                    "groups: deltas past the deltas decoder".to_owned(),
+                ))
+            }
             GroupsMsg::Digest { count, hash, .. } => {
                 if (count, hash) != self.digest.summary() {
                     let reply = GroupsMsg::Buckets {
@@ -108,10 +121,10 @@ impl GossipGroups {
 
     /// A message must come from the address it names, at the generation Up here.
     fn check_sender(&mut self, from: SocketAddrV4, sender: NodeId) -> Result<(), MessageError> {
-        let verdict = match self.live.get(&from) {
+        let verdict = match self.book.live_generation(from) {
             _ if sender.addr() != from => Err(MessageError::NotAMember(from)),
-            Some(&(generation, _)) if generation == sender.generation() => Ok(()),
-            Some(&(generation, _)) if generation > sender.generation() => {
+            Some(generation) if generation == sender.generation() => Ok(()),
+            Some(generation) if generation > sender.generation() => {
                 Err(MessageError::StaleGeneration)
             }
             _ if self.is_dead(sender) => Err(MessageError::StaleGeneration),
@@ -132,27 +145,27 @@ impl GossipGroups {
         &mut self,
         now: Time,
         from: SocketAddrV4,
-        mut deltas: Vec<Delta>,
+        mut deltas: Vec<DeltaRef<'_>>,
         out: &mut Out,
     ) -> Result<(), MessageError> {
         deltas.sort_by_key(|d| (d.dot.actor, d.dot.counter));
         let (mut stale, mut applied, total) = (0, 0, deltas.len());
         let mut repair: Vec<NodeId> = Vec::new();
-        for delta in deltas {
+        for delta in &deltas {
             let owner = delta.dot.actor;
-            match self.apply_delta(&delta) {
-                Applied::Yes => {
+            match self.apply_delta(delta) {
+                Ok(owned) => {
                     applied += 1;
                     self.stats.deltas_applied += 1;
-                    self.stats.deltas_dropped += self.queue.push(delta);
+                    self.stats.deltas_dropped += self.queue.push(owned);
                 }
-                Applied::Duplicate => self.stats.duplicate_deltas += 1,
-                Applied::Stale => {
+                Err(Applied::Duplicate) => self.stats.duplicate_deltas += 1,
+                Err(Applied::Stale) => {
                     self.stats.stale_items += 1;
                     stale += 1;
                 }
-                Applied::UnknownOwner => self.stats.unknown_owner += 1,
-                Applied::Repair => {
+                Err(Applied::UnknownOwner) => self.stats.unknown_owner += 1,
+                Err(Applied::Repair) => {
                     self.stats.gaps += 1;
                     if repair.last() != Some(&owner) {
                         repair.push(owner);
@@ -186,27 +199,32 @@ impl GossipGroups {
         if self.is_dead(owner) {
             return Err(Applied::Stale);
         }
-        match self.live.get(&owner.addr()) {
-            Some(&(generation, _)) if generation == owner.generation() => Ok(()),
-            Some(&(generation, _)) if generation > owner.generation() => Err(Applied::Stale),
+        match self.book.live_generation(owner.addr()) {
+            Some(generation) if generation == owner.generation() => Ok(()),
+            Some(generation) if generation > owner.generation() => Err(Applied::Stale),
             _ => Err(Applied::UnknownOwner),
         }
     }
 
-    fn apply_delta(&mut self, delta: &Delta) -> Applied {
+    /// Applies `delta` if it is the next of its owner; the owned delta, to gossip on, if so.
+    /// Everything else is judged from the dot alone, before anything is allocated.
+    fn apply_delta(&mut self, delta: &DeltaRef<'_>) -> Result<Delta, Applied> {
         let owner = delta.dot.actor;
-        if let Err(verdict) = self.admit(owner) {
-            return verdict;
-        }
+        self.admit(owner)?;
         let held = self.version_of(owner);
         if delta.dot.counter <= held {
-            return Applied::Duplicate;
+            return Err(Applied::Duplicate);
         }
-        if delta.dot.counter != held + 1 || !self.apply_op(owner, &delta.op) {
-            return Applied::Repair;
+        if delta.dot.counter != held + 1 {
+            return Err(Applied::Repair);
+        }
+        // Names were checked by the decoder; a failure here would be a replica to repair.
+        let owned = delta.to_owned().map_err(|_| Applied::Repair)?;
+        if !self.apply_op(owner, &owned.op) {
+            return Err(Applied::Repair);
         }
         self.set_held(owner, delta.dot.counter);
-        Applied::Yes
+        Ok(owned)
     }
 
     /// Applies one op of `owner` to the table; false if the replica had diverged (nothing or
@@ -363,9 +381,9 @@ impl GossipGroups {
     /// owner (the maps are never iterated into a message unsorted: determinism).
     pub(super) fn versions_in(&self, mask: u64) -> Vec<Dot<NodeId>> {
         let mut v: Vec<Dot<NodeId>> = self
-            .held
-            .iter()
-            .map(|(&addr, &(generation, version))| Dot::new(NodeId::new(addr, generation), version))
+            .book
+            .held_iter()
+            .map(|(owner, version)| Dot::new(owner, version))
             .chain((self.version > 0).then(|| Dot::new(self.me, self.version)))
             .filter(|d| in_mask(mask, &d.actor))
             .collect();

@@ -152,7 +152,7 @@ fn the_first_up_peer_gets_a_full_sync_and_later_ones_a_pull() {
         owners: vec![id(2, 1)],
     };
     assert_eq!(out, vec![send(id(2, 1), Channel::Stream, &pull)]);
-    assert_eq!(g.peers(), &[id(1, 1), id(2, 1)]);
+    assert_eq!(g.peers(), vec![id(1, 1), id(2, 1)]);
 }
 
 /// A gossip node `me` that has seen peers 1 to 4 come up, and what that produced.

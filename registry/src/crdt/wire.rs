@@ -219,6 +219,117 @@ impl GroupsMsg {
     }
 }
 
+/// An [`Op`] that borrows its names and metadata from the received bytes. Same encoding:
+/// postcard writes a name as length and bytes either way, and `Box<[u8]>` as a length and
+/// one byte per element, which is how `&[u8]` is read.
+#[derive(Debug, Deserialize)]
+pub(crate) enum OpRef<'a> {
+    Join {
+        #[serde(borrow)]
+        scope: &'a str,
+        #[serde(borrow)]
+        group: &'a str,
+        serial: u64,
+        #[serde(borrow)]
+        meta: &'a [u8],
+    },
+    Leave {
+        #[serde(borrow)]
+        scope: &'a str,
+        #[serde(borrow)]
+        group: &'a str,
+        serial: u64,
+        #[serde(borrow)]
+        meta: &'a [u8],
+    },
+    Exit {
+        serial: u64,
+    },
+}
+
+/// A [`Delta`] borrowing from the received bytes. A node receives each delta about
+/// `max_transmissions` times and applies it once: duplicates are recognised by their dot
+/// alone, without allocating the two names an owned [`Delta`] holds.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeltaRef<'a> {
+    pub(crate) dot: Dot<NodeId>,
+    #[serde(borrow)]
+    pub(crate) op: OpRef<'a>,
+}
+
+impl DeltaRef<'_> {
+    /// The owned delta. Infallible for a delta from [`decode_deltas`], which checked the names.
+    pub(crate) fn to_owned(&self) -> Result<Delta, crate::groups::GroupError> {
+        let op = match self.op {
+            OpRef::Join {
+                scope,
+                group,
+                serial,
+                meta,
+            } => Op::Join {
+                scope: ScopeName::new(scope)?,
+                group: GroupName::new(group)?,
+                serial,
+                meta: meta.into(),
+            },
+            OpRef::Leave {
+                scope,
+                group,
+                serial,
+                meta,
+            } => Op::Leave {
+                scope: ScopeName::new(scope)?,
+                group: GroupName::new(group)?,
+                serial,
+                meta: meta.into(),
+            },
+            OpRef::Exit { serial } => Op::Exit { serial },
+        };
+        Ok(Delta { dot: self.dot, op })
+    }
+}
+
+/// The postcard variant index of [`GroupsMsg::Deltas`] (its first variant): one byte.
+const DELTAS_TAG: u8 = 0;
+
+/// Decodes `payload` as a [`GroupsMsg::Deltas`] borrowing from it: `None` if it is another
+/// message (decode it with [`GroupsMsg::decode`]), else the sender and the deltas, with the
+/// same checks as `decode` (count cap, name lengths).
+pub(crate) fn decode_deltas(payload: &[u8]) -> Option<Result<(NodeId, Vec<DeltaRef<'_>>), String>> {
+    let (&tag, body) = payload.split_first()?;
+    if tag != DELTAS_TAG {
+        return None;
+    }
+    // A struct variant's fields are encoded as a tuple after the tag.
+    let decoded: Result<(NodeId, Vec<DeltaRef<'_>>), _> = postcard::from_bytes(body);
+    Some(
+        decoded
+            .map_err(|e| format!("groups: {e}"))
+            .and_then(|(from, deltas)| {
+                if deltas.len() > MAX_DELTAS_PER_MSG {
+                    return Err(format!(
+                        "groups: {} deltas, over the cap of {MAX_DELTAS_PER_MSG}",
+                        deltas.len()
+                    ));
+                }
+                for d in &deltas {
+                    if let OpRef::Join { scope, group, .. } | OpRef::Leave { scope, group, .. } =
+                        d.op
+                    {
+                        let long = scope.len().max(group.len());
+                        if long > crate::groups::NAME_MAX_BYTES {
+                            return Err(format!(
+                                "groups: a name of {long} bytes, over the cap of {}",
+                                crate::groups::NAME_MAX_BYTES
+                            ));
+                        }
+                    }
+                }
+                Ok((from, deltas))
+            }),
+    )
+}
+
 /// Encoded size of `value` in postcard, for packing datagrams (0 if it cannot be encoded).
 pub(crate) fn encoded_len<T: Serialize>(value: &T) -> usize {
     postcard::to_allocvec(value).map_or(0, |v| v.len())
@@ -331,10 +442,116 @@ mod tests {
         assert!(encoded_len(&state) <= state_len_bound(&state));
     }
 
+    fn sample_deltas() -> GroupsMsg {
+        let op = |i: u64| match i % 3 {
+            0 => Op::Join {
+                scope: ScopeName::new("scope").expect("short"),
+                group: GroupName::new(&format!("group-{i}")).expect("short"),
+                serial: u64::MAX - i,
+                meta: Box::from(&b"meta"[..]),
+            },
+            1 => Op::Leave {
+                scope: ScopeName::new("s").expect("short"),
+                group: GroupName::new("").expect("short"),
+                serial: i,
+                meta: Box::default(),
+            },
+            _ => Op::Exit { serial: i },
+        };
+        GroupsMsg::Deltas {
+            from: node(1),
+            deltas: (0..9)
+                .map(|i| Delta {
+                    dot: Dot::new(node(i as u32), i + 1),
+                    op: op(i),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn borrowed_deltas_decode_to_the_owned_ones() {
+        let msg = sample_deltas();
+        let bytes = msg.encode(7);
+        let payload = &bytes[wire::HEADER_LEN..];
+        let (from, refs) = decode_deltas(payload)
+            .expect("a deltas message")
+            .expect("decodes");
+        let owned: Vec<Delta> = refs.iter().map(|d| d.to_owned().expect("valid")).collect();
+        assert_eq!(
+            GroupsMsg::Deltas {
+                from,
+                deltas: owned
+            },
+            msg
+        );
+    }
+
+    #[test]
+    fn other_messages_are_left_to_the_owned_decoder() {
+        let msg = GroupsMsg::Pull {
+            from: node(1),
+            owners: vec![node(2)],
+        };
+        let bytes = msg.encode(7);
+        assert!(decode_deltas(&bytes[wire::HEADER_LEN..]).is_none());
+        assert!(decode_deltas(&[]).is_none());
+    }
+
+    #[test]
+    fn a_borrowed_name_over_the_cap_is_refused() {
+        // Encoded by hand: the owned types cannot hold such a name.
+        let long = "x".repeat(crate::groups::NAME_MAX_BYTES + 1);
+        let body = postcard::to_allocvec(&(
+            node(1),
+            vec![(
+                Dot::new(node(2), 1),
+                0u32,
+                "s",
+                long.as_str(),
+                1u64,
+                &b""[..],
+            )],
+        ))
+        .expect("encodes");
+        let mut payload = vec![DELTAS_TAG];
+        payload.extend_from_slice(&body);
+        let err = decode_deltas(&payload)
+            .expect("deltas")
+            .expect_err("refused");
+        assert!(err.contains("over the cap"), "{err}");
+        assert!(GroupsMsg::decode(&payload).is_err());
+    }
+
     proptest! {
         #[test]
         fn prop_decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = GroupsMsg::decode(&bytes);
+            let _ = decode_deltas(&bytes);
+        }
+
+        /// The borrowed decoder accepts exactly what the owned one accepts as `Deltas`, with
+        /// the same content, on corrupted encodings of a valid message.
+        #[test]
+        fn prop_both_decoders_agree(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4)) {
+            let bytes = sample_deltas().encode(7);
+            let mut payload = bytes[wire::HEADER_LEN..].to_vec();
+            for (at, value) in flips {
+                let n = payload.len();
+                payload[at % n] = value;
+            }
+            let owned = GroupsMsg::decode(&payload);
+            match decode_deltas(&payload) {
+                None => {
+                    let deltas = matches!(owned, Ok(GroupsMsg::Deltas { .. }));
+                    prop_assert!(!deltas);
+                }
+                Some(Err(_)) => prop_assert!(owned.is_err()),
+                Some(Ok((from, refs))) => {
+                    let deltas: Vec<Delta> = refs.iter().map(|d| d.to_owned().expect("checked")).collect();
+                    prop_assert_eq!(owned, Ok(GroupsMsg::Deltas { from, deltas }));
+                }
+            }
         }
     }
 }
