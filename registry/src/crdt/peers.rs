@@ -36,6 +36,17 @@ struct Slot {
     dead: bool,
 }
 
+/// What a [`PeerBook`] knows of one address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct PeerView {
+    /// Generation Up here.
+    pub(super) live: Option<u32>,
+    /// Held `(generation, version)`.
+    pub(super) held: Option<(u32, u64)>,
+    /// Highest generation declared Down.
+    pub(super) dead: Option<u32>,
+}
+
 /// Per-address bookkeeping of the gossip backend: live peers (with a list for random choice),
 /// held owner versions and tombstones.
 ///
@@ -118,6 +129,15 @@ impl PeerBook {
             mix64(seed ^ mix64(addr_key(slots[t as usize].addr)))
         });
         s
+    }
+
+    /// Everything known of `addr`, in one lookup (the per-delta path).
+    pub(super) fn view(&self, addr: SocketAddrV4) -> PeerView {
+        self.find(addr).map_or(PeerView::default(), |s| PeerView {
+            live: (s.live_pos != NOT_LIVE).then_some(s.live_gen),
+            held: (s.version > 0).then_some((s.held_gen, s.version)),
+            dead: s.dead.then_some(s.dead_gen),
+        })
     }
 
     /// The generation of `addr` Up here, if any.

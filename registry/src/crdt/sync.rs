@@ -188,6 +188,11 @@ impl GossipGroups {
 
     /// Whether `owner` (not this node) may be applied here: Up at exactly its generation.
     fn admit(&self, owner: NodeId) -> Result<(), Applied> {
+        self.admit_held(owner).map(|_| ())
+    }
+
+    /// [`Self::admit`], and the version held of an admitted owner (0: none), in one lookup.
+    fn admit_held(&self, owner: NodeId) -> Result<u64, Applied> {
         if owner.addr() == self.me.addr() {
             // We are the only writer of our own memberships.
             return Err(if owner.generation() < self.me.generation() {
@@ -196,11 +201,15 @@ impl GossipGroups {
                 Applied::Duplicate
             });
         }
-        if self.is_dead(owner) {
+        let peer = self.book.view(owner.addr());
+        if peer.dead.is_some_and(|g| owner.generation() <= g) {
             return Err(Applied::Stale);
         }
-        match self.book.live_generation(owner.addr()) {
-            Some(generation) if generation == owner.generation() => Ok(()),
+        match peer.live {
+            Some(generation) if generation == owner.generation() => Ok(match peer.held {
+                Some((generation, version)) if generation == owner.generation() => version,
+                _ => 0,
+            }),
             Some(generation) if generation > owner.generation() => Err(Applied::Stale),
             _ => Err(Applied::UnknownOwner),
         }
@@ -210,8 +219,7 @@ impl GossipGroups {
     /// Everything else is judged from the dot alone, before anything is allocated.
     fn apply_delta(&mut self, delta: &DeltaRef<'_>) -> Result<Delta, Applied> {
         let owner = delta.dot.actor;
-        self.admit(owner)?;
-        let held = self.version_of(owner);
+        let held = self.admit_held(owner)?;
         if delta.dot.counter <= held {
             return Err(Applied::Duplicate);
         }
