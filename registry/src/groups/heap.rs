@@ -94,7 +94,7 @@ impl GroupTable {
             + self.records.heap_bytes()
             + self.metas.heap_bytes()
             + metas
-            + map_bytes(&self.node_index)
+            + self.node_index.heap_bytes()
             + self.nodes.heap_bytes()
             + nodes
             + vec_bytes(&self.events)

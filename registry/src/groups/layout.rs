@@ -190,6 +190,85 @@ impl NameIndex {
     }
 }
 
+/// Node id -> node handle. Like [`NameIndex`], the table holds only 4-byte handles and a probe
+/// compares against the id kept in the node's slot: a replica of a large cluster holds a slot
+/// for nearly every node, and a `HashMap<NodeId, u32>` bucket (16 bytes, SipHash) cost twice as
+/// much per node as this one.
+///
+/// Invariant: every handle in the table is a live node slot, found by its id's hash; the
+/// owner's slot is in it too.
+#[derive(Default)]
+pub(super) struct NodeIndex {
+    table: HashTable<u32>,
+    hash: NameHash,
+}
+
+impl NodeIndex {
+    /// The hash of a node id: its address and its generation, two words.
+    fn hash_of(hash: &NameHash, id: &NodeId) -> u64 {
+        let mut h = hash.build_hasher();
+        h.write_u64(id.addr_key());
+        h.write_u64(u64::from(id.generation()));
+        h.finish()
+    }
+
+    fn rehash(hash: &NameHash, nodes: &Slab<Option<NodeSlot>>, n: u32) -> u64 {
+        Self::hash_of(hash, &live_node(nodes, n).id)
+    }
+
+    /// The handle of node `id`'s slot, if it has one.
+    pub(super) fn get(&self, id: &NodeId, nodes: &Slab<Option<NodeSlot>>) -> Option<u32> {
+        let hash = Self::hash_of(&self.hash, id);
+        self.table
+            .find(hash, |&n| live_node(nodes, n).id == *id)
+            .copied()
+    }
+
+    /// Adds live slot `n`, whose id the index does not hold yet.
+    pub(super) fn insert(&mut self, n: u32, nodes: &Slab<Option<NodeSlot>>) {
+        let hash = Self::rehash(&self.hash, nodes, n);
+        let seed = &self.hash;
+        self.table
+            .insert_unique(hash, n, |&m| Self::rehash(seed, nodes, m));
+    }
+
+    /// Removes slot `n`, still live; gives memory back as [`shrink_map`] does.
+    pub(super) fn remove(&mut self, n: u32, nodes: &Slab<Option<NodeSlot>>) {
+        let hash = Self::rehash(&self.hash, nodes, n);
+        if let Ok(entry) = self.table.find_entry(hash, |&m| m == n) {
+            entry.remove();
+        }
+        let seed = &self.hash;
+        if self.table.is_empty() {
+            self.table = HashTable::new();
+        } else if self.table.capacity() >= 32 && self.table.len() < self.table.capacity() / 4 {
+            let half = self.table.capacity() / 2;
+            self.table
+                .shrink_to(half, |&m| Self::rehash(seed, nodes, m));
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Every slot handle held, in no particular order.
+    #[cfg(test)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.table.iter().copied()
+    }
+
+    pub(super) fn heap_bytes(&self) -> usize {
+        super::heap::table_bytes::<u32>(self.table.capacity())
+    }
+}
+
+/// The live node slot behind a handle; a dead handle here is a bug in the table.
+fn live_node(nodes: &Slab<Option<NodeSlot>>, n: u32) -> &NodeSlot {
+    nodes.get(n).as_ref().expect("handle of a live node")
+}
+
 /// The live group behind a handle; a dead handle here is a bug in the table.
 fn live_group(groups: &Slab<Option<Group>>, g: u32) -> &Group {
     groups.get(g).as_ref().expect("handle of a live group")

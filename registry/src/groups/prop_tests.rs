@@ -384,9 +384,9 @@ fn assert_invariants(table: &GroupTable) {
     }
     assert_eq!(in_groups, table.membership_count());
     let mut in_nodes = 0;
-    for (id, &n) in &table.node_index {
+    for n in table.node_index.iter() {
         let slot = live(&table.nodes, n);
-        assert_eq!(slot.id, *id);
+        assert_eq!(table.node_of(slot.id), Some(n));
         assert!(
             n == OWNER_SLOT || !slot.records.is_empty(),
             "an empty node slot exists"

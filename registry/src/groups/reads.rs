@@ -286,9 +286,8 @@ impl GroupTable {
     /// owner's set. O(1) + O(1) per item.
     pub fn memberships_of_node(&self, node: NodeId) -> NodeMemberships<'_> {
         let ids = self
-            .node_index
-            .get(&node)
-            .map_or(&[][..], |&n| &live(&self.nodes, n).records[..]);
+            .node_of(node)
+            .map_or(&[][..], |n| &live(&self.nodes, n).records[..]);
         NodeMemberships {
             ids: ids.iter(),
             table: self,

@@ -44,7 +44,7 @@ impl GroupTable {
         }
         let (doomed, to_add) = self.diff(node, &wanted);
         let mut replaced = Replaced::default();
-        if let Some(&n) = self.node_index.get(&node) {
+        if let Some(n) = self.node_of(node) {
             replaced.left = self.remove_doomed(n, &doomed);
         }
         for (m, add) in wanted.into_iter().zip(to_add) {
@@ -57,7 +57,7 @@ impl GroupTable {
                 replaced.joined += 1;
             }
         }
-        if let Some(&n) = self.node_index.get(&node) {
+        if let Some(n) = self.node_of(node) {
             self.release_node_if_empty(n);
         }
         Ok(replaced)
@@ -73,7 +73,7 @@ impl GroupTable {
             *want.entry(key(m)).or_insert(0) += 1;
         }
         let mut doomed = Doomed::default();
-        if let Some(&n) = self.node_index.get(&node) {
+        if let Some(n) = self.node_of(node) {
             let slot = live(&self.nodes, n);
             let mut seen = HashSet::new();
             for &first in &slot.records {

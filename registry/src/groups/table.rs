@@ -8,8 +8,8 @@ use meshreg_membership::NodeId;
 use super::error::GroupError;
 use super::event::{EventKind, GroupEvent, Membership};
 use super::layout::{
-    Entry, Group, NameIndex, NameKey, NodeSlot, OWNER_SLOT, PidIndex, Record, Scope, pos_u32,
-    push_entry, push_in_node, remove_in_node, shrink_map, shrink_vec,
+    Entry, Group, NameIndex, NameKey, NodeIndex, NodeSlot, OWNER_SLOT, PidIndex, Record, Scope,
+    pos_u32, push_entry, push_in_node, remove_in_node, shrink_vec,
 };
 use super::name::{GroupName, ScopeName};
 use super::slab::{NIL, Slab};
@@ -68,7 +68,7 @@ pub struct GroupTable {
     pub(super) records: Slab<Record>,
     /// Metadata of the records that have some; an empty box marks a free slot.
     pub(super) metas: Slab<Box<[u8]>>,
-    pub(super) node_index: HashMap<NodeId, u32>,
+    pub(super) node_index: NodeIndex,
     pub(super) nodes: Slab<Option<NodeSlot>>,
     pub(super) memberships: usize,
     pub(super) events: Vec<GroupEvent>,
@@ -94,8 +94,8 @@ impl GroupTable {
         let mut nodes = Slab::new();
         let owner_slot = nodes.insert(Some(NodeSlot::new(owner)));
         debug_assert_eq!(owner_slot, OWNER_SLOT);
-        let mut node_index = HashMap::new();
-        node_index.insert(owner, OWNER_SLOT);
+        let mut node_index = NodeIndex::default();
+        node_index.insert(OWNER_SLOT, &nodes);
         Self {
             owner,
             meta_cap_bytes: config.meta_cap_bytes,
@@ -218,7 +218,7 @@ impl GroupTable {
     ///
     /// Emits one `Left` per occurrence, in the returned order. O(that node's memberships).
     pub fn remove_node(&mut self, node: NodeId) -> Vec<Membership> {
-        let Some(&n) = self.node_index.get(&node) else {
+        let Some(n) = self.node_of(node) else {
             return Vec::new();
         };
         let slot = live_mut(&mut self.nodes, n);
@@ -470,7 +470,7 @@ impl GroupTable {
         if node == self.owner {
             return Some(OWNER_SLOT);
         }
-        self.node_index.get(&node).copied()
+        self.node_index.get(&node, &self.nodes)
     }
 
     fn node_slot(&mut self, node: NodeId) -> u32 {
@@ -478,7 +478,7 @@ impl GroupTable {
             return n;
         }
         let n = self.nodes.insert(Some(NodeSlot::new(node)));
-        self.node_index.insert(node, n);
+        self.node_index.insert(n, &self.nodes);
         n
     }
 
@@ -501,12 +501,12 @@ impl GroupTable {
         if n == OWNER_SLOT || !live(&self.nodes, n).records.is_empty() {
             return;
         }
+        // While the slot is live: the index finds it by its id.
+        self.node_index.remove(n, &self.nodes);
         let slot = self.nodes.remove(n).expect("handle of a live node");
         debug_assert!(
             slot.pids.is_empty(),
             "a node without records has no pid chains"
         );
-        self.node_index.remove(&slot.id);
-        shrink_map(&mut self.node_index);
     }
 }

@@ -583,3 +583,38 @@ fn name_keys_hold_the_length_then_the_bytes_of_short_names_only() {
         assert_eq!(key.is_long(), len > 23);
     }
 }
+
+/// Heap bytes per membership of a table holding `memberships` joins spread over `nodes` nodes
+/// (serials fresh per join, so each join is a new pid), `groups` groups and `scopes` scopes,
+/// no metadata. Node 0 is the owner, so `nodes == 1` is the one-node shape.
+fn bytes_per_membership(nodes: u32, memberships: u32, scopes: u32, groups: u32) -> f64 {
+    let scope_names: Vec<ScopeName> = (0..scopes).map(|i| scope(&format!("s{i}"))).collect();
+    let group_names: Vec<GroupName> = (0..groups).map(|i| group(&format!("g{i}"))).collect();
+    // Remote nodes are 1..=nodes unless the table's owner holds everything.
+    let first = u32::from(nodes > 1);
+    let mut t = table();
+    for i in 0..memberships {
+        let node = first + i % nodes;
+        let p = pid(node, u64::from(i / nodes));
+        let s = &scope_names[(i % scopes) as usize];
+        let g = &group_names[(i % groups) as usize];
+        t.join(s, g, p, b"").unwrap();
+    }
+    t.drain_events();
+    assert_eq!(t.membership_count(), memberships as usize);
+    t.heap_bytes() as f64 / memberships as f64
+}
+
+/// The replica shapes of the gossip simulation and the one-node shape, in heap bytes per
+/// membership (`--nocapture` prints them). The 10,000-node shape (each remote node owns two
+/// memberships) is what a 10,000-node simulation holds in every one of its tables.
+#[test]
+fn bytes_per_membership_of_replica_and_local_shapes() {
+    let replica_10k = bytes_per_membership(10_000, 20_000, 10, 100);
+    let replica_1k = bytes_per_membership(1_000, 20_000, 10, 100);
+    let local = bytes_per_membership(1, 100_000, 1, 10_000);
+    println!(
+        "bytes/membership: 10k nodes x 2: {replica_10k:.1}, 1k nodes x 20: {replica_1k:.1}, \
+         1 node x 100k over 10k groups: {local:.1}"
+    );
+}
