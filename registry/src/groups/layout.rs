@@ -9,20 +9,30 @@
 //! Group.members:  [Entry]  every occurrence, cluster-wide: serial, node, meta, record handle
 //! Group.local:    [position in Group.members]      occurrences of the owner node's pids
 //! node_index: NodeId -> node handle
-//!   NodeSlot.records: [record handle]              (memberships_of_node, remove_node)
-//!   NodeSlot.pids:    serial -> newest record of that pid, chained by Record.next_of_pid
-//! Record: group, and where its occurrence is in each list above (O(1) swap_remove)
+//!   NodeSlot.records, by the node's number of records:
+//!     List { len, head }: its few records, linked oldest first by Record.node_link
+//!     Indexed -> IndexedNode.records: [record handle]   (memberships_of_node, remove_node)
+//!                IndexedNode.pids:    serial -> newest record of that pid
+//! Record: group, where its occurrence is in each list above (O(1) swap_remove), and the next
+//!   older record of its pid (the pid chain)
 //! ```
 //!
 //! Architecture Invariant (positions): for every live record `r` of handle `id`,
-//! `group.members[r.pos_in_group].record == id`, `node.records[r.pos_in_node] == id`, and if
-//! that entry's node is the owner slot, `group.local[r.pos_in_local] == r.pos_in_group`. Every
-//! removal is a `swap_remove` that rewrites the positions of the one entry it moved.
+//! `group.members[r.pos_in_group].record == id`; if that entry's node is the owner slot,
+//! `group.local[r.pos_in_local] == r.pos_in_group`; if that node is indexed,
+//! `indexed.records[r.node_link] == id`, and if it is a list, `id` is on its list. Every
+//! removal from a group or an indexed node's list is a `swap_remove` that rewrites the
+//! positions of the one entry it moved; a list node unlinks the record (at most `LIST_MAX`
+//! hops).
 //!
-//! Architecture Invariant (chains): the records of one pid form one chain from
-//! `NodeSlot.pids[serial]`, newest join first; a pid has a map entry iff it has a record; a
-//! group exists iff it has a record; a node slot (other than the owner's, slot 0) exists iff it
-//! has a record.
+//! Architecture Invariant (chains): the records of one pid form one chain through
+//! `Record.next_of_pid`, newest join first. Its head is `IndexedNode.pids[serial]` on an
+//! indexed node (a pid has a map entry iff it has a record), and the pid's last record on the
+//! list of a list node (a list holds each pid's records oldest first, its chain reversed:
+//! joins append, removals keep the order, and a node turned back into a list lays out each
+//! chain in one piece). A list node holds at most `LIST_MAX` records, an indexed one more than
+//! `LIST_AGAIN`. A group exists iff it has a record; a node slot (other than the owner's, slot
+//! 0) exists iff it has a record.
 //!
 //! Why entries are inline: a read of a group of `k` members used to follow `k` handles into a
 //! slab where the records of one group lie far apart (they are allocated in join order), one
@@ -353,21 +363,58 @@ pub(super) struct Group {
     pub(super) local: Vec<u32>,
 }
 
-/// Everything the table holds about one node's pids.
+/// Records a node may hold as a list (without a pid index) before it is indexed.
+pub(super) const LIST_MAX: u32 = 8;
+
+/// An indexed node whose records fall to this many is a list again: half of [`LIST_MAX`], so
+/// a node hovering around the threshold does not rebuild its index on every join and leave
+/// (a conversion is paid for by the `LIST_MAX / 2` changes since the previous one).
+pub(super) const LIST_AGAIN: u32 = LIST_MAX / 2;
+
+/// Everything the table holds about one node's pids: 24 bytes, in place in the node slab.
 pub(super) struct NodeSlot {
     pub(super) id: NodeId,
-    pub(super) records: Vec<u32>,
-    pub(super) pids: PidIndex,
+    pub(super) records: NodeRecords,
 }
 
 impl NodeSlot {
     pub(super) fn new(id: NodeId) -> Self {
         Self {
             id,
-            records: Vec::new(),
-            pids: PidIndex::default(),
+            records: NodeRecords::EMPTY,
         }
     }
+}
+
+/// How a node finds its records and the heads of its pids' chains.
+///
+/// A replica of a large cluster holds a slot for nearly every node, and most own a couple of
+/// memberships: a list and a pid map per node (about 160 heap bytes with the slot) cost more
+/// than the memberships themselves. So a node with few records (at most [`LIST_MAX`]) links
+/// them through the records and finds a pid's chain by walking them; past that it is indexed
+/// (O(1) per pid, however many records it has).
+#[derive(Clone, Copy)]
+pub(super) enum NodeRecords {
+    /// `len` records linked from `head` through [`Record::node_link`] (`NIL` ends the list),
+    /// oldest join first: `memberships_of_node` lists a node's memberships in join order, as
+    /// the gossip backend sends an owner's full state, and the receiver's `replace_node`
+    /// joins them in that order. Invariant: the records of one pid appear oldest first (its
+    /// chain reversed), so the head of a pid's chain is its last record on the list.
+    List { len: u32, head: u32 },
+    /// Handle of the node's [`IndexedNode`] in the table's slab of them.
+    Indexed(u32),
+}
+
+impl NodeRecords {
+    pub(super) const EMPTY: Self = Self::List { len: 0, head: NIL };
+}
+
+/// The records of a node with many of them: a list for enumeration and O(1) `swap_remove`
+/// (each record knows its position, [`Record::node_link`]) and the heads of its pids' chains.
+#[derive(Default)]
+pub(super) struct IndexedNode {
+    pub(super) records: Vec<u32>,
+    pub(super) pids: PidIndex,
 }
 
 /// A serial as a map key of two 4-byte halves: a `(u64, u32)` bucket is padded to 16 bytes,
@@ -412,10 +459,6 @@ impl PidIndex {
         let head = self.0.remove(&SerialKey::new(serial));
         shrink_map(&mut self.0);
         head
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     #[cfg(test)]
@@ -463,7 +506,9 @@ pub(super) struct Record {
     pub(super) pos_in_group: u32,
     /// Meaningful only when the entry's node is `OWNER_SLOT`.
     pub(super) pos_in_local: u32,
-    pub(super) pos_in_node: u32,
+    /// Of an indexed node: the position in its record list. Of a list node: the next record of
+    /// that list, or `NIL`.
+    pub(super) node_link: u32,
     /// The next older record of the same pid, or `NIL`.
     pub(super) next_of_pid: u32,
 }
@@ -474,7 +519,7 @@ impl Record {
             group,
             pos_in_group,
             pos_in_local: NIL,
-            pos_in_node: NIL,
+            node_link: NIL,
             next_of_pid: NIL,
         }
     }
@@ -485,19 +530,19 @@ pub(super) fn pos_u32(len: usize) -> u32 {
     u32::try_from(len).expect("a list of record handles is shorter than 2^32")
 }
 
-/// Appends record `id` to a node's list and records where it went, O(1) amortised.
+/// Appends record `id` to an indexed node's list and records where it went, O(1) amortised.
 pub(super) fn push_in_node(list: &mut Vec<u32>, id: u32, records: &mut Slab<Record>) {
-    records.get_mut(id).pos_in_node = pos_u32(list.len());
+    records.get_mut(id).node_link = pos_u32(list.len());
     list.push(id);
 }
 
-/// Removes the entry at `at` of a node's list by moving the last entry into it (O(1)),
+/// Removes the entry at `at` of an indexed node's list by moving the last entry into it (O(1)),
 /// rewrites the moved record's position, and gives memory back once the list is a quarter full.
 pub(super) fn remove_in_node(list: &mut Vec<u32>, at: u32, records: &mut Slab<Record>) {
     let at = at as usize;
     list.swap_remove(at);
     if let Some(&moved) = list.get(at) {
-        records.get_mut(moved).pos_in_node = pos_u32(at);
+        records.get_mut(moved).node_link = pos_u32(at);
     }
     shrink_vec(list);
 }
