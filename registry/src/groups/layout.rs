@@ -371,7 +371,7 @@ pub(super) const LIST_MAX: u32 = 8;
 /// (a conversion is paid for by the `LIST_MAX / 2` changes since the previous one).
 pub(super) const LIST_AGAIN: u32 = LIST_MAX / 2;
 
-/// Everything the table holds about one node's pids: 24 bytes, in place in the node slab.
+/// Everything the table holds about one node's pids: 20 bytes, in place in the node slab.
 pub(super) struct NodeSlot {
     pub(super) id: NodeId,
     pub(super) records: NodeRecords,
@@ -400,7 +400,7 @@ pub(super) enum NodeRecords {
     /// the gossip backend sends an owner's full state, and the receiver's `replace_node`
     /// joins them in that order. Invariant: the records of one pid appear oldest first (its
     /// chain reversed), so the head of a pid's chain is its last record on the list.
-    List { len: u32, head: u32 },
+    List { len: u8, head: u32 },
     /// Handle of the node's [`IndexedNode`] in the table's slab of them.
     Indexed(u32),
 }
@@ -408,6 +408,11 @@ pub(super) enum NodeRecords {
 impl NodeRecords {
     pub(super) const EMPTY: Self = Self::List { len: 0, head: NIL };
 }
+
+// A list's length is a byte (the tag's neighbour), so a slot is 20 bytes, and a free one costs
+// no more (the tag's spare values mark `None`).
+const _: () = assert!(size_of::<Option<NodeSlot>>() == 20);
+const _: () = assert!(LIST_MAX < u8::MAX as u32);
 
 /// The records of a node with many of them: a list for enumeration and O(1) `swap_remove`
 /// (each record knows its position, [`Record::node_link`]) and the heads of its pids' chains.

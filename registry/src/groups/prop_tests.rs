@@ -412,7 +412,7 @@ pub(super) fn assert_invariants(table: &GroupTable) {
                 table.indexed.get(x).pids.iter().collect()
             }
             NodeRecords::List { len, .. } => {
-                assert!(len <= LIST_MAX, "a list node this large");
+                assert!(u32::from(len) <= LIST_MAX, "a list node this large");
                 let mut heads: Vec<(u64, u32)> = Vec::new();
                 for &r in ids.iter().rev() {
                     let serial = table.entry_of(r).serial();

@@ -353,7 +353,7 @@ impl GroupTable {
             NodeRecords::Indexed(x) => NodeWalk::Indexed(self.indexed.get(x).records.iter()),
             NodeRecords::List { len, head } => NodeWalk::List {
                 next: head,
-                left: len as usize,
+                left: usize::from(len),
             },
         };
         NodeIds {

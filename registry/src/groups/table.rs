@@ -238,7 +238,7 @@ impl GroupTable {
         ) {
             NodeRecords::Indexed(x) => self.indexed.remove(x).records,
             NodeRecords::List { len, head } => {
-                let mut ids = Vec::with_capacity(len as usize);
+                let mut ids = Vec::with_capacity(usize::from(len));
                 let mut id = head;
                 while id != NIL {
                     ids.push(id);
@@ -388,7 +388,8 @@ impl GroupTable {
             }
         };
         self.records.get_mut(id).next_of_pid = older.unwrap_or(NIL);
-        if matches!(live(&self.nodes, n).records, NodeRecords::List { len, .. } if len > LIST_MAX) {
+        if matches!(live(&self.nodes, n).records, NodeRecords::List { len, .. } if u32::from(len) > LIST_MAX)
+        {
             self.index_node(n);
         }
         self.memberships += 1;
@@ -654,7 +655,7 @@ impl GroupTable {
             }
         }
         live_mut(&mut self.nodes, n).records = NodeRecords::List {
-            len: pos_u32(node.records.len()),
+            len: u8::try_from(node.records.len()).expect("at most LIST_AGAIN records"),
             head,
         };
     }
