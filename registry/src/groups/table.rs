@@ -388,7 +388,8 @@ impl GroupTable {
             }
         };
         self.records.get_mut(id).next_of_pid = older.unwrap_or(NIL);
-        if matches!(live(&self.nodes, n).records, NodeRecords::List { len, .. } if u32::from(len) > LIST_MAX)
+        if let NodeRecords::List { len, .. } = live(&self.nodes, n).records
+            && u32::from(len) > LIST_MAX
         {
             self.index_node(n);
         }
