@@ -368,11 +368,11 @@ impl GroupTable {
             grp.local.push(at);
         }
         // The new record becomes the head of its pid's chain: newest first.
-        let older = match live(&self.nodes, n).records {
+        let (older, outgrown) = match live(&self.nodes, n).records {
             NodeRecords::Indexed(x) => {
                 let node = self.indexed.get_mut(x);
                 push_in_node(&mut node.records, id, &mut self.records);
-                node.pids.insert(pid.serial, id)
+                (node.pids.insert(pid.serial, id), false)
             }
             NodeRecords::List { len, head } => {
                 // Looked up before the record is on the list, where it goes last.
@@ -384,13 +384,11 @@ impl GroupTable {
                     head
                 };
                 live_mut(&mut self.nodes, n).records = NodeRecords::List { len: len + 1, head };
-                older
+                (older, u32::from(len) + 1 > LIST_MAX)
             }
         };
         self.records.get_mut(id).next_of_pid = older.unwrap_or(NIL);
-        if let NodeRecords::List { len, .. } = live(&self.nodes, n).records
-            && u32::from(len) > LIST_MAX
-        {
+        if outgrown {
             self.index_node(n);
         }
         self.memberships += 1;
@@ -545,10 +543,21 @@ impl GroupTable {
 
     /// After removals from node slot `n`: an indexed node down to [`LIST_AGAIN`] records
     /// becomes a list again, and a slot that holds nothing is freed (the owner's is kept).
+    /// The check is inline (every leave makes it); the change is not.
+    #[inline(always)]
     pub(super) fn settle_node(&mut self, n: u32) {
-        if let NodeRecords::Indexed(x) = live(&self.nodes, n).records
-            && self.indexed.get(x).records.len() <= LIST_AGAIN as usize
-        {
+        let settled = match live(&self.nodes, n).records {
+            NodeRecords::Indexed(x) => self.indexed.get(x).records.len() > LIST_AGAIN as usize,
+            NodeRecords::List { len, .. } => len > 0 || n == OWNER_SLOT,
+        };
+        if !settled {
+            self.reshape_node(n);
+        }
+    }
+
+    #[inline(never)]
+    fn reshape_node(&mut self, n: u32) {
+        if let NodeRecords::Indexed(x) = live(&self.nodes, n).records {
             self.list_node(n, x);
         }
         let empty = matches!(
@@ -620,6 +629,7 @@ impl GroupTable {
 
     /// Indexes list node `n`, which outgrew [`LIST_MAX`]: its list, in order, becomes its
     /// record list, and each pid's last record on it (the head of its chain) its index entry.
+    #[inline(never)]
     fn index_node(&mut self, n: u32) {
         let NodeRecords::List { head, .. } = live(&self.nodes, n).records else {
             return;
