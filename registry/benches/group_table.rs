@@ -7,6 +7,8 @@
 //!   `pg` anchor is 80k joins/s on this machine).
 //! - `members_by_name/10kg_100k`: read 10,000 groups of 10 members each by name and walk the
 //!   members (the table's share of `single.get_members.10kg_100k`).
+//! - `replica_join_leave/10kn_20k`: 20,000 joins of remote pids (10,000 nodes, two each, 100
+//!   groups in 10 scopes) into an empty table, then 20,000 leaves: a gossip replica's shape.
 
 use std::hint::black_box;
 
@@ -108,6 +110,37 @@ fn bench(c: &mut Criterion) {
             }
             black_box(sum)
         });
+    });
+    g.finish();
+
+    // A gossip replica's share of a 10,000-node cluster: 20,000 memberships of remote pids, two
+    // per node, over 100 groups in 10 scopes, joined into an empty table, then left.
+    let mut g = c.benchmark_group("replica_join_leave");
+    g.throughput(Throughput::Elements(40_000));
+    g.sample_size(10);
+    let scopes: Vec<ScopeName> = (0..10)
+        .map(|i| ScopeName::new(&format!("s{i}")).expect("name"))
+        .collect();
+    let remote = |i: u32| Pid {
+        node: NodeId::new(loopback_addr(1 + i % 10_000, 7000), 1),
+        serial: u64::from(i / 10_000),
+    };
+    g.bench_function("10kn_20k", |b| {
+        b.iter_batched(
+            || GroupTable::new(me()),
+            |mut t| {
+                for i in 0..20_000u32 {
+                    let (s, grp) = (&scopes[(i % 10) as usize], &groups[(i % 100) as usize]);
+                    t.join(s, grp, remote(i), &[]).expect("valid join");
+                }
+                for i in 0..20_000u32 {
+                    let (s, grp) = (&scopes[(i % 10) as usize], &groups[(i % 100) as usize]);
+                    t.leave(s, grp, remote(i)).expect("joined");
+                }
+                t
+            },
+            BatchSize::PerIteration,
+        );
     });
     g.finish();
 }

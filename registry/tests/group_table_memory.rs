@@ -73,6 +73,13 @@ fn heap_bytes_matches_a_counting_allocator_within_ten_percent() {
             meta: b"",
         },
         Shape {
+            name: "100 groups x 20k members, 10,000 nodes (2 each)",
+            groups: 100,
+            memberships: 20_000,
+            nodes: 10_000,
+            meta: b"",
+        },
+        Shape {
             name: "1 group x 10k members, 100 nodes",
             groups: 1,
             memberships: 10_000,

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::mem::{align_of, size_of};
 
-use super::layout::{Group, NodeSlot, Scope};
+use super::layout::{Group, IndexedNode, Scope};
 use super::table::GroupTable;
 
 /// Control-byte group width of std's SwissTable: 16 with SSE2, 8 otherwise.
@@ -67,7 +67,7 @@ impl Group {
     }
 }
 
-impl NodeSlot {
+impl IndexedNode {
     fn heap_bytes(&self) -> usize {
         vec_bytes(&self.records) + self.pids.heap_bytes()
     }
@@ -83,7 +83,8 @@ impl GroupTable {
     pub fn heap_bytes(&self) -> usize {
         let scopes: usize = self.scopes.iter().map(Scope::heap_bytes).sum();
         let groups: usize = self.groups.slots().flatten().map(Group::heap_bytes).sum();
-        let nodes: usize = self.nodes.slots().flatten().map(NodeSlot::heap_bytes).sum();
+        // Node slots own nothing; a free indexed slot holds empty lists.
+        let indexed: usize = self.indexed.slots().map(IndexedNode::heap_bytes).sum();
         let metas: usize = self.metas.slots().map(|meta| meta.len()).sum();
         let events: usize = self.events.iter().map(|e| e.membership.meta.len()).sum();
         map_bytes(&self.scope_index)
@@ -94,9 +95,10 @@ impl GroupTable {
             + self.records.heap_bytes()
             + self.metas.heap_bytes()
             + metas
-            + map_bytes(&self.node_index)
+            + self.node_index.heap_bytes()
             + self.nodes.heap_bytes()
-            + nodes
+            + self.indexed.heap_bytes()
+            + indexed
             + vec_bytes(&self.events)
             + events
     }

@@ -9,20 +9,30 @@
 //! Group.members:  [Entry]  every occurrence, cluster-wide: serial, node, meta, record handle
 //! Group.local:    [position in Group.members]      occurrences of the owner node's pids
 //! node_index: NodeId -> node handle
-//!   NodeSlot.records: [record handle]              (memberships_of_node, remove_node)
-//!   NodeSlot.pids:    serial -> newest record of that pid, chained by Record.next_of_pid
-//! Record: group, and where its occurrence is in each list above (O(1) swap_remove)
+//!   NodeSlot.records, by the node's number of records:
+//!     List { len, head }: its few records, linked oldest first by Record.node_link
+//!     Indexed -> IndexedNode.records: [record handle]   (memberships_of_node, remove_node)
+//!                IndexedNode.pids:    serial -> newest record of that pid
+//! Record: group, where its occurrence is in each list above (O(1) swap_remove), and the next
+//!   older record of its pid (the pid chain)
 //! ```
 //!
 //! Architecture Invariant (positions): for every live record `r` of handle `id`,
-//! `group.members[r.pos_in_group].record == id`, `node.records[r.pos_in_node] == id`, and if
-//! that entry's node is the owner slot, `group.local[r.pos_in_local] == r.pos_in_group`. Every
-//! removal is a `swap_remove` that rewrites the positions of the one entry it moved.
+//! `group.members[r.pos_in_group].record == id`; if that entry's node is the owner slot,
+//! `group.local[r.pos_in_local] == r.pos_in_group`; if that node is indexed,
+//! `indexed.records[r.node_link] == id`, and if it is a list, `id` is on its list. Every
+//! removal from a group or an indexed node's list is a `swap_remove` that rewrites the
+//! positions of the one entry it moved; a list node unlinks the record (at most `LIST_MAX`
+//! hops).
 //!
-//! Architecture Invariant (chains): the records of one pid form one chain from
-//! `NodeSlot.pids[serial]`, newest join first; a pid has a map entry iff it has a record; a
-//! group exists iff it has a record; a node slot (other than the owner's, slot 0) exists iff it
-//! has a record.
+//! Architecture Invariant (chains): the records of one pid form one chain through
+//! `Record.next_of_pid`, newest join first. Its head is `IndexedNode.pids[serial]` on an
+//! indexed node (a pid has a map entry iff it has a record), and the pid's last record on the
+//! list of a list node (a list holds each pid's records oldest first, its chain reversed:
+//! joins append, removals keep the order, and a node turned back into a list lays out each
+//! chain in one piece). A list node holds at most `LIST_MAX` records, an indexed one more than
+//! `LIST_AGAIN`. A group exists iff it has a record; a node slot (other than the owner's, slot
+//! 0) exists iff it has a record.
 //!
 //! Why entries are inline: a read of a group of `k` members used to follow `k` handles into a
 //! slab where the records of one group lie far apart (they are allocated in join order), one
@@ -190,6 +200,85 @@ impl NameIndex {
     }
 }
 
+/// Node id -> node handle. Like [`NameIndex`], the table holds only 4-byte handles and a probe
+/// compares against the id kept in the node's slot: a replica of a large cluster holds a slot
+/// for nearly every node, and a `HashMap<NodeId, u32>` bucket (16 bytes, SipHash) cost twice as
+/// much per node as this one.
+///
+/// Invariant: every handle in the table is a live node slot, found by its id's hash; the
+/// owner's slot is in it too.
+#[derive(Default)]
+pub(super) struct NodeIndex {
+    table: HashTable<u32>,
+    hash: NameHash,
+}
+
+impl NodeIndex {
+    /// The hash of a node id: its address and its generation, two words.
+    fn hash_of(hash: &NameHash, id: &NodeId) -> u64 {
+        let mut h = hash.build_hasher();
+        h.write_u64(id.addr_key());
+        h.write_u64(u64::from(id.generation()));
+        h.finish()
+    }
+
+    fn rehash(hash: &NameHash, nodes: &Slab<Option<NodeSlot>>, n: u32) -> u64 {
+        Self::hash_of(hash, &live_node(nodes, n).id)
+    }
+
+    /// The handle of node `id`'s slot, if it has one.
+    pub(super) fn get(&self, id: &NodeId, nodes: &Slab<Option<NodeSlot>>) -> Option<u32> {
+        let hash = Self::hash_of(&self.hash, id);
+        self.table
+            .find(hash, |&n| live_node(nodes, n).id == *id)
+            .copied()
+    }
+
+    /// Adds live slot `n`, whose id the index does not hold yet.
+    pub(super) fn insert(&mut self, n: u32, nodes: &Slab<Option<NodeSlot>>) {
+        let hash = Self::rehash(&self.hash, nodes, n);
+        let seed = &self.hash;
+        self.table
+            .insert_unique(hash, n, |&m| Self::rehash(seed, nodes, m));
+    }
+
+    /// Removes slot `n`, still live; gives memory back as [`shrink_map`] does.
+    pub(super) fn remove(&mut self, n: u32, nodes: &Slab<Option<NodeSlot>>) {
+        let hash = Self::rehash(&self.hash, nodes, n);
+        if let Ok(entry) = self.table.find_entry(hash, |&m| m == n) {
+            entry.remove();
+        }
+        let seed = &self.hash;
+        if self.table.is_empty() {
+            self.table = HashTable::new();
+        } else if self.table.capacity() >= 32 && self.table.len() < self.table.capacity() / 4 {
+            let half = self.table.capacity() / 2;
+            self.table
+                .shrink_to(half, |&m| Self::rehash(seed, nodes, m));
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Every slot handle held, in no particular order.
+    #[cfg(test)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.table.iter().copied()
+    }
+
+    pub(super) fn heap_bytes(&self) -> usize {
+        super::heap::table_bytes::<u32>(self.table.capacity())
+    }
+}
+
+/// The live node slot behind a handle; a dead handle here is a bug in the table.
+fn live_node(nodes: &Slab<Option<NodeSlot>>, n: u32) -> &NodeSlot {
+    nodes.get(n).as_ref().expect("handle of a live node")
+}
+
 /// The live group behind a handle; a dead handle here is a bug in the table.
 fn live_group(groups: &Slab<Option<Group>>, g: u32) -> &Group {
     groups.get(g).as_ref().expect("handle of a live group")
@@ -274,21 +363,63 @@ pub(super) struct Group {
     pub(super) local: Vec<u32>,
 }
 
-/// Everything the table holds about one node's pids.
+/// Records a node may hold as a list (without a pid index) before it is indexed.
+pub(super) const LIST_MAX: u32 = 8;
+
+/// An indexed node whose records fall to this many is a list again: half of [`LIST_MAX`], so
+/// a node hovering around the threshold does not rebuild its index on every join and leave
+/// (a conversion is paid for by the `LIST_MAX / 2` changes since the previous one).
+pub(super) const LIST_AGAIN: u32 = LIST_MAX / 2;
+
+/// Everything the table holds about one node's pids: 20 bytes, in place in the node slab.
 pub(super) struct NodeSlot {
     pub(super) id: NodeId,
-    pub(super) records: Vec<u32>,
-    pub(super) pids: PidIndex,
+    pub(super) records: NodeRecords,
 }
 
 impl NodeSlot {
     pub(super) fn new(id: NodeId) -> Self {
         Self {
             id,
-            records: Vec::new(),
-            pids: PidIndex::default(),
+            records: NodeRecords::EMPTY,
         }
     }
+}
+
+/// How a node finds its records and the heads of its pids' chains.
+///
+/// A replica of a large cluster holds a slot for nearly every node, and most own a couple of
+/// memberships: a list and a pid map per node (about 160 heap bytes with the slot) cost more
+/// than the memberships themselves. So a node with few records (at most [`LIST_MAX`]) links
+/// them through the records and finds a pid's chain by walking them; past that it is indexed
+/// (O(1) per pid, however many records it has).
+#[derive(Clone, Copy)]
+pub(super) enum NodeRecords {
+    /// `len` records linked from `head` through [`Record::node_link`] (`NIL` ends the list),
+    /// oldest join first: `memberships_of_node` lists a node's memberships in join order, as
+    /// the gossip backend sends an owner's full state, and the receiver's `replace_node`
+    /// joins them in that order. Invariant: the records of one pid appear oldest first (its
+    /// chain reversed), so the head of a pid's chain is its last record on the list.
+    List { len: u8, head: u32 },
+    /// Handle of the node's [`IndexedNode`] in the table's slab of them.
+    Indexed(u32),
+}
+
+impl NodeRecords {
+    pub(super) const EMPTY: Self = Self::List { len: 0, head: NIL };
+}
+
+// A list's length is a byte (the tag's neighbour), so a slot is 20 bytes, and a free one costs
+// no more (the tag's spare values mark `None`).
+const _: () = assert!(size_of::<Option<NodeSlot>>() == 20);
+const _: () = assert!(LIST_MAX < u8::MAX as u32);
+
+/// The records of a node with many of them: a list for enumeration and O(1) `swap_remove`
+/// (each record knows its position, [`Record::node_link`]) and the heads of its pids' chains.
+#[derive(Default)]
+pub(super) struct IndexedNode {
+    pub(super) records: Vec<u32>,
+    pub(super) pids: PidIndex,
 }
 
 /// A serial as a map key of two 4-byte halves: a `(u64, u32)` bucket is padded to 16 bytes,
@@ -333,10 +464,6 @@ impl PidIndex {
         let head = self.0.remove(&SerialKey::new(serial));
         shrink_map(&mut self.0);
         head
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 
     #[cfg(test)]
@@ -384,7 +511,9 @@ pub(super) struct Record {
     pub(super) pos_in_group: u32,
     /// Meaningful only when the entry's node is `OWNER_SLOT`.
     pub(super) pos_in_local: u32,
-    pub(super) pos_in_node: u32,
+    /// Of an indexed node: the position in its record list. Of a list node: the next record of
+    /// that list, or `NIL`.
+    pub(super) node_link: u32,
     /// The next older record of the same pid, or `NIL`.
     pub(super) next_of_pid: u32,
 }
@@ -395,7 +524,7 @@ impl Record {
             group,
             pos_in_group,
             pos_in_local: NIL,
-            pos_in_node: NIL,
+            node_link: NIL,
             next_of_pid: NIL,
         }
     }
@@ -406,19 +535,19 @@ pub(super) fn pos_u32(len: usize) -> u32 {
     u32::try_from(len).expect("a list of record handles is shorter than 2^32")
 }
 
-/// Appends record `id` to a node's list and records where it went, O(1) amortised.
+/// Appends record `id` to an indexed node's list and records where it went, O(1) amortised.
 pub(super) fn push_in_node(list: &mut Vec<u32>, id: u32, records: &mut Slab<Record>) {
-    records.get_mut(id).pos_in_node = pos_u32(list.len());
+    records.get_mut(id).node_link = pos_u32(list.len());
     list.push(id);
 }
 
-/// Removes the entry at `at` of a node's list by moving the last entry into it (O(1)),
+/// Removes the entry at `at` of an indexed node's list by moving the last entry into it (O(1)),
 /// rewrites the moved record's position, and gives memory back once the list is a quarter full.
 pub(super) fn remove_in_node(list: &mut Vec<u32>, at: u32, records: &mut Slab<Record>) {
     let at = at as usize;
     list.swap_remove(at);
     if let Some(&moved) = list.get(at) {
-        records.get_mut(moved).pos_in_node = pos_u32(at);
+        records.get_mut(moved).node_link = pos_u32(at);
     }
     shrink_vec(list);
 }

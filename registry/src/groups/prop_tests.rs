@@ -11,7 +11,7 @@ use meshreg_membership::{NodeId, loopback_addr};
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-use super::layout::OWNER_SLOT;
+use super::layout::{LIST_AGAIN, LIST_MAX, NodeRecords, OWNER_SLOT};
 use super::table::live;
 use super::*;
 use crate::Pid;
@@ -354,7 +354,7 @@ fn assert_reads_agree(table: &GroupTable, model: &Model) {
 }
 
 /// The layout invariants of `layout.rs`, checked exhaustively.
-fn assert_invariants(table: &GroupTable) {
+pub(super) fn assert_invariants(table: &GroupTable) {
     let mut in_groups = 0;
     for (s, scope) in table.scopes.iter().enumerate() {
         assert_eq!(scope.groups.len(), scope.list.len());
@@ -384,34 +384,88 @@ fn assert_invariants(table: &GroupTable) {
     }
     assert_eq!(in_groups, table.membership_count());
     let mut in_nodes = 0;
-    for (id, &n) in &table.node_index {
+    let mut nodes = 0;
+    for n in table.node_index.iter() {
+        nodes += 1;
         let slot = live(&table.nodes, n);
-        assert_eq!(slot.id, *id);
+        assert_eq!(table.node_of(slot.id), Some(n));
+        let ids: Vec<u32> = table.node_ids(n).collect();
+        assert_eq!(ids.len(), table.node_ids(n).len(), "exact size");
         assert!(
-            n == OWNER_SLOT || !slot.records.is_empty(),
+            n == OWNER_SLOT || !ids.is_empty(),
             "an empty node slot exists"
         );
-        in_nodes += slot.records.len();
-        for (at, &r) in slot.records.iter().enumerate() {
-            let record = table.records.get(r);
-            assert_eq!(
-                (table.entry_of(r).node, record.pos_in_node as usize),
-                (n, at)
-            );
+        in_nodes += ids.len();
+        for &r in &ids {
+            assert_eq!(table.entry_of(r).node, n, "a record on another node's list");
         }
+        // The heads of the pids' chains, by the node's kind.
+        let heads: Vec<(u64, u32)> = match slot.records {
+            NodeRecords::Indexed(x) => {
+                assert!(
+                    ids.len() > LIST_AGAIN as usize,
+                    "an indexed node this small"
+                );
+                for (at, &r) in ids.iter().enumerate() {
+                    assert_eq!(table.records.get(r).node_link as usize, at);
+                }
+                table.indexed.get(x).pids.iter().collect()
+            }
+            NodeRecords::List { len, .. } => {
+                assert!(u32::from(len) <= LIST_MAX, "a list node this large");
+                let mut heads: Vec<(u64, u32)> = Vec::new();
+                for &r in ids.iter().rev() {
+                    let serial = table.entry_of(r).serial();
+                    if heads.iter().all(|&(s, _)| s != serial) {
+                        heads.push((serial, r));
+                    }
+                }
+                heads
+            }
+        };
         let mut chained = HashSet::new();
-        for (serial, head) in slot.pids.iter() {
+        for (serial, head) in heads {
+            let mut chain = Vec::new();
             let mut r = head;
             while r != super::slab::NIL {
                 let record = table.records.get(r);
                 let entry = table.entry_of(r);
                 assert_eq!((entry.node, entry.serial(), entry.record), (n, serial, r));
                 assert!(chained.insert(r), "a record is chained twice");
+                chain.push(r);
                 r = record.next_of_pid;
             }
+            if let NodeRecords::List { .. } = slot.records {
+                let on_list: Vec<u32> = ids
+                    .iter()
+                    .rev()
+                    .copied()
+                    .filter(|&r| table.entry_of(r).serial() == serial)
+                    .collect();
+                assert_eq!(on_list, chain, "a list out of its pid's chain order");
+            }
         }
-        assert_eq!(chained.len(), slot.records.len());
+        assert_eq!(chained.len(), ids.len());
     }
+    let indexed = table
+        .node_index
+        .iter()
+        .filter(|&n| matches!(live(&table.nodes, n).records, NodeRecords::Indexed(_)))
+        .count();
+    let live_indexed = table
+        .indexed
+        .slots()
+        .filter(|node| !node.records.is_empty())
+        .count();
+    assert_eq!(
+        indexed, live_indexed,
+        "an indexed node without its slot, or a stray one"
+    );
+    assert_eq!(
+        nodes,
+        table.nodes.slots().flatten().count(),
+        "a slot outside the index"
+    );
     assert_eq!(in_nodes, table.membership_count());
 }
 

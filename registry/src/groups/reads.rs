@@ -10,9 +10,9 @@ use std::slice;
 
 use meshreg_membership::NodeId;
 
-use super::layout::{Entry, OWNER_SLOT};
+use super::layout::{Entry, NodeRecords, OWNER_SLOT, Record};
 use super::name::{GroupName, ScopeName};
-use super::slab::NIL;
+use super::slab::{NIL, Slab};
 use super::table::{GroupTable, live};
 use crate::Pid;
 
@@ -161,7 +161,7 @@ impl FusedIterator for PidMemberships<'_> {}
 
 /// Every membership of one node's pids. Exact size.
 pub struct NodeMemberships<'a> {
-    ids: slice::Iter<'a, u32>,
+    ids: NodeIds<'a>,
     table: &'a GroupTable,
 }
 
@@ -170,7 +170,7 @@ impl<'a> Iterator for NodeMemberships<'a> {
 
     fn next(&mut self) -> Option<MembershipRef<'a>> {
         let table = self.table;
-        self.ids.next().map(|&id| {
+        self.ids.next().map(|id| {
             let group = live(&table.groups, table.records.get(id).group);
             let member = table.member_of(table.entry_of(id));
             MembershipRef {
@@ -189,6 +189,43 @@ impl<'a> Iterator for NodeMemberships<'a> {
 
 impl ExactSizeIterator for NodeMemberships<'_> {}
 impl FusedIterator for NodeMemberships<'_> {}
+
+/// The records of one node: its record list if indexed, else its linked list. Exact size.
+pub(super) struct NodeIds<'a> {
+    walk: NodeWalk<'a>,
+    records: &'a Slab<Record>,
+}
+
+enum NodeWalk<'a> {
+    Indexed(slice::Iter<'a, u32>),
+    List { next: u32, left: usize },
+}
+
+impl Iterator for NodeIds<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        match &mut self.walk {
+            NodeWalk::Indexed(ids) => ids.next().copied(),
+            NodeWalk::List { next, left } => (*next != NIL).then(|| {
+                let id = *next;
+                *next = self.records.get(id).node_link;
+                *left -= 1;
+                id
+            }),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match &self.walk {
+            NodeWalk::Indexed(ids) => ids.size_hint(),
+            NodeWalk::List { left, .. } => (*left, Some(*left)),
+        }
+    }
+}
+
+impl ExactSizeIterator for NodeIds<'_> {}
+impl FusedIterator for NodeIds<'_> {}
 
 impl GroupTable {
     /// Every occurrence of every member of `group` in `scope`, cluster-wide: a pid joined `k`
@@ -285,14 +322,14 @@ impl GroupTable {
     /// Every membership of `node`'s pids, in all scopes. The gossip backend's view of one
     /// owner's set. O(1) + O(1) per item.
     pub fn memberships_of_node(&self, node: NodeId) -> NodeMemberships<'_> {
-        let ids = self
-            .node_index
-            .get(&node)
-            .map_or(&[][..], |&n| &live(&self.nodes, n).records[..]);
-        NodeMemberships {
-            ids: ids.iter(),
-            table: self,
-        }
+        let ids = match self.node_of(node) {
+            Some(n) => self.node_ids(n),
+            None => NodeIds {
+                walk: NodeWalk::List { next: NIL, left: 0 },
+                records: &self.records,
+            },
+        };
+        NodeMemberships { ids, table: self }
     }
 
     /// The scopes used so far (a scope, once created, stays), in creation order.
@@ -308,6 +345,21 @@ impl GroupTable {
     /// Number of non-empty groups, all scopes.
     pub fn group_count(&self) -> usize {
         self.scopes.iter().map(|scope| scope.list.len()).sum()
+    }
+
+    /// The records of node slot `n`, in `memberships_of_node` order.
+    pub(super) fn node_ids(&self, n: u32) -> NodeIds<'_> {
+        let walk = match live(&self.nodes, n).records {
+            NodeRecords::Indexed(x) => NodeWalk::Indexed(self.indexed.get(x).records.iter()),
+            NodeRecords::List { len, head } => NodeWalk::List {
+                next: head,
+                left: usize::from(len),
+            },
+        };
+        NodeIds {
+            walk,
+            records: &self.records,
+        }
     }
 
     /// The owner's pids (most reads) resolve their node without touching the node slab.
@@ -332,7 +384,7 @@ impl GroupTable {
 
     fn chain_head(&self, pid: Pid) -> u32 {
         self.node_of(pid.node)
-            .and_then(|n| live(&self.nodes, n).pids.get(pid.serial))
+            .and_then(|n| self.pid_head(n, pid.serial))
             .unwrap_or(NIL)
     }
 

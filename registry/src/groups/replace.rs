@@ -44,7 +44,7 @@ impl GroupTable {
         }
         let (doomed, to_add) = self.diff(node, &wanted);
         let mut replaced = Replaced::default();
-        if let Some(&n) = self.node_index.get(&node) {
+        if let Some(n) = self.node_of(node) {
             replaced.left = self.remove_doomed(n, &doomed);
         }
         for (m, add) in wanted.into_iter().zip(to_add) {
@@ -57,8 +57,8 @@ impl GroupTable {
                 replaced.joined += 1;
             }
         }
-        if let Some(&n) = self.node_index.get(&node) {
-            self.release_node_if_empty(n);
+        if let Some(n) = self.node_of(node) {
+            self.settle_node(n);
         }
         Ok(replaced)
     }
@@ -73,15 +73,14 @@ impl GroupTable {
             *want.entry(key(m)).or_insert(0) += 1;
         }
         let mut doomed = Doomed::default();
-        if let Some(&n) = self.node_index.get(&node) {
-            let slot = live(&self.nodes, n);
+        if let Some(n) = self.node_of(node) {
             let mut seen = HashSet::new();
-            for &first in &slot.records {
+            for first in self.node_ids(n) {
                 let serial = self.entry_of(first).serial();
                 if !seen.insert(serial) {
                     continue;
                 }
-                let mut id = slot.pids.get(serial).unwrap_or(NIL);
+                let mut id = self.pid_head(n, serial).unwrap_or(NIL);
                 while id != NIL {
                     match want.get_mut(&self.key_of(id)) {
                         Some(count) if *count > 0 => *count -= 1,
@@ -125,7 +124,7 @@ impl GroupTable {
     fn remove_doomed(&mut self, n: u32, doomed: &Doomed) -> usize {
         let mut left = 0;
         for &serial in &doomed.serials {
-            let Some(head) = live(&self.nodes, n).pids.get(serial) else {
+            let Some(head) = self.pid_head(n, serial) else {
                 continue;
             };
             let (mut prev, mut id) = (NIL, head);

@@ -8,8 +8,9 @@ use meshreg_membership::NodeId;
 use super::error::GroupError;
 use super::event::{EventKind, GroupEvent, Membership};
 use super::layout::{
-    Entry, Group, NameIndex, NameKey, NodeSlot, OWNER_SLOT, PidIndex, Record, Scope, pos_u32,
-    push_entry, push_in_node, remove_in_node, shrink_map, shrink_vec,
+    Entry, Group, IndexedNode, LIST_AGAIN, LIST_MAX, NameIndex, NameKey, NodeIndex, NodeRecords,
+    NodeSlot, OWNER_SLOT, Record, Scope, pos_u32, push_entry, push_in_node, remove_in_node,
+    shrink_vec,
 };
 use super::name::{GroupName, ScopeName};
 use super::slab::{NIL, Slab};
@@ -68,8 +69,10 @@ pub struct GroupTable {
     pub(super) records: Slab<Record>,
     /// Metadata of the records that have some; an empty box marks a free slot.
     pub(super) metas: Slab<Box<[u8]>>,
-    pub(super) node_index: HashMap<NodeId, u32>,
+    pub(super) node_index: NodeIndex,
     pub(super) nodes: Slab<Option<NodeSlot>>,
+    /// The record lists and pid indexes of the nodes with many records (see `NodeRecords`).
+    pub(super) indexed: Slab<IndexedNode>,
     pub(super) memberships: usize,
     pub(super) events: Vec<GroupEvent>,
 }
@@ -94,8 +97,8 @@ impl GroupTable {
         let mut nodes = Slab::new();
         let owner_slot = nodes.insert(Some(NodeSlot::new(owner)));
         debug_assert_eq!(owner_slot, OWNER_SLOT);
-        let mut node_index = HashMap::new();
-        node_index.insert(owner, OWNER_SLOT);
+        let mut node_index = NodeIndex::default();
+        node_index.insert(OWNER_SLOT, &nodes);
         Self {
             owner,
             meta_cap_bytes: config.meta_cap_bytes,
@@ -106,6 +109,7 @@ impl GroupTable {
             metas: Slab::new(),
             node_index,
             nodes,
+            indexed: Slab::new(),
             memberships: 0,
             events: Vec::new(),
         }
@@ -179,7 +183,7 @@ impl GroupTable {
         };
         self.unlink(n, pid.serial, prev, id);
         let removed = self.detach(id, true);
-        self.release_node_if_empty(n);
+        self.settle_node(n);
         self.events.push(GroupEvent {
             kind: EventKind::Left,
             membership: removed,
@@ -195,7 +199,12 @@ impl GroupTable {
         let Some(n) = self.node_of(pid.node) else {
             return Vec::new();
         };
-        let Some(mut id) = live_mut(&mut self.nodes, n).pids.remove(pid.serial) else {
+        // The whole chain goes: an index drops its entry at once, not record by record.
+        let head = match live(&self.nodes, n).records {
+            NodeRecords::Indexed(x) => self.indexed.get_mut(x).pids.remove(pid.serial),
+            NodeRecords::List { head, .. } => self.last_of_pid(head, pid.serial).0,
+        };
+        let Some(mut id) = head else {
             return Vec::new();
         };
         let mut removed = Vec::new();
@@ -209,7 +218,7 @@ impl GroupTable {
             removed.push(membership);
             id = next;
         }
-        self.release_node_if_empty(n);
+        self.settle_node(n);
         removed
     }
 
@@ -218,13 +227,26 @@ impl GroupTable {
     ///
     /// Emits one `Left` per occurrence, in the returned order. O(that node's memberships).
     pub fn remove_node(&mut self, node: NodeId) -> Vec<Membership> {
-        let Some(&n) = self.node_index.get(&node) else {
+        let Some(n) = self.node_of(node) else {
             return Vec::new();
         };
-        let slot = live_mut(&mut self.nodes, n);
-        let records = mem::take(&mut slot.records);
-        // Dropping the whole pid index at once: no chain needs unlinking record by record.
-        slot.pids = PidIndex::default();
+        // Every record goes: the node's list and pid index are dropped at once, no chain needs
+        // unlinking record by record.
+        let records = match mem::replace(
+            &mut live_mut(&mut self.nodes, n).records,
+            NodeRecords::EMPTY,
+        ) {
+            NodeRecords::Indexed(x) => self.indexed.remove(x).records,
+            NodeRecords::List { len, head } => {
+                let mut ids = Vec::with_capacity(usize::from(len));
+                let mut id = head;
+                while id != NIL {
+                    ids.push(id);
+                    id = self.records.get(id).node_link;
+                }
+                ids
+            }
+        };
         let mut removed = Vec::with_capacity(records.len());
         for id in records {
             let membership = self.detach(id, false);
@@ -234,7 +256,7 @@ impl GroupTable {
             });
             removed.push(membership);
         }
-        self.release_node_if_empty(n);
+        self.settle_node(n);
         removed
     }
 
@@ -309,7 +331,7 @@ impl GroupTable {
     /// chain (`NIL` if it is the head).
     pub(super) fn find_in_chain(&self, n: u32, serial: u64, g: u32) -> Option<(u32, u32)> {
         let mut prev = NIL;
-        let mut id = live(&self.nodes, n).pids.get(serial)?;
+        let mut id = self.pid_head(n, serial)?;
         while id != NIL {
             let record = self.records.get(id);
             if record.group == g {
@@ -345,10 +367,30 @@ impl GroupTable {
             self.records.get_mut(id).pos_in_local = pos_u32(grp.local.len());
             grp.local.push(at);
         }
-        let node = live_mut(&mut self.nodes, n);
-        push_in_node(&mut node.records, id, &mut self.records);
         // The new record becomes the head of its pid's chain: newest first.
-        self.records.get_mut(id).next_of_pid = node.pids.insert(pid.serial, id).unwrap_or(NIL);
+        let (older, outgrown) = match live(&self.nodes, n).records {
+            NodeRecords::Indexed(x) => {
+                let node = self.indexed.get_mut(x);
+                push_in_node(&mut node.records, id, &mut self.records);
+                (node.pids.insert(pid.serial, id), false)
+            }
+            NodeRecords::List { len, head } => {
+                // Looked up before the record is on the list, where it goes last.
+                let (older, tail) = self.last_of_pid(head, pid.serial);
+                let head = if tail == NIL {
+                    id
+                } else {
+                    self.records.get_mut(tail).node_link = id;
+                    head
+                };
+                live_mut(&mut self.nodes, n).records = NodeRecords::List { len: len + 1, head };
+                (older, u32::from(len) + 1 > LIST_MAX)
+            }
+        };
+        self.records.get_mut(id).next_of_pid = older.unwrap_or(NIL);
+        if outgrown {
+            self.index_node(n);
+        }
         self.memberships += 1;
         created
     }
@@ -361,11 +403,15 @@ impl GroupTable {
             self.records.get_mut(prev).next_of_pid = next;
             return;
         }
-        let pids = &mut live_mut(&mut self.nodes, n).pids;
-        if next == NIL {
-            pids.remove(serial);
-        } else {
-            pids.insert(serial, next);
+        // `id` heads its pid's chain. On a list node, `next` precedes it on the list and is the
+        // pid's last record there once `detach` takes `id` off.
+        if let NodeRecords::Indexed(x) = live(&self.nodes, n).records {
+            let pids = &mut self.indexed.get_mut(x).pids;
+            if next == NIL {
+                pids.remove(serial);
+            } else {
+                pids.insert(serial, next);
+            }
         }
     }
 
@@ -399,12 +445,11 @@ impl GroupTable {
         let group_name = group.name.clone();
         let scope = group.scope;
         let group_is_empty = group.members.is_empty();
-        let node = live_mut(&mut self.nodes, entry.node);
         if from_node {
-            remove_in_node(&mut node.records, record.pos_in_node, &mut self.records);
+            self.remove_from_node(entry.node, id, record.node_link);
         }
         let pid = Pid {
-            node: node.id,
+            node: live(&self.nodes, entry.node).id,
             serial: entry.serial(),
         };
         let meta = if entry.meta == NIL {
@@ -470,7 +515,7 @@ impl GroupTable {
         if node == self.owner {
             return Some(OWNER_SLOT);
         }
-        self.node_index.get(&node).copied()
+        self.node_index.get(&node, &self.nodes)
     }
 
     fn node_slot(&mut self, node: NodeId) -> u32 {
@@ -478,7 +523,7 @@ impl GroupTable {
             return n;
         }
         let n = self.nodes.insert(Some(NodeSlot::new(node)));
-        self.node_index.insert(node, n);
+        self.node_index.insert(n, &self.nodes);
         n
     }
 
@@ -496,17 +541,133 @@ impl GroupTable {
         shrink_vec(&mut scope.list);
     }
 
-    /// Frees node slot `n` once it holds nothing (the owner's slot is kept).
-    pub(super) fn release_node_if_empty(&mut self, n: u32) {
-        if n == OWNER_SLOT || !live(&self.nodes, n).records.is_empty() {
+    /// After removals from node slot `n`: an indexed node down to [`LIST_AGAIN`] records
+    /// becomes a list again, and a slot that holds nothing is freed (the owner's is kept).
+    /// The check is inline (every leave makes it); the change is not.
+    #[inline(always)]
+    pub(super) fn settle_node(&mut self, n: u32) {
+        let settled = match live(&self.nodes, n).records {
+            NodeRecords::Indexed(x) => self.indexed.get(x).records.len() > LIST_AGAIN as usize,
+            NodeRecords::List { len, .. } => len > 0 || n == OWNER_SLOT,
+        };
+        if !settled {
+            self.reshape_node(n);
+        }
+    }
+
+    #[inline(never)]
+    fn reshape_node(&mut self, n: u32) {
+        if let NodeRecords::Indexed(x) = live(&self.nodes, n).records {
+            self.list_node(n, x);
+        }
+        let empty = matches!(
+            live(&self.nodes, n).records,
+            NodeRecords::List { len: 0, .. }
+        );
+        if n == OWNER_SLOT || !empty {
             return;
         }
-        let slot = self.nodes.remove(n).expect("handle of a live node");
-        debug_assert!(
-            slot.pids.is_empty(),
-            "a node without records has no pid chains"
-        );
-        self.node_index.remove(&slot.id);
-        shrink_map(&mut self.node_index);
+        // While the slot is live: the index finds it by its id.
+        self.node_index.remove(n, &self.nodes);
+        self.nodes.remove(n);
+    }
+
+    /// The head of the chain of pid (`n`, `serial`), if it has records.
+    pub(super) fn pid_head(&self, n: u32, serial: u64) -> Option<u32> {
+        match live(&self.nodes, n).records {
+            NodeRecords::Indexed(x) => self.indexed.get(x).pids.get(serial),
+            NodeRecords::List { head, .. } => self.last_of_pid(head, serial).0,
+        }
+    }
+
+    /// The last record of pid `serial` on the node list starting at `head` (the head of its
+    /// chain: a list holds each pid's records oldest first), and the list's last record (`NIL`
+    /// if empty). Walks the whole list: at most [`LIST_MAX`] hops.
+    fn last_of_pid(&self, head: u32, serial: u64) -> (Option<u32>, u32) {
+        let (mut last, mut tail) = (None, NIL);
+        let mut id = head;
+        while id != NIL {
+            if self.entry_of(id).serial() == serial {
+                last = Some(id);
+            }
+            tail = id;
+            id = self.records.get(id).node_link;
+        }
+        (last, tail)
+    }
+
+    /// Takes record `id` (whose `node_link` was `link`) off the records of node slot `n`: a
+    /// `swap_remove` on an indexed node, an unlink (at most [`LIST_MAX`] hops) on a list.
+    fn remove_from_node(&mut self, n: u32, id: u32, link: u32) {
+        match live(&self.nodes, n).records {
+            NodeRecords::Indexed(x) => {
+                remove_in_node(
+                    &mut self.indexed.get_mut(x).records,
+                    link,
+                    &mut self.records,
+                );
+            }
+            NodeRecords::List { len, head } => {
+                let head = if head == id {
+                    link
+                } else {
+                    let mut at = head;
+                    loop {
+                        let next = self.records.get(at).node_link;
+                        if next == id {
+                            break;
+                        }
+                        at = next;
+                    }
+                    self.records.get_mut(at).node_link = link;
+                    head
+                };
+                live_mut(&mut self.nodes, n).records = NodeRecords::List { len: len - 1, head };
+            }
+        }
+    }
+
+    /// Indexes list node `n`, which outgrew [`LIST_MAX`]: its list, in order, becomes its
+    /// record list, and each pid's last record on it (the head of its chain) its index entry.
+    #[inline(never)]
+    fn index_node(&mut self, n: u32) {
+        let NodeRecords::List { head, .. } = live(&self.nodes, n).records else {
+            return;
+        };
+        let mut node = IndexedNode::default();
+        let mut id = head;
+        while id != NIL {
+            let next = self.records.get(id).node_link;
+            let serial = self.entry_of(id).serial();
+            node.pids.insert(serial, id);
+            push_in_node(&mut node.records, id, &mut self.records);
+            id = next;
+        }
+        let x = self.indexed.insert(node);
+        live_mut(&mut self.nodes, n).records = NodeRecords::Indexed(x);
+    }
+
+    /// Turns indexed node `n` (whose records and index are `x`) back into a list: each pid's
+    /// chain in one piece, oldest first, pids in the order of their heads in the record list.
+    /// Built from the back: the last pid's chain first, each record pushed in front.
+    fn list_node(&mut self, n: u32, x: u32) {
+        let node = self.indexed.remove(x);
+        let mut head = NIL;
+        for &newest in node.records.iter().rev() {
+            if node.pids.get(self.entry_of(newest).serial()) != Some(newest) {
+                continue;
+            }
+            let mut id = newest;
+            while id != NIL {
+                let older = self.records.get(id).next_of_pid;
+                self.records.get_mut(id).node_link = head;
+                head = id;
+                id = older;
+            }
+        }
+        live_mut(&mut self.nodes, n).records = NodeRecords::List {
+            len: u8::try_from(node.records.len()).expect("at most LIST_AGAIN records"),
+            head,
+        };
     }
 }

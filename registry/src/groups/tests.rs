@@ -2,6 +2,7 @@
 
 use meshreg_membership::{NodeId, loopback_addr};
 
+use super::layout::{LIST_AGAIN, LIST_MAX};
 use super::*;
 use crate::Pid;
 
@@ -581,5 +582,131 @@ fn name_keys_hold_the_length_then_the_bytes_of_short_names_only() {
         let words: Vec<u8> = key.0.iter().flat_map(|w| w.to_le_bytes()).collect();
         assert_eq!(words, expected, "length {len}");
         assert_eq!(key.is_long(), len > 23);
+    }
+}
+
+/// Heap bytes per membership of a table holding `memberships` joins spread over `nodes` nodes
+/// (serials fresh per join, so each join is a new pid), `groups` groups and `scopes` scopes,
+/// no metadata. Node 0 is the owner, so `nodes == 1` is the one-node shape.
+fn bytes_per_membership(nodes: u32, memberships: u32, scopes: u32, groups: u32) -> f64 {
+    let scope_names: Vec<ScopeName> = (0..scopes).map(|i| scope(&format!("s{i}"))).collect();
+    let group_names: Vec<GroupName> = (0..groups).map(|i| group(&format!("g{i}"))).collect();
+    // Remote nodes are 1..=nodes unless the table's owner holds everything.
+    let first = u32::from(nodes > 1);
+    let mut t = table();
+    for i in 0..memberships {
+        let node = first + i % nodes;
+        let p = pid(node, u64::from(i / nodes));
+        let s = &scope_names[(i % scopes) as usize];
+        let g = &group_names[(i % groups) as usize];
+        t.join(s, g, p, b"").unwrap();
+    }
+    t.drain_events();
+    assert_eq!(t.membership_count(), memberships as usize);
+    t.heap_bytes() as f64 / memberships as f64
+}
+
+/// The replica shapes of the gossip simulation and the one-node shape, in heap bytes per
+/// membership (`--nocapture` prints them). The 10,000-node shape (each remote node owns two
+/// memberships) is what a 10,000-node simulation holds in every one of its tables.
+#[test]
+fn bytes_per_membership_of_replica_and_local_shapes() {
+    let replica_10k = bytes_per_membership(10_000, 20_000, 10, 100);
+    let replica_1k = bytes_per_membership(1_000, 20_000, 10, 100);
+    let local = bytes_per_membership(1, 100_000, 1, 10_000);
+    println!(
+        "bytes/membership: 10k nodes x 2: {replica_10k:.1}, 1k nodes x 20: {replica_1k:.1}, \
+         1 node x 100k over 10k groups: {local:.1}"
+    );
+}
+
+/// Whether node `n`'s records are indexed (else a list).
+fn is_indexed(t: &GroupTable, n: u32) -> bool {
+    let slot = t.node_of(node(n)).expect("a node with records");
+    matches!(
+        table::live(&t.nodes, slot).records,
+        layout::NodeRecords::Indexed(_)
+    )
+}
+
+/// A node's records cross `LIST_MAX` (indexed) and fall to `LIST_AGAIN` (a list again): the
+/// pid chains, which occurrence a leave removes, and the node's listing stay right through both
+/// changes, on a remote node and on the owner.
+#[test]
+fn a_node_is_indexed_past_the_list_threshold_and_a_list_again_below_half() {
+    for n in [1, 0] {
+        let mut t = table();
+        let s = scope("s");
+        let groups = [group("g"), group("h")];
+        // (join number = metadata, serial, group) of every occurrence held.
+        let mut held: Vec<(u8, u64, usize)> = Vec::new();
+        let joins = LIST_MAX as u8 + 4;
+        for i in 0..joins {
+            let (serial, g) = (u64::from(i % 3), usize::from(i % 2));
+            t.join(&s, &groups[g], pid(n, serial), &[i]).unwrap();
+            held.push((i, serial, g));
+            prop_tests::assert_invariants(&t);
+            assert_eq!(
+                is_indexed(&t, n),
+                u32::from(i) + 1 > LIST_MAX,
+                "after join {i}"
+            );
+        }
+        let listed: Vec<u8> = t.memberships_of_node(node(n)).map(|m| m.meta[0]).collect();
+        assert_eq!(
+            listed,
+            (0..joins).collect::<Vec<_>>(),
+            "join order before removals"
+        );
+        // Leaves, each of the newest occurrence of its pid in its group, down to one.
+        let mut k = 0;
+        while held.len() > 1 {
+            k = (k + 5) % held.len();
+            let (_, serial, g) = held[k];
+            let newest = held
+                .iter()
+                .filter(|&&(_, s, h)| (s, h) == (serial, g))
+                .map(|&(i, ..)| i)
+                .max()
+                .unwrap();
+            held.retain(|&(i, ..)| i != newest);
+            t.drain_events();
+            t.leave(&s, &groups[g], pid(n, serial)).unwrap();
+            assert_eq!(t.drain_events()[0].membership.meta[..], [newest]);
+            prop_tests::assert_invariants(&t);
+            let left = held.len() as u32;
+            if left <= LIST_AGAIN {
+                assert!(!is_indexed(&t, n), "{left} records left");
+            } else if left > LIST_MAX {
+                assert!(is_indexed(&t, n), "{left} records left");
+            }
+            let mut listed: Vec<u8> = t.memberships_of_node(node(n)).map(|m| m.meta[0]).collect();
+            listed.sort_unstable();
+            let mut expected: Vec<u8> = held.iter().map(|&(i, ..)| i).collect();
+            expected.sort_unstable();
+            assert_eq!(listed, expected);
+        }
+        // Grown again past the threshold, then a process exit and the node's removal.
+        for i in 0..joins {
+            t.join(&s, &groups[0], pid(n, 7), &[100 + i]).unwrap();
+        }
+        assert!(is_indexed(&t, n));
+        let exited: Vec<u8> = t.remove_pid(pid(n, 7)).iter().map(|m| m.meta[0]).collect();
+        assert_eq!(
+            exited,
+            (100..100 + joins).rev().collect::<Vec<_>>(),
+            "newest first"
+        );
+        assert!(!is_indexed(&t, n));
+        prop_tests::assert_invariants(&t);
+        for i in 0..joins {
+            t.join(&s, &groups[1], pid(n, 8), &[i]).unwrap();
+        }
+        assert_eq!(t.remove_node(node(n)).len(), usize::from(joins) + 1);
+        prop_tests::assert_invariants(&t);
+        assert_eq!(t.membership_count(), 0);
+        t.drain_events();
+        assert_eq!(t.node_index.len(), 1, "only the owner's slot is left");
+        assert!(t.heap_bytes() < 2_000, "{}", t.heap_bytes());
     }
 }
