@@ -19,8 +19,10 @@ use std::fmt;
 
 /// Magic bytes at the start of every packet.
 pub const MAGIC: [u8; 2] = *b"MR";
-/// The wire protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The wire protocol version this build speaks. 2: SWIM's anti-entropy `Push` carries the
+/// size of its sender's live set (a version-1 peer could not decode it: refused by version,
+/// with a message saying so, rather than as malformed).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Envelope header length in bytes.
 pub const HEADER_LEN: usize = 8;
 /// Largest datagram payload (foca packets stay at or below this, the UDP-safe size).
@@ -194,15 +196,17 @@ mod tests {
         let mut bad = good.clone();
         bad[0] = b'X';
         assert_eq!(open(&bad, 7, 100), Err(WireError::BadMagic));
-        let mut bad = good.clone();
-        bad[2] = 9;
-        assert_eq!(
-            open(&bad, 7, 100),
-            Err(WireError::UnsupportedVersion {
-                got: 9,
-                supported: 1
-            })
-        );
+        for old_or_new in [1, 9] {
+            let mut bad = good.clone();
+            bad[2] = old_or_new;
+            assert_eq!(
+                open(&bad, 7, 100),
+                Err(WireError::UnsupportedVersion {
+                    got: old_or_new,
+                    supported: PROTOCOL_VERSION
+                })
+            );
+        }
         let mut bad = good.clone();
         bad[3] = 200;
         assert_eq!(open(&bad, 7, 100), Err(WireError::UnknownKind(200)));
