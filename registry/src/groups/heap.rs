@@ -83,8 +83,8 @@ impl GroupTable {
     pub fn heap_bytes(&self) -> usize {
         let scopes: usize = self.scopes.iter().map(Scope::heap_bytes).sum();
         let groups: usize = self.groups.slots().flatten().map(Group::heap_bytes).sum();
-        // Node slots own nothing; a free indexed slot holds empty lists.
-        let indexed: usize = self.indexed.slots().map(IndexedNode::heap_bytes).sum();
+        // Node slots own nothing.
+        let indexed: usize = self.indexed.iter().map(IndexedNode::heap_bytes).sum();
         let metas: usize = self.metas.slots().map(|meta| meta.len()).sum();
         let events: usize = self.events.iter().map(|e| e.membership.meta.len()).sum();
         map_bytes(&self.scope_index)
@@ -97,7 +97,7 @@ impl GroupTable {
             + metas
             + self.node_index.heap_bytes()
             + self.nodes.heap_bytes()
-            + self.indexed.heap_bytes()
+            + vec_bytes(&self.indexed)
             + indexed
             + vec_bytes(&self.events)
             + events

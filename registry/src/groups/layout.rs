@@ -401,7 +401,7 @@ pub(super) enum NodeRecords {
     /// joins them in that order. Invariant: the records of one pid appear oldest first (its
     /// chain reversed), so the head of a pid's chain is its last record on the list.
     List { len: u8, head: u32 },
-    /// Handle of the node's [`IndexedNode`] in the table's slab of them.
+    /// Position of the node's [`IndexedNode`] in the table's list of them.
     Indexed(u32),
 }
 
@@ -416,8 +416,14 @@ const _: () = assert!(LIST_MAX < u8::MAX as u32);
 
 /// The records of a node with many of them: a list for enumeration and O(1) `swap_remove`
 /// (each record knows its position, [`Record::node_link`]) and the heads of its pids' chains.
+/// The table keeps them in one list, not a slab: a join or leave of an indexed node's pid
+/// reaches it several times, and a list is one load closer than a slab's chunks.
+///
+/// Invariant: `indexed[x].node == n` iff node slot `n` is `NodeRecords::Indexed(x)`.
 #[derive(Default)]
 pub(super) struct IndexedNode {
+    /// The node slot whose records these are (to update it when this moves in the list).
+    pub(super) node: u32,
     pub(super) records: Vec<u32>,
     pub(super) pids: PidIndex,
 }

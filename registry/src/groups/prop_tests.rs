@@ -409,7 +409,13 @@ pub(super) fn assert_invariants(table: &GroupTable) {
                 for (at, &r) in ids.iter().enumerate() {
                     assert_eq!(table.records.get(r).node_link as usize, at);
                 }
-                table.indexed.get(x).pids.iter().collect()
+                {
+                    assert_eq!(
+                        table.indexed[x as usize].node, n,
+                        "an index of another node"
+                    );
+                    table.indexed[x as usize].pids.iter().collect()
+                }
             }
             NodeRecords::List { len, .. } => {
                 assert!(u32::from(len) <= LIST_MAX, "a list node this large");
@@ -452,11 +458,7 @@ pub(super) fn assert_invariants(table: &GroupTable) {
         .iter()
         .filter(|&n| matches!(live(&table.nodes, n).records, NodeRecords::Indexed(_)))
         .count();
-    let live_indexed = table
-        .indexed
-        .slots()
-        .filter(|node| !node.records.is_empty())
-        .count();
+    let live_indexed = table.indexed.len();
     assert_eq!(
         indexed, live_indexed,
         "an indexed node without its slot, or a stray one"

@@ -350,7 +350,7 @@ impl GroupTable {
     /// The records of node slot `n`, in `memberships_of_node` order.
     pub(super) fn node_ids(&self, n: u32) -> NodeIds<'_> {
         let walk = match live(&self.nodes, n).records {
-            NodeRecords::Indexed(x) => NodeWalk::Indexed(self.indexed.get(x).records.iter()),
+            NodeRecords::Indexed(x) => NodeWalk::Indexed(self.indexed[x as usize].records.iter()),
             NodeRecords::List { len, head } => NodeWalk::List {
                 next: head,
                 left: usize::from(len),

@@ -72,7 +72,7 @@ pub struct GroupTable {
     pub(super) node_index: NodeIndex,
     pub(super) nodes: Slab<Option<NodeSlot>>,
     /// The record lists and pid indexes of the nodes with many records (see `NodeRecords`).
-    pub(super) indexed: Slab<IndexedNode>,
+    pub(super) indexed: Vec<IndexedNode>,
     pub(super) memberships: usize,
     pub(super) events: Vec<GroupEvent>,
 }
@@ -109,7 +109,7 @@ impl GroupTable {
             metas: Slab::new(),
             node_index,
             nodes,
-            indexed: Slab::new(),
+            indexed: Vec::new(),
             memberships: 0,
             events: Vec::new(),
         }
@@ -201,7 +201,7 @@ impl GroupTable {
         };
         // The whole chain goes: an index drops its entry at once, not record by record.
         let head = match live(&self.nodes, n).records {
-            NodeRecords::Indexed(x) => self.indexed.get_mut(x).pids.remove(pid.serial),
+            NodeRecords::Indexed(x) => self.indexed[x as usize].pids.remove(pid.serial),
             NodeRecords::List { head, .. } => self.last_of_pid(head, pid.serial).0,
         };
         let Some(mut id) = head else {
@@ -236,7 +236,7 @@ impl GroupTable {
             &mut live_mut(&mut self.nodes, n).records,
             NodeRecords::EMPTY,
         ) {
-            NodeRecords::Indexed(x) => self.indexed.remove(x).records,
+            NodeRecords::Indexed(x) => self.take_indexed(x).records,
             NodeRecords::List { len, head } => {
                 let mut ids = Vec::with_capacity(usize::from(len));
                 let mut id = head;
@@ -370,7 +370,7 @@ impl GroupTable {
         // The new record becomes the head of its pid's chain: newest first.
         let (older, outgrown) = match live(&self.nodes, n).records {
             NodeRecords::Indexed(x) => {
-                let node = self.indexed.get_mut(x);
+                let node = &mut self.indexed[x as usize];
                 push_in_node(&mut node.records, id, &mut self.records);
                 (node.pids.insert(pid.serial, id), false)
             }
@@ -406,7 +406,7 @@ impl GroupTable {
         // `id` heads its pid's chain. On a list node, `next` precedes it on the list and is the
         // pid's last record there once `detach` takes `id` off.
         if let NodeRecords::Indexed(x) = live(&self.nodes, n).records {
-            let pids = &mut self.indexed.get_mut(x).pids;
+            let pids = &mut self.indexed[x as usize].pids;
             if next == NIL {
                 pids.remove(serial);
             } else {
@@ -547,7 +547,7 @@ impl GroupTable {
     #[inline(always)]
     pub(super) fn settle_node(&mut self, n: u32) {
         let settled = match live(&self.nodes, n).records {
-            NodeRecords::Indexed(x) => self.indexed.get(x).records.len() > LIST_AGAIN as usize,
+            NodeRecords::Indexed(x) => self.indexed[x as usize].records.len() > LIST_AGAIN as usize,
             NodeRecords::List { len, .. } => len > 0 || n == OWNER_SLOT,
         };
         if !settled {
@@ -575,7 +575,7 @@ impl GroupTable {
     /// The head of the chain of pid (`n`, `serial`), if it has records.
     pub(super) fn pid_head(&self, n: u32, serial: u64) -> Option<u32> {
         match live(&self.nodes, n).records {
-            NodeRecords::Indexed(x) => self.indexed.get(x).pids.get(serial),
+            NodeRecords::Indexed(x) => self.indexed[x as usize].pids.get(serial),
             NodeRecords::List { head, .. } => self.last_of_pid(head, serial).0,
         }
     }
@@ -602,7 +602,7 @@ impl GroupTable {
         match live(&self.nodes, n).records {
             NodeRecords::Indexed(x) => {
                 remove_in_node(
-                    &mut self.indexed.get_mut(x).records,
+                    &mut self.indexed[x as usize].records,
                     link,
                     &mut self.records,
                 );
@@ -634,7 +634,10 @@ impl GroupTable {
         let NodeRecords::List { head, .. } = live(&self.nodes, n).records else {
             return;
         };
-        let mut node = IndexedNode::default();
+        let mut node = IndexedNode {
+            node: n,
+            ..IndexedNode::default()
+        };
         let mut id = head;
         while id != NIL {
             let next = self.records.get(id).node_link;
@@ -643,15 +646,27 @@ impl GroupTable {
             push_in_node(&mut node.records, id, &mut self.records);
             id = next;
         }
-        let x = self.indexed.insert(node);
+        let x = pos_u32(self.indexed.len());
+        self.indexed.push(node);
         live_mut(&mut self.nodes, n).records = NodeRecords::Indexed(x);
+    }
+
+    /// Removes the indexed node at `x` from the list (O(1): the last one moves into its place,
+    /// and its slot is told) and returns it. The caller re-marks the node it belonged to.
+    fn take_indexed(&mut self, x: u32) -> IndexedNode {
+        let node = self.indexed.swap_remove(x as usize);
+        if let Some(moved) = self.indexed.get(x as usize) {
+            live_mut(&mut self.nodes, moved.node).records = NodeRecords::Indexed(x);
+        }
+        shrink_vec(&mut self.indexed);
+        node
     }
 
     /// Turns indexed node `n` (whose records and index are `x`) back into a list: each pid's
     /// chain in one piece, oldest first, pids in the order of their heads in the record list.
     /// Built from the back: the last pid's chain first, each record pushed in front.
     fn list_node(&mut self, n: u32, x: u32) {
-        let node = self.indexed.remove(x);
+        let node = self.take_indexed(x);
         let mut head = NIL;
         for &newest in node.records.iter().rev() {
             if node.pids.get(self.entry_of(newest).serial()) != Some(newest) {
