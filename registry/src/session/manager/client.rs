@@ -9,6 +9,7 @@
 //! deadline it completes `Unavailable`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
 use std::time::Duration;
 
 use meshreg_membership::{NodeId, Time};
@@ -17,6 +18,7 @@ use super::node::SessionManager;
 use super::{CallId, Out, SessionCallError, SessionOutput, SessionTimer};
 use crate::Pid;
 use crate::session::hash::SeededState;
+use crate::session::state::TOUCH_AHEAD;
 use crate::session::{
     Answer, Body, Call, Epoch, Outcome, Policy, Reassertion, Replaced, Reply, Request, RequestId,
     SessionError, SessionKey, ShardId,
@@ -363,6 +365,50 @@ impl SessionManager {
             .collect();
         for id in moved {
             self.send_request(now, id, out);
+        }
+    }
+
+    /// Replies to this node's requests, in order, from the replica `from` (`None`: this node).
+    /// Handled in windows, each read ahead first: the pending request each one answers and the
+    /// ownership map an acknowledged registration goes into are cold at this point (every reply
+    /// is for another shard), and looking them up one after another paid their DRAM misses in
+    /// series (the ownership insert measured ~5-6% of a node's CPU under load).
+    pub(super) fn on_replies(
+        &mut self,
+        now: Time,
+        from: Option<NodeId>,
+        replies: Vec<Reply>,
+        out: &mut Out,
+    ) {
+        let mut replies = replies.into_iter();
+        while replies.len() > 0 {
+            let window = replies.as_slice().iter().take(TOUCH_AHEAD);
+            let mut pending: [Option<&Pending>; TOUCH_AHEAD] = [None; TOUCH_AHEAD];
+            for (slot, r) in pending.iter_mut().zip(window) {
+                *slot = self.pending.get(&r.to.id);
+            }
+            let mut keys: [Option<(ShardId, &SessionKey)>; TOUCH_AHEAD] = [None; TOUCH_AHEAD];
+            for (slot, p) in keys.iter_mut().zip(&pending) {
+                if let Some(Pending {
+                    shard,
+                    body: Body::One(Call::Register { key, .. }),
+                    ..
+                }) = p
+                {
+                    *slot = Some((*shard, key));
+                }
+            }
+            let mut acc = 0usize;
+            for (shard, key) in keys.iter().flatten() {
+                acc ^= self
+                    .owned
+                    .get(shard)
+                    .map_or(0, |m| usize::from(m.contains_key(*key)));
+            }
+            black_box(acc);
+            for r in replies.by_ref().take(TOUCH_AHEAD) {
+                self.on_reply(now, from, r, out);
+            }
         }
     }
 

@@ -13,7 +13,10 @@ use super::server::{Recovery, Replica};
 use super::wire::{self, ManagerMessage};
 use super::{ManagerConfig, Out, SessionOutput, SessionTimer};
 use crate::MessageError;
-use crate::session::{Epoch, Output, ReplicaAck, Replicate, Reply, Request, SessionKey, ShardId};
+use crate::session::state::TOUCH_AHEAD;
+use crate::session::{
+    Body, Epoch, LogOp, Output, ReplicaAck, Replicate, Reply, Request, SessionKey, ShardId,
+};
 
 /// Counters of one node's session manager.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -378,19 +381,22 @@ impl SessionManager {
         self.now = now;
         self.heard.insert(from, now);
         match msg {
-            ManagerMessage::Requests(reqs) => {
-                for r in reqs {
-                    self.serve_request(now, r, out);
-                }
-            }
-            ManagerMessage::Replies(replies) => {
-                for r in replies {
-                    self.on_reply(now, Some(node), r, out);
-                }
-            }
+            ManagerMessage::Requests(reqs) => self.serve_requests(now, reqs, out),
+            ManagerMessage::Replies(replies) => self.on_replies(now, Some(node), replies, out),
             ManagerMessage::Replicate(entries) => {
-                for m in entries {
-                    self.on_replicate(node, m, out);
+                let mut entries = entries.into_iter();
+                while entries.len() > 0 {
+                    self.read_ahead(entries.as_slice().iter().filter_map(|m| match &m.op {
+                        LogOp::Request {
+                            id,
+                            body: Body::One(call),
+                            ..
+                        } => Some((m.shard, call.key(), Some(id.client))),
+                        _ => None,
+                    }));
+                    for m in entries.by_ref().take(TOUCH_AHEAD) {
+                        self.on_replicate(node, m, out);
+                    }
                 }
             }
             ManagerMessage::Acks(acks) => {
@@ -534,13 +540,11 @@ impl SessionManager {
     pub(super) fn finish(&mut self, now: Time, out: &mut Out) {
         loop {
             if !self.local_requests.is_empty() {
-                for r in std::mem::take(&mut self.local_requests) {
-                    self.serve_request(now, r, out);
-                }
+                let reqs = std::mem::take(&mut self.local_requests);
+                self.serve_requests(now, reqs, out);
             } else if !self.local_replies.is_empty() {
-                for r in std::mem::take(&mut self.local_replies) {
-                    self.on_reply(now, None, r, out);
-                }
+                let replies = std::mem::take(&mut self.local_replies);
+                self.on_replies(now, None, replies, out);
             } else {
                 break;
             }
