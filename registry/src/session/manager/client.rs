@@ -44,7 +44,9 @@ pub(crate) type OwnedKeys = HashMap<SessionKey, Owned, SeededState>;
 /// Why a request was sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
-    /// Part `part` of the local call `call`.
+    /// The whole of the local call `call` (it touches one shard): its outcome is the call's.
+    One { call: CallId },
+    /// Part `part` of the local call `call` (`lookup_many` over several shards).
     Call { call: CallId, part: usize },
     /// Re-assertion of owned sessions.
     Reassert,
@@ -71,10 +73,9 @@ pub(crate) struct Pending {
     deadline: Time,
 }
 
-/// A local call split over shards.
+/// A local call split over shards (a call touching one shard has none: see [`Purpose::One`]).
 pub(crate) struct CallState {
-    /// `lookup_many`: per part, the positions of its answers in the call's order. Empty for a
-    /// one-part call, whose outcome is passed through.
+    /// `lookup_many`: per part, the positions of its answers in the call's order.
     positions: Vec<Vec<usize>>,
     answers: Vec<Option<Answer>>,
     left: usize,
@@ -204,7 +205,7 @@ impl SessionManager {
             }
         }
         let registering = self.pending.values().any(|p| {
-            matches!(p.purpose, Purpose::Call { .. })
+            matches!(p.purpose, Purpose::One { .. } | Purpose::Call { .. })
                 && matches!(&p.body, Body::One(Call::Register { pid: p2, .. }) if *p2 == pid)
         });
         if registering {
@@ -230,16 +231,9 @@ impl SessionManager {
             return;
         }
         let shard = self.placement.shard_of(call.key());
-        self.calls.insert(
-            req,
-            CallState {
-                positions: Vec::new(),
-                answers: Vec::new(),
-                left: 1,
-            },
-        );
-        let purpose = Purpose::Call { call: req, part: 0 };
-        self.submit(now, purpose, shard, Body::One(call), out);
+        // One request is the whole call: no call state to keep (a map insert and removal per
+        // call on the hot path otherwise).
+        self.submit(now, Purpose::One { call: req }, shard, Body::One(call), out);
     }
 
     fn submit(&mut self, now: Time, purpose: Purpose, shard: ShardId, body: Body, out: &mut Out) {
@@ -464,8 +458,10 @@ impl SessionManager {
         if let Ok(outcome) = &result {
             self.apply_ownership(now, &p, outcome, out);
         }
-        if let Purpose::Call { call, part } = p.purpose {
-            self.finish_part(call, part, result, out);
+        match p.purpose {
+            Purpose::One { call } => self.complete(call, result, out),
+            Purpose::Call { call, part } => self.finish_part(call, part, result, out),
+            Purpose::Reassert | Purpose::Exit => {}
         }
         self.exiting.retain(|pid| {
             self.pending
@@ -484,7 +480,7 @@ impl SessionManager {
         let Some(state) = self.calls.get_mut(&call) else {
             return; // an earlier part already failed the call
         };
-        if state.positions.is_empty() || result.is_err() {
+        if result.is_err() {
             self.calls.remove(&call);
             self.complete(call, result, out);
             return;
