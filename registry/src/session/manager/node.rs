@@ -84,6 +84,8 @@ pub struct SessionManager {
     pub(super) ack_out: BTreeMap<SocketAddrV4, BTreeMap<ShardId, ReplicaAck>>,
     /// Scratch for shard outputs.
     pub(super) sout: Vec<Output>,
+    /// Emptied batch buffers kept for the next batches (see [`Spare`]).
+    pub(super) spare: Spare,
     pub(super) stats: ManagerStats,
     pub(super) ticking: bool,
     /// Between [`SessionManager::hold`] and [`SessionManager::release`]: replies, replication
@@ -96,6 +98,31 @@ pub struct SessionManager {
     pub(super) sent: HashMap<SocketAddrV4, Time>,
     /// The `now` of the input being handled (stamps `sent`).
     pub(super) now: Time,
+}
+
+/// Emptied batch buffers (requests per primary, replies per client, log entries per
+/// standby), kept for the next batch instead of growing a new vector from nothing for every
+/// message: a batch of a few hundred entries reallocated and moved its entries ~9 times.
+/// At most [`Spare::KEEP`] buffers of each kind, of at most [`Spare::CAPACITY_MAX`] entries.
+#[derive(Default)]
+pub(crate) struct Spare {
+    requests: Vec<Vec<Request>>,
+    replies: Vec<Vec<Reply>>,
+    replicate: Vec<Vec<Replicate>>,
+}
+
+impl Spare {
+    /// Buffers kept per kind: one per destination of a small cluster's session nodes.
+    const KEEP: usize = 8;
+    /// A buffer grown past this (a failover's burst) is freed rather than kept.
+    const CAPACITY_MAX: usize = 4096;
+
+    fn keep<T>(pool: &mut Vec<Vec<T>>, mut v: Vec<T>) {
+        if pool.len() < Self::KEEP && v.capacity() <= Self::CAPACITY_MAX {
+            v.clear();
+            pool.push(v);
+        }
+    }
 }
 
 impl SessionManager {
@@ -132,6 +159,7 @@ impl SessionManager {
             replicate_out: BTreeMap::new(),
             ack_out: BTreeMap::new(),
             sout: Vec::new(),
+            spare: Spare::default(),
             stats: ManagerStats::default(),
             ticking: false,
             held: false,
@@ -313,14 +341,22 @@ impl SessionManager {
     /// order (a reply never overtakes the replication it waited for on the same link).
     fn flush_batched(&mut self, to: SocketAddrV4, out: &mut Out) {
         if let Some(entries) = self.replicate_out.remove(&to) {
-            self.send_now(to, &ManagerMessage::Replicate(entries), out);
+            let msg = ManagerMessage::Replicate(entries);
+            self.send_now(to, &msg, out);
+            if let ManagerMessage::Replicate(v) = msg {
+                Spare::keep(&mut self.spare.replicate, v);
+            }
         }
         if let Some(acks) = self.ack_out.remove(&to) {
             let acks = acks.into_values().collect();
             self.send_now(to, &ManagerMessage::Acks(acks), out);
         }
         if let Some(replies) = self.replies.remove(&to) {
-            self.send_now(to, &ManagerMessage::Replies(replies), out);
+            let msg = ManagerMessage::Replies(replies);
+            self.send_now(to, &msg, out);
+            if let ManagerMessage::Replies(v) = msg {
+                Spare::keep(&mut self.spare.replies, v);
+            }
         }
     }
 
@@ -455,7 +491,11 @@ impl SessionManager {
             self.local_requests.push(req);
             return;
         }
-        self.outbox.entry(to.addr()).or_default().push(req);
+        let spare = &mut self.spare.requests;
+        self.outbox
+            .entry(to.addr())
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push(req);
         self.arm_flush(out);
     }
 
@@ -489,7 +529,11 @@ impl SessionManager {
 
     fn flush_outbox(&mut self, out: &mut Out) {
         for (to, reqs) in std::mem::take(&mut self.outbox) {
-            self.send(to, &ManagerMessage::Requests(reqs), out);
+            let msg = ManagerMessage::Requests(reqs);
+            self.send(to, &msg, out);
+            if let ManagerMessage::Requests(v) = msg {
+                Spare::keep(&mut self.spare.requests, v);
+            }
         }
     }
 
@@ -502,13 +546,21 @@ impl SessionManager {
                     if r.to.client.addr() == self.me.addr() {
                         self.local_replies.push(r);
                     } else {
-                        self.replies.entry(r.to.client.addr()).or_default().push(r);
+                        let spare = &mut self.spare.replies;
+                        self.replies
+                            .entry(r.to.client.addr())
+                            .or_insert_with(|| spare.pop().unwrap_or_default())
+                            .push(r);
                     }
                 }
                 // Batched per destination until the end of the input (or until another
                 // message to that node, which must not overtake them).
                 Output::Replicate { to, msg } => {
-                    self.replicate_out.entry(to.addr()).or_default().push(msg);
+                    let spare = &mut self.spare.replicate;
+                    self.replicate_out
+                        .entry(to.addr())
+                        .or_insert_with(|| spare.pop().unwrap_or_default())
+                        .push(msg);
                 }
                 Output::Ack { to, msg } => {
                     let acks = self.ack_out.entry(to.addr()).or_default();
