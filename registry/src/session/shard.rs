@@ -343,6 +343,15 @@ impl Shard {
         table ^ window ^ self.state.table.touch_nodes()
     }
 
+    /// Loads what an acknowledgement reads first (the oldest unacknowledged entry and held
+    /// output), for read-ahead over a batch of acknowledgements. Reads only; the result feeds
+    /// a `black_box`.
+    pub(crate) fn touch_log(&self) -> u64 {
+        let unacked = self.unacked.front().map_or(0, |(s, _)| *s);
+        let held = self.held.front().map_or(0, |(s, _)| *s);
+        unacked ^ held ^ self.committed
+    }
+
     /// Shard, role, epoch and limits checks: the typed refusals that change nothing.
     fn admit(&self, req: &Request) -> Result<(), SessionError> {
         if req.shard != self.id {

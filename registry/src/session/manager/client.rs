@@ -362,7 +362,8 @@ impl SessionManager {
         }
     }
 
-    /// Replies to this node's requests, in order, from the replica `from` (`None`: this node).
+    /// Replies to this node's requests, in order, from the replica `from` (`None`: this node);
+    /// leaves `replies` empty, its buffer kept for reuse.
     /// Handled in windows, each read ahead first: the pending request each one answers and the
     /// ownership map an acknowledged registration goes into are cold at this point (every reply
     /// is for another shard), and looking them up one after another paid their DRAM misses in
@@ -371,10 +372,10 @@ impl SessionManager {
         &mut self,
         now: Time,
         from: Option<NodeId>,
-        replies: Vec<Reply>,
+        replies: &mut Vec<Reply>,
         out: &mut Out,
     ) {
-        let mut replies = replies.into_iter();
+        let mut replies = replies.drain(..);
         while replies.len() > 0 {
             let window = replies.as_slice().iter().take(TOUCH_AHEAD);
             let mut pending: [Option<&Pending>; TOUCH_AHEAD] = [None; TOUCH_AHEAD];

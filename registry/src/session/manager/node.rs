@@ -417,8 +417,10 @@ impl SessionManager {
         self.now = now;
         self.heard.insert(from, now);
         match msg {
-            ManagerMessage::Requests(reqs) => self.serve_requests(now, reqs, out),
-            ManagerMessage::Replies(replies) => self.on_replies(now, Some(node), replies, out),
+            ManagerMessage::Requests(mut reqs) => self.serve_requests(now, &mut reqs, out),
+            ManagerMessage::Replies(mut replies) => {
+                self.on_replies(now, Some(node), &mut replies, out);
+            }
             ManagerMessage::Replicate(entries) => {
                 let mut entries = entries.into_iter();
                 while entries.len() > 0 {
@@ -435,11 +437,7 @@ impl SessionManager {
                     }
                 }
             }
-            ManagerMessage::Acks(acks) => {
-                for a in acks {
-                    self.on_ack(node, a, out);
-                }
-            }
+            ManagerMessage::Acks(acks) => self.on_acks(node, &acks, out),
             ManagerMessage::Replaced(r) => self.on_replaced(r, out),
             ManagerMessage::Fill(s) => self.on_fill(now, node, s, out),
             ManagerMessage::EpochQuery { round, shards } => {
@@ -591,12 +589,21 @@ impl SessionManager {
     /// the replies and term announcements collected, one message per destination.
     pub(super) fn finish(&mut self, now: Time, out: &mut Out) {
         loop {
+            // Each batch is taken out (serving it may queue more), and its emptied buffer is
+            // put back when nothing new was queued meanwhile (and it is not oversized, see
+            // `Spare`), so the next batch reuses it.
             if !self.local_requests.is_empty() {
-                let reqs = std::mem::take(&mut self.local_requests);
-                self.serve_requests(now, reqs, out);
+                let mut reqs = std::mem::take(&mut self.local_requests);
+                self.serve_requests(now, &mut reqs, out);
+                if self.local_requests.is_empty() && reqs.capacity() <= Spare::CAPACITY_MAX {
+                    self.local_requests = reqs;
+                }
             } else if !self.local_replies.is_empty() {
-                let replies = std::mem::take(&mut self.local_replies);
-                self.on_replies(now, None, replies, out);
+                let mut replies = std::mem::take(&mut self.local_replies);
+                self.on_replies(now, None, &mut replies, out);
+                if self.local_replies.is_empty() && replies.capacity() <= Spare::CAPACITY_MAX {
+                    self.local_replies = replies;
+                }
             } else {
                 break;
             }

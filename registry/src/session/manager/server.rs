@@ -318,9 +318,9 @@ impl SessionManager {
     }
 
     /// Client requests, in order: served in windows, each read ahead first (see
-    /// [`Self::read_ahead`]).
-    pub(super) fn serve_requests(&mut self, now: Time, reqs: Vec<Request>, out: &mut Out) {
-        let mut reqs = reqs.into_iter();
+    /// [`Self::read_ahead`]). Leaves `reqs` empty, its buffer kept for reuse.
+    pub(super) fn serve_requests(&mut self, now: Time, reqs: &mut Vec<Request>, out: &mut Out) {
+        let mut reqs = reqs.drain(..);
         while reqs.len() > 0 {
             self.read_ahead(reqs.as_slice().iter().filter_map(|r| match &r.body {
                 Body::One(call) => {
@@ -414,6 +414,22 @@ impl SessionManager {
             }
         }
         self.route_shard_outputs(out);
+    }
+
+    /// A standby's acknowledgements, in order: in windows, each read ahead first (each ack is
+    /// for another shard, whose log buffers are cold; see [`Self::read_ahead`]).
+    pub(super) fn on_acks(&mut self, from: NodeId, acks: &[ReplicaAck], out: &mut Out) {
+        for window in acks.chunks(TOUCH_AHEAD) {
+            let mut ahead: [Option<&Shard>; TOUCH_AHEAD] = [None; TOUCH_AHEAD];
+            for (slot, a) in ahead.iter_mut().zip(window) {
+                *slot = self.replicas.get(&a.shard).map(|r| &r.shard);
+            }
+            let acc = ahead.iter().flatten().fold(0, |acc, s| acc ^ s.touch_log());
+            black_box(acc);
+            for a in window {
+                self.on_ack(from, *a, out);
+            }
+        }
     }
 
     pub(super) fn on_ack(&mut self, from: NodeId, ack: ReplicaAck, out: &mut Out) {
