@@ -59,6 +59,19 @@ pub(crate) struct State {
     /// loop only when it armed an earlier timer.
     sleeping_until: Option<Time>,
     actions: Vec<Action>,
+    /// The next call's request id. Under the lock rather than an atomic of its own: every
+    /// call takes the lock anyway, and a shared counter was one more cache line bouncing
+    /// between the threads of a busy node per call.
+    next_req: RequestId,
+}
+
+impl State {
+    /// A fresh request id for a call started under this lock.
+    pub(crate) fn next_request(&mut self) -> RequestId {
+        let req = self.next_req;
+        self.next_req += 1;
+        req
+    }
 }
 
 /// Hashes the request ids of [`Calls`]: one SplitMix64 mix per id instead of SipHash.
@@ -146,7 +159,6 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     started: Instant,
     next_serial: AtomicU64,
-    next_req: AtomicU64,
     /// Mailboxes of live local processes, by serial. Its own lock so local and incoming sends
     /// never wait for the engine.
     pub(crate) procs: RwLock<HashMap<u64, mpsc::UnboundedSender<Message>>>,
@@ -170,7 +182,6 @@ impl Shared {
             wake: Notify::new(),
             started: Instant::now(),
             next_serial: AtomicU64::new(1),
-            next_req: AtomicU64::new(1),
             procs: RwLock::new(HashMap::new()),
             state: Mutex::new(State {
                 engine,
@@ -186,6 +197,7 @@ impl Shared {
                 stopped: false,
                 sleeping_until: None,
                 actions: Vec::new(),
+                next_req: 1,
             }),
         }
     }
@@ -208,10 +220,6 @@ impl Shared {
         }
     }
 
-    pub(crate) fn next_request(&self) -> RequestId {
-        self.next_req.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// Starts one engine call under a fresh request id whose answer arrives through the calls
     /// `pending` selects, and waits for it. `None`: the node stopped (before or during the call).
     /// A call the engine answers while starting it returns at once: no channel, no map entry.
@@ -220,12 +228,12 @@ impl Shared {
         pending: impl Fn(&mut State) -> &mut Calls<T>,
         f: impl FnOnce(&mut dyn Engine, Time, u64, &mut Vec<Action>),
     ) -> Option<T> {
-        let req = self.next_request();
         let rx = {
             let mut st = self.lock();
             if st.stopped {
                 return None;
             }
+            let req = st.next_request();
             pending(&mut st).inline = Some((req, None));
             self.drive(&mut st, |e, now, out| f(e, now, req, out));
             self.wake_if_earlier(&st);
