@@ -396,7 +396,7 @@ impl Node {
                 return Err(NodeError::Stopped);
             }
             for &pid in pids {
-                let req = shared.next_request();
+                let req = st.next_request();
                 let rx = st.pending.wait(req);
                 shared.drive(&mut st, |e, now, out| {
                     e.join(now, req, &s, &g, pid, &[], out)

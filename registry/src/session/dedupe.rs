@@ -74,6 +74,15 @@ impl Dedupe {
         }
     }
 
+    /// Loads the oldest remembered id of `client`'s window (the first thing `check` and
+    /// `record` read), for read-ahead; the result only feeds a `black_box`.
+    pub(crate) fn touch(&self, client: NodeId) -> u64 {
+        self.clients
+            .get(&NodeKey(client))
+            .and_then(|w| w.answers.front())
+            .map_or(0, |(id, _)| *id)
+    }
+
     /// Remember the outcome of the applied request `id`.
     pub(crate) fn record(&mut self, id: RequestId, answered_below: u64, outcome: Outcome) {
         let w = self.clients.entry(NodeKey(id.client)).or_default();

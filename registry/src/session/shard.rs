@@ -326,6 +326,32 @@ impl Shard {
         self.pipeline = window;
     }
 
+    /// Second pass of a read-ahead across replicas (the manager hands a batch of requests or
+    /// log entries for many shards over one by one; see `SessionManager::read_ahead`): loads
+    /// the segment header of `key` and returns where its probe starts, for
+    /// [`Shard::touch_ahead`]. Reads only.
+    pub(crate) fn locate(&self, key: &SessionKey) -> Option<(usize, usize)> {
+        self.state.table.locate(key)
+    }
+
+    /// Last pass of a read-ahead: loads the table buckets at `at` (from [`Shard::locate`]), the
+    /// node rows, and the retry window of `client` when given. Reads only; the result feeds a
+    /// `black_box`.
+    pub(crate) fn touch_ahead(&self, at: Option<(usize, usize)>, client: Option<NodeId>) -> u64 {
+        let table = at.map_or(0, |at| self.state.table.touch_located(at));
+        let window = client.map_or(0, |c| self.state.dedupe.touch(c));
+        table ^ window ^ self.state.table.touch_nodes()
+    }
+
+    /// Loads what an acknowledgement reads first (the oldest unacknowledged entry and held
+    /// output), for read-ahead over a batch of acknowledgements. Reads only; the result feeds
+    /// a `black_box`.
+    pub(crate) fn touch_log(&self) -> u64 {
+        let unacked = self.unacked.front().map_or(0, |(s, _)| *s);
+        let held = self.held.front().map_or(0, |(s, _)| *s);
+        unacked ^ held ^ self.committed
+    }
+
     /// Shard, role, epoch and limits checks: the typed refusals that change nothing.
     fn admit(&self, req: &Request) -> Result<(), SessionError> {
         if req.shard != self.id {

@@ -236,6 +236,28 @@ impl SessionTable {
         acc
     }
 
+    /// First pass of [`Self::touch_all`] for one key, for callers that read ahead across
+    /// several tables: reads the key's segment header and returns where its probe starts
+    /// (`None`: a byte-string key, or an empty segment). Pass it to [`Self::touch_located`].
+    pub(crate) fn locate(&self, key: &SessionKey) -> Option<(usize, usize)> {
+        let SessionKey::U64(k) = key else {
+            return None;
+        };
+        let hash = self.state.hash_one(*k);
+        let seg = segment_of_hash(hash);
+        self.ints[seg].home_of_hash(hash).map(|i| (seg, i))
+    }
+
+    /// Second pass: loads the buckets a probe from `at` (from [`Self::locate`]) walks first.
+    pub(crate) fn touch_located(&self, at: (usize, usize)) -> u64 {
+        self.ints[at.0].touch_at(at.1)
+    }
+
+    /// Loads the first node row (a shard sees few nodes: usually all of them), for read-ahead.
+    pub(crate) fn touch_nodes(&self) -> u64 {
+        self.nodes.rows.first().map_or(0, |r| u64::from(r.sessions))
+    }
+
     /// Sessions held by processes of `node`.
     pub(crate) fn node_sessions(&self, node: &NodeId) -> u32 {
         self.nodes.sessions(node)
@@ -404,6 +426,10 @@ impl MetaSlab {
     }
 }
 
+/// Interners with at most this many rows find a node by scanning them (see
+/// `NodeInterner::index_of`): 8 rows of 16 bytes are two cache lines.
+const SCAN_ROWS: usize = 8;
+
 /// One interned node and how many sessions of this table it holds.
 #[derive(Clone, Copy, Debug)]
 struct NodeRow {
@@ -437,7 +463,19 @@ impl NodeInterner {
         self.rows[i as usize].id
     }
 
+    /// The live index of `node`. A shard usually sees a handful of nodes: up to
+    /// [`SCAN_ROWS`] rows are scanned (one or two cache lines, already needed for the count)
+    /// rather than hashed (a control group and a bucket, two more misses per write). A row is
+    /// live exactly while its count is above zero (`acquire` counts a new row at once,
+    /// `release` frees it at zero), so a freed row never matches.
     fn index_of(&self, node: &NodeId) -> Option<u32> {
+        if self.rows.len() <= SCAN_ROWS {
+            let i = self
+                .rows
+                .iter()
+                .position(|r| r.sessions > 0 && r.id == *node)?;
+            return u32::try_from(i).ok();
+        }
         self.index.get(&NodeKey(*node)).copied()
     }
 
@@ -451,8 +489,8 @@ impl NodeInterner {
         let i = match self.last {
             Some((n, i)) if n == node => i,
             _ => {
-                let i = match self.index.get(&NodeKey(node)) {
-                    Some(i) => *i,
+                let i = match self.index_of(&node) {
+                    Some(i) => i,
                     None => self.intern(node),
                 };
                 self.last = Some((node, i));

@@ -9,6 +9,7 @@
 //! deadline it completes `Unavailable`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hint::black_box;
 use std::time::Duration;
 
 use meshreg_membership::{NodeId, Time};
@@ -17,6 +18,7 @@ use super::node::SessionManager;
 use super::{CallId, Out, SessionCallError, SessionOutput, SessionTimer};
 use crate::Pid;
 use crate::session::hash::SeededState;
+use crate::session::state::TOUCH_AHEAD;
 use crate::session::{
     Answer, Body, Call, Epoch, Outcome, Policy, Reassertion, Replaced, Reply, Request, RequestId,
     SessionError, SessionKey, ShardId,
@@ -42,7 +44,9 @@ pub(crate) type OwnedKeys = HashMap<SessionKey, Owned, SeededState>;
 /// Why a request was sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
-    /// Part `part` of the local call `call`.
+    /// The whole of the local call `call` (it touches one shard): its outcome is the call's.
+    One { call: CallId },
+    /// Part `part` of the local call `call` (`lookup_many` over several shards).
     Call { call: CallId, part: usize },
     /// Re-assertion of owned sessions.
     Reassert,
@@ -69,10 +73,9 @@ pub(crate) struct Pending {
     deadline: Time,
 }
 
-/// A local call split over shards.
+/// A local call split over shards (a call touching one shard has none: see [`Purpose::One`]).
 pub(crate) struct CallState {
-    /// `lookup_many`: per part, the positions of its answers in the call's order. Empty for a
-    /// one-part call, whose outcome is passed through.
+    /// `lookup_many`: per part, the positions of its answers in the call's order.
     positions: Vec<Vec<usize>>,
     answers: Vec<Option<Answer>>,
     left: usize,
@@ -202,7 +205,7 @@ impl SessionManager {
             }
         }
         let registering = self.pending.values().any(|p| {
-            matches!(p.purpose, Purpose::Call { .. })
+            matches!(p.purpose, Purpose::One { .. } | Purpose::Call { .. })
                 && matches!(&p.body, Body::One(Call::Register { pid: p2, .. }) if *p2 == pid)
         });
         if registering {
@@ -228,16 +231,9 @@ impl SessionManager {
             return;
         }
         let shard = self.placement.shard_of(call.key());
-        self.calls.insert(
-            req,
-            CallState {
-                positions: Vec::new(),
-                answers: Vec::new(),
-                left: 1,
-            },
-        );
-        let purpose = Purpose::Call { call: req, part: 0 };
-        self.submit(now, purpose, shard, Body::One(call), out);
+        // One request is the whole call: no call state to keep (a map insert and removal per
+        // call on the hot path otherwise).
+        self.submit(now, Purpose::One { call: req }, shard, Body::One(call), out);
     }
 
     fn submit(&mut self, now: Time, purpose: Purpose, shard: ShardId, body: Body, out: &mut Out) {
@@ -366,6 +362,51 @@ impl SessionManager {
         }
     }
 
+    /// Replies to this node's requests, in order, from the replica `from` (`None`: this node);
+    /// leaves `replies` empty, its buffer kept for reuse.
+    /// Handled in windows, each read ahead first: the pending request each one answers and the
+    /// ownership map an acknowledged registration goes into are cold at this point (every reply
+    /// is for another shard), and looking them up one after another paid their DRAM misses in
+    /// series (the ownership insert measured ~5-6% of a node's CPU under load).
+    pub(super) fn on_replies(
+        &mut self,
+        now: Time,
+        from: Option<NodeId>,
+        replies: &mut Vec<Reply>,
+        out: &mut Out,
+    ) {
+        let mut replies = replies.drain(..);
+        while replies.len() > 0 {
+            let window = replies.as_slice().iter().take(TOUCH_AHEAD);
+            let mut pending: [Option<&Pending>; TOUCH_AHEAD] = [None; TOUCH_AHEAD];
+            for (slot, r) in pending.iter_mut().zip(window) {
+                *slot = self.pending.get(&r.to.id);
+            }
+            let mut keys: [Option<(ShardId, &SessionKey)>; TOUCH_AHEAD] = [None; TOUCH_AHEAD];
+            for (slot, p) in keys.iter_mut().zip(&pending) {
+                if let Some(Pending {
+                    shard,
+                    body: Body::One(Call::Register { key, .. }),
+                    ..
+                }) = p
+                {
+                    *slot = Some((*shard, key));
+                }
+            }
+            let mut acc = 0usize;
+            for (shard, key) in keys.iter().flatten() {
+                acc ^= self
+                    .owned
+                    .get(shard)
+                    .map_or(0, |m| usize::from(m.contains_key(*key)));
+            }
+            black_box(acc);
+            for r in replies.by_ref().take(TOUCH_AHEAD) {
+                self.on_reply(now, from, r, out);
+            }
+        }
+    }
+
     /// A reply to one of this node's requests; `from` is the replica that sent it (`None`:
     /// this node).
     pub(super) fn on_reply(&mut self, now: Time, from: Option<NodeId>, r: Reply, out: &mut Out) {
@@ -418,8 +459,10 @@ impl SessionManager {
         if let Ok(outcome) = &result {
             self.apply_ownership(now, &p, outcome, out);
         }
-        if let Purpose::Call { call, part } = p.purpose {
-            self.finish_part(call, part, result, out);
+        match p.purpose {
+            Purpose::One { call } => self.complete(call, result, out),
+            Purpose::Call { call, part } => self.finish_part(call, part, result, out),
+            Purpose::Reassert | Purpose::Exit => {}
         }
         self.exiting.retain(|pid| {
             self.pending
@@ -438,7 +481,7 @@ impl SessionManager {
         let Some(state) = self.calls.get_mut(&call) else {
             return; // an earlier part already failed the call
         };
-        if state.positions.is_empty() || result.is_err() {
+        if result.is_err() {
             self.calls.remove(&call);
             self.complete(call, result, out);
             return;

@@ -13,7 +13,10 @@ use super::server::{Recovery, Replica};
 use super::wire::{self, ManagerMessage};
 use super::{ManagerConfig, Out, SessionOutput, SessionTimer};
 use crate::MessageError;
-use crate::session::{Epoch, Output, ReplicaAck, Replicate, Reply, Request, SessionKey, ShardId};
+use crate::session::state::TOUCH_AHEAD;
+use crate::session::{
+    Body, Epoch, LogOp, Output, ReplicaAck, Replicate, Reply, Request, SessionKey, ShardId,
+};
 
 /// Counters of one node's session manager.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -81,6 +84,8 @@ pub struct SessionManager {
     pub(super) ack_out: BTreeMap<SocketAddrV4, BTreeMap<ShardId, ReplicaAck>>,
     /// Scratch for shard outputs.
     pub(super) sout: Vec<Output>,
+    /// Emptied batch buffers kept for the next batches (see [`Spare`]).
+    pub(super) spare: Spare,
     pub(super) stats: ManagerStats,
     pub(super) ticking: bool,
     /// Between [`SessionManager::hold`] and [`SessionManager::release`]: replies, replication
@@ -93,6 +98,31 @@ pub struct SessionManager {
     pub(super) sent: HashMap<SocketAddrV4, Time>,
     /// The `now` of the input being handled (stamps `sent`).
     pub(super) now: Time,
+}
+
+/// Emptied batch buffers (requests per primary, replies per client, log entries per
+/// standby), kept for the next batch instead of growing a new vector from nothing for every
+/// message: a batch of a few hundred entries reallocated and moved its entries ~9 times.
+/// At most [`Spare::KEEP`] buffers of each kind, of at most [`Spare::CAPACITY_MAX`] entries.
+#[derive(Default)]
+pub(crate) struct Spare {
+    requests: Vec<Vec<Request>>,
+    replies: Vec<Vec<Reply>>,
+    replicate: Vec<Vec<Replicate>>,
+}
+
+impl Spare {
+    /// Buffers kept per kind: one per destination of a small cluster's session nodes.
+    const KEEP: usize = 8;
+    /// A buffer grown past this (a failover's burst) is freed rather than kept.
+    const CAPACITY_MAX: usize = 4096;
+
+    fn keep<T>(pool: &mut Vec<Vec<T>>, mut v: Vec<T>) {
+        if pool.len() < Self::KEEP && v.capacity() <= Self::CAPACITY_MAX {
+            v.clear();
+            pool.push(v);
+        }
+    }
 }
 
 impl SessionManager {
@@ -129,6 +159,7 @@ impl SessionManager {
             replicate_out: BTreeMap::new(),
             ack_out: BTreeMap::new(),
             sout: Vec::new(),
+            spare: Spare::default(),
             stats: ManagerStats::default(),
             ticking: false,
             held: false,
@@ -310,14 +341,22 @@ impl SessionManager {
     /// order (a reply never overtakes the replication it waited for on the same link).
     fn flush_batched(&mut self, to: SocketAddrV4, out: &mut Out) {
         if let Some(entries) = self.replicate_out.remove(&to) {
-            self.send_now(to, &ManagerMessage::Replicate(entries), out);
+            let msg = ManagerMessage::Replicate(entries);
+            self.send_now(to, &msg, out);
+            if let ManagerMessage::Replicate(v) = msg {
+                Spare::keep(&mut self.spare.replicate, v);
+            }
         }
         if let Some(acks) = self.ack_out.remove(&to) {
             let acks = acks.into_values().collect();
             self.send_now(to, &ManagerMessage::Acks(acks), out);
         }
         if let Some(replies) = self.replies.remove(&to) {
-            self.send_now(to, &ManagerMessage::Replies(replies), out);
+            let msg = ManagerMessage::Replies(replies);
+            self.send_now(to, &msg, out);
+            if let ManagerMessage::Replies(v) = msg {
+                Spare::keep(&mut self.spare.replies, v);
+            }
         }
     }
 
@@ -378,26 +417,27 @@ impl SessionManager {
         self.now = now;
         self.heard.insert(from, now);
         match msg {
-            ManagerMessage::Requests(reqs) => {
-                for r in reqs {
-                    self.serve_request(now, r, out);
-                }
-            }
-            ManagerMessage::Replies(replies) => {
-                for r in replies {
-                    self.on_reply(now, Some(node), r, out);
-                }
+            ManagerMessage::Requests(mut reqs) => self.serve_requests(now, &mut reqs, out),
+            ManagerMessage::Replies(mut replies) => {
+                self.on_replies(now, Some(node), &mut replies, out);
             }
             ManagerMessage::Replicate(entries) => {
-                for m in entries {
-                    self.on_replicate(node, m, out);
+                let mut entries = entries.into_iter();
+                while entries.len() > 0 {
+                    self.read_ahead(entries.as_slice().iter().filter_map(|m| match &m.op {
+                        LogOp::Request {
+                            id,
+                            body: Body::One(call),
+                            ..
+                        } => Some((m.shard, call.key(), Some(id.client))),
+                        _ => None,
+                    }));
+                    for m in entries.by_ref().take(TOUCH_AHEAD) {
+                        self.on_replicate(node, m, out);
+                    }
                 }
             }
-            ManagerMessage::Acks(acks) => {
-                for a in acks {
-                    self.on_ack(node, a, out);
-                }
-            }
+            ManagerMessage::Acks(acks) => self.on_acks(node, &acks, out),
             ManagerMessage::Replaced(r) => self.on_replaced(r, out),
             ManagerMessage::Fill(s) => self.on_fill(now, node, s, out),
             ManagerMessage::EpochQuery { round, shards } => {
@@ -449,7 +489,11 @@ impl SessionManager {
             self.local_requests.push(req);
             return;
         }
-        self.outbox.entry(to.addr()).or_default().push(req);
+        let spare = &mut self.spare.requests;
+        self.outbox
+            .entry(to.addr())
+            .or_insert_with(|| spare.pop().unwrap_or_default())
+            .push(req);
         self.arm_flush(out);
     }
 
@@ -483,7 +527,11 @@ impl SessionManager {
 
     fn flush_outbox(&mut self, out: &mut Out) {
         for (to, reqs) in std::mem::take(&mut self.outbox) {
-            self.send(to, &ManagerMessage::Requests(reqs), out);
+            let msg = ManagerMessage::Requests(reqs);
+            self.send(to, &msg, out);
+            if let ManagerMessage::Requests(v) = msg {
+                Spare::keep(&mut self.spare.requests, v);
+            }
         }
     }
 
@@ -496,13 +544,21 @@ impl SessionManager {
                     if r.to.client.addr() == self.me.addr() {
                         self.local_replies.push(r);
                     } else {
-                        self.replies.entry(r.to.client.addr()).or_default().push(r);
+                        let spare = &mut self.spare.replies;
+                        self.replies
+                            .entry(r.to.client.addr())
+                            .or_insert_with(|| spare.pop().unwrap_or_default())
+                            .push(r);
                     }
                 }
                 // Batched per destination until the end of the input (or until another
                 // message to that node, which must not overtake them).
                 Output::Replicate { to, msg } => {
-                    self.replicate_out.entry(to.addr()).or_default().push(msg);
+                    let spare = &mut self.spare.replicate;
+                    self.replicate_out
+                        .entry(to.addr())
+                        .or_insert_with(|| spare.pop().unwrap_or_default())
+                        .push(msg);
                 }
                 Output::Ack { to, msg } => {
                     let acks = self.ack_out.entry(to.addr()).or_default();
@@ -533,13 +589,20 @@ impl SessionManager {
     /// the replies and term announcements collected, one message per destination.
     pub(super) fn finish(&mut self, now: Time, out: &mut Out) {
         loop {
+            // Each batch is taken out (serving it may queue more), and its emptied buffer is
+            // put back when nothing new was queued meanwhile (and it is not oversized, see
+            // `Spare`), so the next batch reuses it.
             if !self.local_requests.is_empty() {
-                for r in std::mem::take(&mut self.local_requests) {
-                    self.serve_request(now, r, out);
+                let mut reqs = std::mem::take(&mut self.local_requests);
+                self.serve_requests(now, &mut reqs, out);
+                if self.local_requests.is_empty() && reqs.capacity() <= Spare::CAPACITY_MAX {
+                    self.local_requests = reqs;
                 }
             } else if !self.local_replies.is_empty() {
-                for r in std::mem::take(&mut self.local_replies) {
-                    self.on_reply(now, None, r, out);
+                let mut replies = std::mem::take(&mut self.local_replies);
+                self.on_replies(now, None, &mut replies, out);
+                if self.local_replies.is_empty() && replies.capacity() <= Spare::CAPACITY_MAX {
+                    self.local_replies = replies;
                 }
             } else {
                 break;

@@ -56,10 +56,27 @@ pub enum ManagerMessage {
 
 /// Envelope `msg` for `cluster`.
 pub fn encode(msg: &ManagerMessage, cluster: u32) -> Vec<u8> {
+    // Serialised straight after the envelope header into a buffer sized for the usual entry:
+    // one allocation and no copy per message (serialising into its own growing buffer and
+    // then copying it behind the header reallocated a batch's buffer several times).
+    let buf = wire::begin(Kind::Session, cluster, size_hint(msg));
     // Serialising these types into a growable Vec has no failure mode (no maps with non-string
     // keys, no unsized sequences); an empty payload would be refused by `decode`.
-    let payload = postcard::to_allocvec(msg).unwrap_or_default();
-    wire::seal(Kind::Session, cluster, &payload)
+    postcard::to_extend(msg, buf).unwrap_or_else(|_| wire::begin(Kind::Session, cluster, 0))
+}
+
+/// Bytes `msg` usually takes: enough for a request, reply or log entry with a u64 key and no
+/// metadata (larger ones grow the buffer, which stays correct).
+fn size_hint(msg: &ManagerMessage) -> usize {
+    const ENTRY: usize = 48;
+    let entries = match msg {
+        ManagerMessage::Requests(v) => v.len(),
+        ManagerMessage::Replies(v) => v.len(),
+        ManagerMessage::Replicate(v) => v.len(),
+        ManagerMessage::Acks(v) => v.len(),
+        _ => 1,
+    };
+    8 + ENTRY * entries
 }
 
 /// Open and decode one enveloped message.
