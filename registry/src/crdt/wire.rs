@@ -261,29 +261,37 @@ impl DeltaRef<'_> {
     /// The owned delta. Infallible for a delta from [`decode_deltas`], which checked the names.
     pub(crate) fn to_owned(&self) -> Result<Delta, crate::groups::GroupError> {
         let op = match self.op {
+            OpRef::Exit { serial } => Op::Exit { serial },
             OpRef::Join {
                 scope,
                 group,
                 serial,
                 meta,
-            } => Op::Join {
-                scope: ScopeName::new(scope)?,
-                group: GroupName::new(group)?,
-                serial,
-                meta: meta.into(),
-            },
-            OpRef::Leave {
+            }
+            | OpRef::Leave {
                 scope,
                 group,
                 serial,
                 meta,
-            } => Op::Leave {
-                scope: ScopeName::new(scope)?,
-                group: GroupName::new(group)?,
-                serial,
-                meta: meta.into(),
-            },
-            OpRef::Exit { serial } => Op::Exit { serial },
+            } => {
+                let (scope, group) = (ScopeName::new(scope)?, GroupName::new(group)?);
+                let meta = meta.into();
+                if matches!(self.op, OpRef::Join { .. }) {
+                    Op::Join {
+                        scope,
+                        group,
+                        serial,
+                        meta,
+                    }
+                } else {
+                    Op::Leave {
+                        scope,
+                        group,
+                        serial,
+                        meta,
+                    }
+                }
+            }
         };
         Ok(Delta { dot: self.dot, op })
     }

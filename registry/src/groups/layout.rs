@@ -177,17 +177,8 @@ impl NameIndex {
     /// Removes group `g`, still live; gives memory back as [`shrink_map`] does.
     pub(super) fn remove(&mut self, g: u32, groups: &Slab<Option<Group>>) {
         let hash = Self::rehash(&self.hash, groups, g);
-        if let Ok(entry) = self.table.find_entry(hash, |&h| h == g) {
-            entry.remove();
-        }
         let seed = &self.hash;
-        if self.table.is_empty() {
-            self.table = HashTable::new();
-        } else if self.table.capacity() >= 32 && self.table.len() < self.table.capacity() / 4 {
-            let half = self.table.capacity() / 2;
-            self.table
-                .shrink_to(half, |&h| Self::rehash(seed, groups, h));
-        }
+        remove_handle(&mut self.table, hash, g, |&h| Self::rehash(seed, groups, h));
     }
 
     #[cfg(test)]
@@ -245,17 +236,8 @@ impl NodeIndex {
     /// Removes slot `n`, still live; gives memory back as [`shrink_map`] does.
     pub(super) fn remove(&mut self, n: u32, nodes: &Slab<Option<NodeSlot>>) {
         let hash = Self::rehash(&self.hash, nodes, n);
-        if let Ok(entry) = self.table.find_entry(hash, |&m| m == n) {
-            entry.remove();
-        }
         let seed = &self.hash;
-        if self.table.is_empty() {
-            self.table = HashTable::new();
-        } else if self.table.capacity() >= 32 && self.table.len() < self.table.capacity() / 4 {
-            let half = self.table.capacity() / 2;
-            self.table
-                .shrink_to(half, |&m| Self::rehash(seed, nodes, m));
-        }
+        remove_handle(&mut self.table, hash, n, |&m| Self::rehash(seed, nodes, m));
     }
 
     #[cfg(test)]
@@ -277,6 +259,20 @@ impl NodeIndex {
 /// The live node slot behind a handle; a dead handle here is a bug in the table.
 fn live_node(nodes: &Slab<Option<NodeSlot>>, n: u32) -> &NodeSlot {
     nodes.get(n).as_ref().expect("handle of a live node")
+}
+
+/// Removes handle `h` (found under `hash`) from a handle index and gives memory back as
+/// [`shrink_map`] does: dropped when empty, halved below a quarter full.
+fn remove_handle(table: &mut HashTable<u32>, hash: u64, h: u32, rehash: impl Fn(&u32) -> u64) {
+    if let Ok(entry) = table.find_entry(hash, |&x| x == h) {
+        entry.remove();
+    }
+    if table.is_empty() {
+        *table = HashTable::new();
+    } else if table.capacity() >= 32 && table.len() < table.capacity() / 4 {
+        let half = table.capacity() / 2;
+        table.shrink_to(half, rehash);
+    }
 }
 
 /// The live group behind a handle; a dead handle here is a bug in the table.
