@@ -128,10 +128,73 @@ impl IntMap {
         &mut self.buckets[i].slot
     }
 
+    /// Number of buckets (0 or a power of two).
+    pub(crate) fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// Whether one more key would take the load past the cap (the map must grow or split).
+    #[inline]
+    pub(crate) fn is_full(&self) -> bool {
+        (self.len + 1) * MAX_LOAD_DEN > self.buckets.len() * MAX_LOAD_NUM
+    }
+
+    /// An empty map of `buckets` buckets (a power of two), all allocated and written now.
+    pub(crate) fn with_buckets(state: SeededState, buckets: usize) -> Self {
+        debug_assert!(buckets.is_power_of_two());
+        Self {
+            buckets: vec![VACANT; buckets],
+            len: 0,
+            state,
+        }
+    }
+
+    /// Move every entry whose hash `moves` into `other`, an empty map of the same size. In
+    /// place: this map keeps its buckets (no allocation, no page touched for the first time).
+    ///
+    /// Run by run (a run is a maximal stretch of full buckets): the run's entries are lifted
+    /// out and put back by the usual probe, the movers into `other`. Keys keep their home
+    /// index in both maps (same size, same low hash bits), and a subset of a run's entries
+    /// re-placed from their homes fits in the run's own stretch (at most `b - x + 1` of them
+    /// have a home at or after any `x` of a run ending at `b`). So a run never spills into the
+    /// next one still to be lifted, except the run that wraps past the last index, which is
+    /// lifted last, when nothing else is left to move. The scan starts right after an empty
+    /// bucket to make that so.
+    pub(crate) fn split_into(&mut self, other: &mut IntMap, moves: impl Fn(u64) -> bool) {
+        debug_assert!(other.len == 0 && other.buckets.len() == self.buckets.len());
+        let n = self.buckets.len();
+        // The load cap keeps an empty bucket in every non-empty table.
+        let Some(start) = self.buckets.iter().position(|b| b.slot.node == EMPTY) else {
+            return;
+        };
+        let mask = n - 1;
+        let mut run: Vec<Bucket> = Vec::with_capacity(64);
+        for step in 1..=n {
+            let i = (start + step) & mask;
+            let b = self.buckets[i];
+            if b.slot.node != EMPTY {
+                run.push(b);
+                self.buckets[i] = VACANT;
+                continue;
+            }
+            // `i` ends a run (the last step returns to `start`): put its entries back.
+            for b in run.drain(..) {
+                if moves(self.state.hash_one(b.key)) {
+                    if let Some(Probe::Vacant(at)) = other.probe(b.key) {
+                        other.insert_at(at, b.key, b.slot);
+                    }
+                    self.len -= 1;
+                } else if let Some(Probe::Vacant(at)) = self.probe(b.key) {
+                    self.buckets[at] = b;
+                }
+            }
+        }
+    }
+
     /// Make room for one more key; returns whether the table was rebuilt (probe results taken
     /// before are then stale).
     pub(crate) fn reserve_one(&mut self) -> bool {
-        if (self.len + 1) * MAX_LOAD_DEN <= self.buckets.len() * MAX_LOAD_NUM {
+        if !self.is_full() {
             return false;
         }
         let size = (self.buckets.len() * 2).max(MIN_BUCKETS);
@@ -253,6 +316,42 @@ mod tests {
     }
 
     proptest! {
+        /// Splitting moves exactly the chosen keys, and both halves stay valid maps (every key
+        /// found, later inserts and removals still right), including runs that wrap around.
+        #[test]
+        fn prop_split_moves_exactly_the_chosen_keys(seed in any::<u64>(), keys in proptest::collection::hash_set(any::<u64>(), 0..300), bit in 0u32..64, extra in proptest::collection::vec(any::<u64>(), 0..40)) {
+            let state = SeededState::new(seed);
+            let mut m = IntMap::new(state);
+            for &k in &keys {
+                insert(&mut m, k, k);
+            }
+            let size = m.bucket_count().max(MIN_BUCKETS);
+            let mut m = if m.bucket_count() == 0 { IntMap::with_buckets(state, size) } else { m };
+            let mut other = IntMap::with_buckets(state, size);
+            let moves = |h: u64| (h >> bit) & 1 == 1;
+            m.split_into(&mut other, moves);
+            prop_assert_eq!(m.len() + other.len(), keys.len());
+            for &k in &keys {
+                let (here, there) = if moves(state.hash_one(k)) { (&other, &m) } else { (&m, &other) };
+                prop_assert_eq!(here.get(k).map(|s| s.version), Some(k));
+                prop_assert!(there.get(k).is_none());
+            }
+            // Both halves keep working as maps afterwards.
+            for &k in &extra {
+                insert(&mut m, k, k);
+                prop_assert_eq!(m.get(k).map(|s| s.version), Some(k));
+            }
+            for &k in keys.iter().take(50) {
+                let target = if moves(state.hash_one(k)) { &mut other } else { &mut m };
+                prop_assert_eq!(target.remove(k).map(|s| s.version), Some(k));
+                prop_assert!(target.get(k).is_none());
+            }
+            for &k in keys.iter().skip(50) {
+                let (here, _) = if moves(state.hash_one(k)) { (&other, &m) } else { (&m, &other) };
+                prop_assert_eq!(here.get(k).map(|s| s.version), Some(k));
+            }
+        }
+
         /// Against std's HashMap, with a tiny key space and a seed that makes collisions and
         /// wrap-around runs common.
         #[test]

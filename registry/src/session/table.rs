@@ -8,9 +8,10 @@
 //!   few nodes and many sessions per node;
 //! - metadata lives **out of line** in a slab, referenced by a `u32` (none: no allocation);
 //! - so a [`Slot`] is 24 bytes and a u64-keyed bucket 32 bytes ([`IntMap`], open addressing,
-//!   at most 70% full). At 10 M sessions the buckets are 2^24 x 32 bytes: 53.7 bytes per
-//!   session. The figure moves with the doubling cycle: ~46 bytes right before the segments
-//!   double (11.7 M sessions), ~92 right after.
+//!   at most 70% full), in 64 segments that double up to 2 MiB and then split
+//!   ([`SEGMENT_BUCKETS_MAX`]). At 10 M sessions the buckets are 256 segments x 2^16 x 32
+//!   bytes: 53.7 bytes per session. The figure moves with the growth cycle: ~46 bytes right
+//!   before the segments split (11.7 M sessions), ~92 right after.
 //!
 //! Byte-string keys use std's `HashMap` (not the fast path).
 //!
@@ -28,11 +29,24 @@ use super::key::SessionKey;
 use super::message::{Seq, Session};
 use crate::Pid;
 
-/// Number of maps the u64 keys are split into. Why: a map grows by rehashing every entry into
-/// a table twice the size; one 10 M-entry map does that as ~7 M random DRAM writes in a single
-/// call (a pause of most of a second). A segment is 1/64 of that: its rehash mostly stays in
-/// cache and the pause is 64 times shorter.
+/// Number of maps the u64 keys are split into at first. Why: a map grows by rehashing every
+/// entry into a table twice the size; one 10 M-entry map does that as ~7 M random DRAM writes
+/// in a single call (a pause of most of a second). A segment is 1/64 of that: its rehash mostly
+/// stays in cache and the pause is 64 times shorter.
 const SEGMENTS: usize = 64;
+
+/// A segment doubles up to this many buckets (2 MiB), then **splits** instead (extendible
+/// hashing: a new segment of the same size takes the keys with the next hash bit set). Why:
+/// doubling allocates a fresh table twice the size and frees the old one, so every page of
+/// every generation is faulted in once (about twice the final table in page faults, 16% of a
+/// fill from empty to 10 M) and unmapped again; a split keeps the old buckets, moves half the
+/// entries in place and faults in only the new segment. Memory per session is unchanged: the
+/// segments still all fill at the same rate and split at about the same time.
+const SEGMENT_BUCKETS_MAX: usize = 1 << 16;
+
+/// Deepest split (directory of at most 2^24 entries). 10 M sessions need 8 bits; a shard
+/// reaches 24 only when 2^40 keys' worth of segments have been filled, or keys collide.
+const MAX_DEPTH: u32 = 24;
 
 /// Marks a slot without metadata.
 const NO_META: u32 = u32::MAX;
@@ -61,9 +75,18 @@ impl Slot {
 /// Session storage for one shard. Knows nothing of roles or requests.
 #[derive(Debug)]
 pub(crate) struct SessionTable {
-    /// u64 keys, split into [`SEGMENTS`] maps by the top hash bits (a map indexes by the low
-    /// bits, so the two are independent).
-    ints: Box<[IntMap]>,
+    /// u64 keys, split into segments by the top hash bits (a map indexes by the low bits, so
+    /// the two are independent).
+    ints: Vec<IntMap>,
+    /// Extendible-hashing directory: entry `j` names the segment of the keys whose hash's top
+    /// `depth` bits are `j`. Invariant: a segment of local depth `d` (`depths`) is named by
+    /// exactly the `2^(depth - d)` consecutive entries sharing its top `d` bits.
+    dir: Vec<u32>,
+    depth: u32,
+    /// Local depth of each segment.
+    depths: Vec<u32>,
+    /// [`SEGMENT_BUCKETS_MAX`], smaller in tests so they reach splits.
+    segment_max: usize,
     state: SeededState,
     bytes: HashMap<Box<[u8]>, Slot, SeededState>,
     meta: MetaSlab,
@@ -72,9 +95,17 @@ pub(crate) struct SessionTable {
 
 impl SessionTable {
     pub(crate) fn new(hash_seed: u64) -> Self {
+        Self::with_segment_max(hash_seed, SEGMENT_BUCKETS_MAX)
+    }
+
+    fn with_segment_max(hash_seed: u64, segment_max: usize) -> Self {
         let state = SeededState::new(hash_seed);
         Self {
             ints: (0..SEGMENTS).map(|_| IntMap::new(state)).collect(),
+            dir: (0..SEGMENTS as u32).collect(),
+            depth: SEGMENTS.trailing_zeros(),
+            depths: vec![SEGMENTS.trailing_zeros(); SEGMENTS],
+            segment_max,
             state,
             bytes: HashMap::with_hasher(state),
             meta: MetaSlab::default(),
@@ -96,7 +127,67 @@ impl SessionTable {
 
     #[inline]
     fn segment(&self, k: u64) -> usize {
-        segment_of_hash(self.state.hash_one(k))
+        self.segment_of_hash(self.state.hash_one(k))
+    }
+
+    /// The segment of a u64 key from its hash: the directory entry its top bits name.
+    #[inline]
+    fn segment_of_hash(&self, hash: u64) -> usize {
+        self.dir[(hash >> (64 - self.depth)) as usize] as usize
+    }
+
+    /// Insert a u64 key known to be absent (`probe`: its probe in segment `seg`, taken before
+    /// anything changed), growing or splitting its segment first when full.
+    fn insert_u64(&mut self, mut seg: usize, k: u64, mut probe: Option<Probe>, slot: Slot) {
+        while self.must_split(seg) {
+            self.split(seg);
+            seg = self.segment(k);
+            probe = None; // stale
+        }
+        let map = &mut self.ints[seg];
+        let at = match probe {
+            // The guard makes room; the index holds unless that rebuilt the map.
+            Some(Probe::Vacant(i)) if !map.reserve_one() => i,
+            _ => {
+                map.reserve_one(); // the empty map, or a no-op after a rebuild
+                probe_index(map.probe(k).expect("a reserved map has a vacancy"))
+            }
+        };
+        map.insert_at(at, k, slot);
+    }
+
+    /// A full segment at the size cap splits rather than doubles. Past `MAX_DEPTH` hash bits
+    /// it doubles anyway: only keys crafted to collide in that many bits get there, and the
+    /// directory must stay small.
+    fn must_split(&self, seg: usize) -> bool {
+        let map = &self.ints[seg];
+        map.is_full() && map.bucket_count() >= self.segment_max && self.depths[seg] < MAX_DEPTH
+    }
+
+    /// Split segment `seg` in two: a new segment of the same size takes the keys whose next
+    /// hash bit (below the `local depth` bits the segment is named by) is set.
+    fn split(&mut self, seg: usize) {
+        let local = self.depths[seg];
+        if local == self.depth {
+            // Double the directory: entry j becomes entries 2j and 2j + 1.
+            self.dir = self.dir.iter().flat_map(|&s| [s, s]).collect();
+            self.depth += 1;
+        }
+        let bit = 63 - local;
+        let mut other = IntMap::with_buckets(self.state, self.ints[seg].bucket_count());
+        self.ints[seg].split_into(&mut other, |h| (h >> bit) & 1 == 1);
+        // Fewer than 2^32 segments: each holds at least one key per 2^16 buckets' worth.
+        let new = u32::try_from(self.ints.len()).expect("segment count fits in u32");
+        self.ints.push(other);
+        self.depths[seg] = local + 1;
+        self.depths.push(local + 1);
+        // The same bit, counted in directory indices (whose top bit is the hash's bit 63).
+        let shift = self.depth - 1 - local;
+        for (j, e) in self.dir.iter_mut().enumerate() {
+            if *e as usize == seg && (j >> shift) & 1 == 1 {
+                *e = new;
+            }
+        }
     }
 
     fn pid_of(&self, slot: &Slot) -> Pid {
@@ -143,16 +234,8 @@ impl SessionTable {
                 match map.probe(*k) {
                     Some(Probe::Found(i)) => Some(map.at_mut(i)),
                     probe => {
-                        let at = match probe {
-                            // The guard makes room; the index holds unless that rebuilt the map.
-                            Some(Probe::Vacant(i)) if !map.reserve_one() => i,
-                            _ => {
-                                map.reserve_one(); // the empty map, or a no-op after a rebuild
-                                let p = map.probe(*k).expect("a reserved map has a vacancy");
-                                probe_index(p)
-                            }
-                        };
-                        map.insert_at(at, *k, new_slot(nodes, meta, pid, metadata, version));
+                        let slot = new_slot(nodes, meta, pid, metadata, version);
+                        self.insert_u64(seg, *k, probe, slot);
                         return Ok(None);
                     }
                 }
@@ -221,7 +304,7 @@ impl SessionTable {
             match key {
                 SessionKey::U64(k) => {
                     let hash = self.state.hash_one(*k);
-                    let seg = segment_of_hash(hash);
+                    let seg = self.segment_of_hash(hash);
                     if let Some(i) = self.ints[seg].home_of_hash(hash) {
                         at[n] = (seg, i);
                         n += 1;
@@ -244,7 +327,7 @@ impl SessionTable {
             return None;
         };
         let hash = self.state.hash_one(*k);
-        let seg = segment_of_hash(hash);
+        let seg = self.segment_of_hash(hash);
         self.ints[seg].home_of_hash(hash).map(|i| (seg, i))
     }
 
@@ -310,19 +393,14 @@ impl SessionTable {
 
     /// Exact heap bytes owned by the table.
     pub(crate) fn heap_bytes(&self) -> usize {
-        self.ints.len() * size_of::<IntMap>()
+        self.ints.capacity() * size_of::<IntMap>()
             + self.ints.iter().map(IntMap::heap_bytes).sum::<usize>()
+            + (self.dir.capacity() + self.depths.capacity()) * size_of::<u32>()
             + hash_table_bytes::<(Box<[u8]>, Slot)>(self.bytes.capacity())
             + self.bytes.keys().map(|k| k.len()).sum::<usize>()
             + self.meta.heap_bytes()
             + self.nodes.heap_bytes()
     }
-}
-
-/// The segment of a u64 key: the top bits of its hash ([`IntMap`] indexes by the low bits).
-#[inline]
-fn segment_of_hash(hash: u64) -> usize {
-    (hash >> (64 - SEGMENTS.trailing_zeros())) as usize
 }
 
 /// Most keys [`SessionTable::touch_all`] reads ahead in one call.
@@ -444,9 +522,26 @@ struct NodeInterner {
     rows: Vec<NodeRow>,
     index: HashMap<NodeKey, u32, SeededState>,
     free: Vec<u32>,
-    /// Last node acquired: registrations arrive in runs from one node. Invariant: when `Some`,
-    /// the index is live and maps that node.
-    last: Option<(NodeId, u32)>,
+    /// Recently acquired rows, direct-mapped by a cheap hash of the node ([`recent_slot`]):
+    /// a primary interleaves registrations from every client node, and this answers most of
+    /// them without the hashed index (~4% of a registration on 64 nodes). An entry is only a
+    /// hint (`EMPTY`, or a row that may since have been freed or reused), checked against the
+    /// row before use.
+    recent: [u32; RECENT],
+}
+
+/// Entries of [`NodeInterner::recent`].
+const RECENT: usize = 64;
+
+/// Where `node` sits in [`NodeInterner::recent`]: address, port and generation folded and
+/// multiplied, top bits taken (loopback nodes differ in the address's low bits, real ones
+/// anywhere in it).
+#[inline]
+fn recent_slot(node: &NodeId) -> usize {
+    let addr = node.addr();
+    let bits = (u64::from(u32::from(*addr.ip())) << 16 | u64::from(addr.port()))
+        ^ u64::from(node.generation()) << 48;
+    (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RECENT.trailing_zeros())) as usize
 }
 
 impl NodeInterner {
@@ -455,7 +550,7 @@ impl NodeInterner {
             rows: Vec::new(),
             index: HashMap::with_hasher(state),
             free: Vec::new(),
-            last: None,
+            recent: [EMPTY; RECENT],
         }
     }
 
@@ -486,14 +581,17 @@ impl NodeInterner {
 
     /// Count one more session of `node`; returns its index.
     fn acquire(&mut self, node: NodeId) -> u32 {
-        let i = match self.last {
-            Some((n, i)) if n == node => i,
+        let slot = recent_slot(&node);
+        let hint = self.recent[slot];
+        // A row is live exactly while its count is above zero, so a stale hint never matches.
+        let i = match self.rows.get(hint as usize) {
+            Some(r) if r.sessions > 0 && r.id == node => hint,
             _ => {
                 let i = match self.index_of(&node) {
                     Some(i) => i,
                     None => self.intern(node),
                 };
-                self.last = Some((node, i));
+                self.recent[slot] = i;
                 i
             }
         };
@@ -529,9 +627,6 @@ impl NodeInterner {
             let id = row.id;
             self.index.remove(&NodeKey(id));
             self.free.push(i);
-            if self.last.is_some_and(|(_, l)| l == i) {
-                self.last = None;
-            }
         }
     }
 
@@ -593,6 +688,56 @@ mod tests {
         assert_eq!(t.node_sessions(&pid(2, 0).node), 0);
         assert_eq!(t.remove(&1u64.into()), Some(pid(1, 1)));
         assert_eq!(t.len(), 1);
+    }
+
+    proptest::proptest! {
+        /// With 16-bucket segments (splits after ~700 keys), against std's HashMap: upserts
+        /// (moving keys between 20 nodes, so interned rows are freed and reused), removals and
+        /// node drops, then every key and node count read back, and the directory invariant.
+        #[test]
+        fn prop_split_segments_behave_like_a_hash_map(
+            seed in proptest::prelude::any::<u64>(),
+            ops in proptest::collection::vec((0u8..8, 0u64..4000, 0u32..20), 1..3000),
+        ) {
+            let mut t = SessionTable::with_segment_max(seed, 16);
+            let mut model: HashMap<u64, Pid> = HashMap::new();
+            for (op, k, node) in ops {
+                match op {
+                    0 => {
+                        proptest::prop_assert_eq!(t.remove(&k.into()), model.remove(&k));
+                    }
+                    1 if k % 50 == 0 => {
+                        let node = pid(node, 0).node;
+                        let want = model.values().filter(|p| p.node == node).count();
+                        model.retain(|_, p| p.node != node);
+                        proptest::prop_assert_eq!(t.remove_node(&node, None), want);
+                    }
+                    _ => {
+                        let p = pid(node, k);
+                        let old = t.upsert(&k.into(), p, b"", 1, |_| true);
+                        proptest::prop_assert_eq!(old, Ok(model.insert(k, p)));
+                    }
+                }
+            }
+            proptest::prop_assert_eq!(t.len(), model.len());
+            for k in 0..4000u64 {
+                proptest::prop_assert_eq!(t.holder(&k.into()), model.get(&k).copied());
+            }
+            for n in 0..20 {
+                let node = pid(n, 0).node;
+                let want = model.values().filter(|p| p.node == node).count();
+                proptest::prop_assert_eq!(t.node_sessions(&node) as usize, want);
+            }
+            // Each segment of local depth d is named by 2^(depth - d) consecutive entries.
+            for (seg, &d) in t.depths.iter().enumerate() {
+                let named: Vec<usize> = (0..t.dir.len()).filter(|&j| t.dir[j] as usize == seg).collect();
+                proptest::prop_assert_eq!(named.len(), 1 << (t.depth - d));
+                proptest::prop_assert_eq!(named[named.len() - 1] - named[0] + 1, named.len());
+            }
+            if model.len() > 1000 {
+                proptest::prop_assert!(t.ints.len() > SEGMENTS, "no split at {} keys", model.len());
+            }
+        }
     }
 
     #[test]
