@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use meshreg_membership::NodeId;
 use serde::{Deserialize, Serialize};
 
-use super::hash::{NodeKey, SeededState};
+use super::hash::{NodeKey, SeededState, recent_slot};
 use super::message::{Outcome, RequestId};
 use super::table::hash_table_bytes;
 
@@ -38,24 +38,55 @@ pub(crate) struct ClientWindow {
 }
 
 /// The retry windows of every client node.
+///
+/// Windows live in rows found through a hashed index, with a direct-mapped hint of recent
+/// clients in front: a request is checked, then recorded, and a primary interleaves many
+/// clients, so the hint saves two hashed lookups per write. Invariants: `index` maps each
+/// row's client to that row and nothing else; a hint is only a row number, checked against
+/// the row's client before use.
 #[derive(Debug)]
 pub(crate) struct Dedupe {
-    clients: HashMap<NodeKey, ClientWindow, SeededState>,
+    rows: Vec<(NodeId, ClientWindow)>,
+    index: HashMap<NodeKey, u32, SeededState>,
+    recent: [u32; RECENT],
     window_max: usize,
 }
+
+/// Entries of [`Dedupe::recent`].
+const RECENT: usize = 16;
 
 impl Dedupe {
     pub(crate) fn new(window_max: usize, state: SeededState) -> Self {
         Self {
-            clients: HashMap::with_hasher(state),
+            rows: Vec::new(),
+            index: HashMap::with_hasher(state),
+            recent: [u32::MAX; RECENT],
             // A zero window would make every retry expire before it is answered.
             window_max: window_max.max(1),
         }
     }
 
+    /// The row of `client`'s window, if it has one (the hint first).
+    #[inline]
+    fn row(&self, client: &NodeId) -> Option<usize> {
+        let hint = self.recent[recent_slot(client, RECENT)] as usize;
+        if self.rows.get(hint).is_some_and(|(n, _)| n == client) {
+            return Some(hint);
+        }
+        self.index.get(&NodeKey(*client)).map(|&i| i as usize)
+    }
+
+    /// [`Self::row`], remembering the answer in the hint.
+    #[inline]
+    fn row_hinted(&mut self, client: &NodeId) -> Option<usize> {
+        let i = self.row(client)?;
+        self.recent[recent_slot(client, RECENT)] = i as u32;
+        Some(i)
+    }
+
     /// Prune by the client's `answered_below`, then classify `id`.
     pub(crate) fn check(&mut self, id: RequestId, answered_below: u64) -> Seen {
-        let Some(w) = self.clients.get_mut(&NodeKey(id.client)) else {
+        let Some(w) = self.row_hinted(&id.client).map(|i| &mut self.rows[i].1) else {
             return if id.id < answered_below {
                 Seen::Expired {
                     floor: answered_below,
@@ -77,15 +108,18 @@ impl Dedupe {
     /// Loads the oldest remembered id of `client`'s window (the first thing `check` and
     /// `record` read), for read-ahead; the result only feeds a `black_box`.
     pub(crate) fn touch(&self, client: NodeId) -> u64 {
-        self.clients
-            .get(&NodeKey(client))
-            .and_then(|w| w.answers.front())
+        self.row(&client)
+            .and_then(|i| self.rows[i].1.answers.front())
             .map_or(0, |(id, _)| *id)
     }
 
     /// Remember the outcome of the applied request `id`.
     pub(crate) fn record(&mut self, id: RequestId, answered_below: u64, outcome: Outcome) {
-        let w = self.clients.entry(NodeKey(id.client)).or_default();
+        let i = match self.row_hinted(&id.client) {
+            Some(i) => i,
+            None => self.add(id.client, ClientWindow::default()),
+        };
+        let w = &mut self.rows[i].1;
         w.raise_floor(answered_below);
         // Ids mostly arrive in order: push at the back; otherwise insert in place.
         match w.answers.back() {
@@ -103,31 +137,56 @@ impl Dedupe {
         }
     }
 
+    /// A row for `client`, which has none; returns it.
+    fn add(&mut self, client: NodeId, window: ClientWindow) -> usize {
+        let i = self.rows.len();
+        // Fewer than 4 G client nodes; u32::MAX is never a row (an empty hint).
+        let row = u32::try_from(i).expect("client rows fit in u32");
+        self.rows.push((client, window));
+        self.index.insert(NodeKey(client), row);
+        self.recent[recent_slot(&client, RECENT)] = row;
+        i
+    }
+
     /// Forget a client (its node went down; a restart is a new `NodeId`).
     pub(crate) fn forget(&mut self, client: &NodeId) {
-        self.clients.remove(&NodeKey(*client));
+        let Some(i) = self.index.remove(&NodeKey(*client)) else {
+            return;
+        };
+        self.rows.swap_remove(i as usize);
+        // The last row moved into the hole: re-point its index entry (hints check the row).
+        if let Some((moved, _)) = self.rows.get(i as usize) {
+            self.index.insert(NodeKey(*moved), i);
+        }
     }
 
     /// Every window, sorted by client (snapshots).
     pub(crate) fn windows(&self) -> Vec<(NodeId, ClientWindow)> {
-        let mut all: Vec<_> = self.clients.iter().map(|(n, w)| (n.0, w.clone())).collect();
+        let mut all = self.rows.clone();
         all.sort_unstable_by_key(|(n, _)| *n);
         all
     }
 
-    /// Restore windows from a snapshot.
+    /// Restore windows from a snapshot (a client's window replaces the one it had).
     pub(crate) fn restore(&mut self, windows: Vec<(NodeId, ClientWindow)>) {
-        self.clients
-            .extend(windows.into_iter().map(|(n, w)| (NodeKey(n), w)));
+        for (client, window) in windows {
+            match self.row(&client) {
+                Some(i) => self.rows[i].1 = window,
+                None => {
+                    self.add(client, window);
+                }
+            }
+        }
     }
 
     /// Exact heap bytes owned by the windows.
     pub(crate) fn heap_bytes(&self) -> usize {
-        hash_table_bytes::<(NodeKey, ClientWindow)>(self.clients.capacity())
+        self.rows.capacity() * size_of::<(NodeId, ClientWindow)>()
+            + hash_table_bytes::<(NodeKey, u32)>(self.index.capacity())
             + self
-                .clients
-                .values()
-                .map(|w| {
+                .rows
+                .iter()
+                .map(|(_, w)| {
                     w.answers.capacity() * size_of::<(u64, Outcome)>()
                         + w.answers.iter().map(|(_, o)| o.heap_bytes()).sum::<usize>()
                 })
@@ -186,6 +245,38 @@ mod tests {
         assert_eq!(d.check(rid(1), 0), Seen::Expired { floor: 2 });
         assert_eq!(d.check(rid(2), 0), Seen::Done(out(2)));
         assert_eq!(d.check(rid(3), 0), Seen::Done(out(3)));
+    }
+
+    #[test]
+    fn forgetting_clients_keeps_every_other_window_and_snapshots_round_trip() {
+        let client = |n: u32| NodeId::new(loopback_addr(n, 1), 1);
+        let rid = |n: u32, id: u64| RequestId {
+            client: client(n),
+            id,
+        };
+        let mut d = Dedupe::new(8, SeededState::new(0));
+        for n in 0..40 {
+            d.record(rid(n, 1), 0, out(u64::from(n)));
+        }
+        // Rows move on every forget (the last row fills the hole); hints go stale.
+        for n in [3, 39, 0, 17, 38] {
+            d.forget(&client(n));
+        }
+        let gone = |n: u32| [3, 39, 0, 17, 38].contains(&n);
+        for n in 0..40 {
+            let want = if gone(n) {
+                Seen::New
+            } else {
+                Seen::Done(out(u64::from(n)))
+            };
+            assert_eq!(d.check(rid(n, 1), 0), want, "client {n}");
+        }
+        let mut copy = Dedupe::new(8, SeededState::new(9));
+        copy.restore(d.windows());
+        assert_eq!(copy.windows(), d.windows());
+        assert_eq!(copy.windows().len(), 35);
+        d.record(rid(3, 2), 0, out(99));
+        assert_eq!(d.check(rid(3, 2), 0), Seen::Done(out(99)));
     }
 
     #[test]

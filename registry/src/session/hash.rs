@@ -117,6 +117,19 @@ impl Hash for NodeKey {
     }
 }
 
+/// Slot of `node` in a direct-mapped hint of `slots` entries (a power of two): address, port
+/// and generation folded and multiplied, top bits taken (loopback nodes differ in the
+/// address's low bits, real ones anywhere in it). Not seeded: a hint is checked before use, so
+/// a collision costs a hashed lookup, never a wrong answer.
+#[inline]
+pub(crate) fn recent_slot(node: &NodeId, slots: usize) -> usize {
+    debug_assert!(slots.is_power_of_two() && slots > 1);
+    let addr = node.addr();
+    let bits = (u64::from(u32::from(*addr.ip())) << 16 | u64::from(addr.port()))
+        ^ u64::from(node.generation()) << 48;
+    (bits.wrapping_mul(FOLD) >> (64 - slots.trailing_zeros())) as usize
+}
+
 /// SplitMix64 finaliser: bijective, every input bit reaches every output bit.
 #[inline]
 pub(crate) const fn mix64(mut z: u64) -> u64 {

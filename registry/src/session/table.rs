@@ -23,7 +23,7 @@ use std::hash::BuildHasher;
 
 use meshreg_membership::NodeId;
 
-use super::hash::{NodeKey, SeededState};
+use super::hash::{NodeKey, SeededState, recent_slot};
 use super::int_map::{EMPTY, IntMap, Probe};
 use super::key::SessionKey;
 use super::message::{Seq, Session};
@@ -522,7 +522,7 @@ struct NodeInterner {
     rows: Vec<NodeRow>,
     index: HashMap<NodeKey, u32, SeededState>,
     free: Vec<u32>,
-    /// Recently acquired rows, direct-mapped by a cheap hash of the node ([`recent_slot`]):
+    /// Recently acquired rows, direct-mapped by a cheap hash of the node ([`recent_slot`](super::hash::recent_slot)):
     /// a primary interleaves registrations from every client node, and this answers most of
     /// them without the hashed index (~4% of a registration on 64 nodes). An entry is only a
     /// hint (`EMPTY`, or a row that may since have been freed or reused), checked against the
@@ -532,17 +532,6 @@ struct NodeInterner {
 
 /// Entries of [`NodeInterner::recent`].
 const RECENT: usize = 64;
-
-/// Where `node` sits in [`NodeInterner::recent`]: address, port and generation folded and
-/// multiplied, top bits taken (loopback nodes differ in the address's low bits, real ones
-/// anywhere in it).
-#[inline]
-fn recent_slot(node: &NodeId) -> usize {
-    let addr = node.addr();
-    let bits = (u64::from(u32::from(*addr.ip())) << 16 | u64::from(addr.port()))
-        ^ u64::from(node.generation()) << 48;
-    (bits.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RECENT.trailing_zeros())) as usize
-}
 
 impl NodeInterner {
     fn new(state: SeededState) -> Self {
@@ -581,7 +570,7 @@ impl NodeInterner {
 
     /// Count one more session of `node`; returns its index.
     fn acquire(&mut self, node: NodeId) -> u32 {
-        let slot = recent_slot(&node);
+        let slot = recent_slot(&node, RECENT);
         let hint = self.recent[slot];
         // A row is live exactly while its count is above zero, so a stale hint never matches.
         let i = match self.rows.get(hint as usize) {
