@@ -146,7 +146,7 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
 const SHARD: ShardId = ShardId(0);
 /// Keys look like phone numbers.
 const PHONE_BASE: u64 = 447_000_000_000;
-/// Outputs are drained every this many requests, as a driver flushing its send buffers would.
+/// Outputs are drained every this many answers, as a driver flushing its send buffers would.
 const DRAIN_EVERY: usize = 1024;
 /// Requests per `handle_requests` call (one read of a pipelined link).
 const PIPELINE: u64 = 64;
@@ -186,8 +186,8 @@ fn scattered(i: u64, n: u64) -> u64 {
     i.wrapping_mul(2_654_435_761) % n
 }
 
-fn drain(out: &mut Vec<Output>) {
-    if out.len() >= DRAIN_EVERY {
+fn drain(out: &mut Vec<Output>, every: usize) {
+    if out.len() >= every {
         black_box(&out);
         out.clear();
     }
@@ -210,15 +210,26 @@ struct Timed {
     cpu_s: f64,
 }
 
-/// Runs `make(i)` for i in 0..n, handed to the shard `PIPELINE` at a time.
-fn pipelined(shard: &mut Shard, n: u64, mut make: impl FnMut(u64) -> Request) -> Timed {
-    let mut out: Vec<Output> = Vec::with_capacity(2 * DRAIN_EVERY);
+/// Runs `make(i)` for i in 0..n, handed to the shard `PIPELINE` at a time, each request
+/// answering `calls` calls. Replies are dropped once `DRAIN_EVERY` answers are held, whatever
+/// their grouping: a node sends its replies per burst. Why per answer: holding 1,024 replies
+/// of 64 answers (3 MB) and freeing them at once had the allocator return and re-fault that
+/// much heap every 1,024 batches once its trim threshold was low (it follows the largest
+/// block freed so far), which measured the allocator rather than the shard.
+fn pipelined(
+    shard: &mut Shard,
+    n: u64,
+    calls: usize,
+    mut make: impl FnMut(u64) -> Request,
+) -> Timed {
+    let every = (DRAIN_EVERY / calls).max(1);
+    let mut out: Vec<Output> = Vec::with_capacity(2 * every);
     let cpu0 = thread_cpu_s();
     let start = Instant::now();
     for first in (0..n).step_by(PIPELINE as usize) {
         let batch = first..(first + PIPELINE).min(n);
         shard.handle_requests(batch.map(&mut make), &mut out);
-        drain(&mut out);
+        drain(&mut out, every);
     }
     Timed {
         wall_s: start.elapsed().as_secs_f64(),
@@ -236,7 +247,7 @@ fn shard(n: u64) -> Vec<Metric> {
     };
     let rss0 = super::single::rss_bytes();
     let mut shard = Shard::primary(SHARD, 1, config);
-    let register = pipelined(&mut shard, n, |i| {
+    let register = pipelined(&mut shard, n, 1, |i| {
         request(i + 1, Body::One(register_call(i, &nodes)))
     });
     let rss1 = super::single::rss_bytes();
@@ -244,7 +255,7 @@ fn shard(n: u64) -> Vec<Metric> {
     let held = shard.len() as u64;
     let mut passes: Vec<Timed> = (0..3)
         .map(|_| {
-            pipelined(&mut shard, n, |i| {
+            pipelined(&mut shard, n, 1, |i| {
                 let key = SessionKey::U64(key_of(scattered(i, n)));
                 request(n + i + 1, Body::One(Call::Lookup { key }))
             })
@@ -254,14 +265,14 @@ fn shard(n: u64) -> Vec<Metric> {
     let lookup = passes[1];
     let mut lookup_cpu: Vec<f64> = passes.iter().map(|p| p.cpu_s).collect();
     lookup_cpu.sort_by(f64::total_cmp);
-    let reregister = pipelined(&mut shard, n, |j| {
+    let reregister = pipelined(&mut shard, n, 1, |j| {
         request(
             2 * n + j + 1,
             Body::One(register_call(scattered(j, n), &nodes)),
         )
     });
     let batches = n / 64;
-    let lookup_many = pipelined(&mut shard, batches, |b| {
+    let lookup_many = pipelined(&mut shard, batches, 64, |b| {
         let keys = (0..64).map(|j| SessionKey::U64(key_of(scattered(b * 64 + j, n))));
         request(3 * n + b + 1, Body::lookup_many(keys))
     });
