@@ -416,13 +416,19 @@ impl SessionManager {
         };
         self.now = now;
         self.heard.insert(from, now);
+        // The decoded batches' emptied buffers join the spare ones (see [`Spare`]): the next
+        // batch this node builds reuses them instead of allocating.
         match msg {
-            ManagerMessage::Requests(mut reqs) => self.serve_requests(now, &mut reqs, out),
+            ManagerMessage::Requests(mut reqs) => {
+                self.serve_requests(now, &mut reqs, out);
+                Spare::keep(&mut self.spare.requests, reqs);
+            }
             ManagerMessage::Replies(mut replies) => {
                 self.on_replies(now, Some(node), &mut replies, out);
+                Spare::keep(&mut self.spare.replies, replies);
             }
-            ManagerMessage::Replicate(entries) => {
-                let mut entries = entries.into_iter();
+            ManagerMessage::Replicate(mut batch) => {
+                let mut entries = batch.drain(..);
                 while entries.len() > 0 {
                     self.read_ahead(entries.as_slice().iter().filter_map(|m| match &m.op {
                         LogOp::Request {
@@ -436,6 +442,8 @@ impl SessionManager {
                         self.on_replicate(node, m, out);
                     }
                 }
+                drop(entries);
+                Spare::keep(&mut self.spare.replicate, batch);
             }
             ManagerMessage::Acks(acks) => self.on_acks(node, &acks, out),
             ManagerMessage::Replaced(r) => self.on_replaced(r, out),
