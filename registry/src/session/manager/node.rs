@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
 
-use super::client::{CallState, OwnedKeys, Pending};
+use super::client::{CallState, OwnedKeys, PendingMap};
 use super::placement::Placement;
 use super::server::{Recovery, Replica};
 use super::wire::{self, ManagerMessage};
 use super::{ManagerConfig, Out, SessionOutput, SessionTimer};
 use crate::MessageError;
+use crate::session::hash::SeededState;
 use crate::session::state::TOUCH_AHEAD;
 use crate::session::{
     Body, Epoch, LogOp, Output, ReplicaAck, Replicate, Reply, Request, SessionKey, ShardId,
@@ -63,7 +64,7 @@ pub struct SessionManager {
     pub(super) asserted: BTreeMap<ShardId, Epoch>,
     pub(super) next_id: u64,
     pub(super) calls: BTreeMap<u64, CallState>,
-    pub(super) pending: BTreeMap<u64, Pending>,
+    pub(super) pending: PendingMap,
     /// Client: acknowledged sessions of local processes, per shard (an insert per acknowledged
     /// registration: hashed, not ordered; see [`OwnedKeys`]).
     pub(super) owned: BTreeMap<ShardId, OwnedKeys>,
@@ -148,7 +149,7 @@ impl SessionManager {
             asserted: BTreeMap::new(),
             next_id: 1,
             calls: BTreeMap::new(),
-            pending: BTreeMap::new(),
+            pending: PendingMap::new(SeededState::new(config.shard.hash_seed)),
             owned: BTreeMap::new(),
             exiting: BTreeSet::new(),
             outbox: BTreeMap::new(),
