@@ -270,7 +270,7 @@ impl SessionManager {
     /// registrations still in flight are undone when they complete.
     pub fn process_exit(&mut self, now: Time, pid: Pid, out: &mut Out) {
         let mut removals: Vec<(ShardId, Vec<Call>)> = Vec::new();
-        for (shard, keys) in &mut self.owned {
+        for (shard, keys) in self.owned.iter_mut() {
             let mine: Vec<SessionKey> = keys
                 .iter()
                 .filter(|(_, o)| o.pid == pid)
@@ -622,8 +622,7 @@ impl SessionManager {
                 let state = SeededState::new(self.config.shard.hash_seed);
                 let keys = self
                     .owned
-                    .entry(p.shard)
-                    .or_insert_with(|| HashMap::with_hasher(state));
+                    .get_or_insert_with(p.shard, || HashMap::with_hasher(state));
                 if let Some(prev) = keys.insert(key.clone(), owned)
                     && prev.pid != *pid
                 {
@@ -649,7 +648,7 @@ impl SessionManager {
                         self.lose(p.shard, &r.key, r.pid, out);
                     }
                 }
-                let asserted = self.asserted.entry(p.shard).or_insert(0);
+                let asserted = self.asserted.get_or_insert_with(p.shard, || 0);
                 *asserted = (*asserted).max(p.sent_epoch);
                 let believed = self.believed.get(&p.shard).copied().unwrap_or(0);
                 if believed > p.sent_epoch {
@@ -702,7 +701,7 @@ impl SessionManager {
     /// Primaries announced new terms: believe them, and re-assert owned sessions there.
     pub(super) fn on_terms(&mut self, now: Time, terms: &[(ShardId, Epoch)], out: &mut Out) {
         for &(shard, epoch) in terms {
-            let b = self.believed.entry(shard).or_insert(0);
+            let b = self.believed.get_or_insert_with(shard, || 0);
             *b = (*b).max(epoch);
             self.learned_epoch(now, shard, epoch, out);
         }

@@ -10,6 +10,7 @@ use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
 use super::client::{CallState, OwnedKeys, PendingMap};
 use super::placement::Placement;
 use super::server::{Recovery, Replica};
+use super::shard_map::ShardMap;
 use super::wire::{self, ManagerMessage};
 use super::{ManagerConfig, Out, SessionOutput, SessionTimer};
 use crate::MessageError;
@@ -48,9 +49,9 @@ pub struct SessionManager {
     pub(super) session_addrs: BTreeSet<SocketAddrV4>,
     pub(super) placement: Placement,
     /// Server: the highest epoch seen per shard (reported in recovery rounds).
-    pub(super) seen: BTreeMap<ShardId, Epoch>,
+    pub(super) seen: ShardMap<Epoch>,
     /// Server: replicas of the shards this node is primary or standby of.
-    pub(super) replicas: BTreeMap<ShardId, Replica>,
+    pub(super) replicas: ShardMap<Replica>,
     /// Server: shards this node is becoming primary of.
     pub(super) recovering: BTreeMap<ShardId, Recovery>,
     pub(super) next_round: u64,
@@ -59,15 +60,15 @@ pub struct SessionManager {
     /// Server: terms to announce at the end of this input.
     pub(super) announce: Vec<(ShardId, Epoch)>,
     /// Client: the epoch believed per shard (sent with requests).
-    pub(super) believed: BTreeMap<ShardId, Epoch>,
+    pub(super) believed: ShardMap<Epoch>,
     /// Client: per shard, the newest epoch that answered a re-assertion of this node.
-    pub(super) asserted: BTreeMap<ShardId, Epoch>,
+    pub(super) asserted: ShardMap<Epoch>,
     pub(super) next_id: u64,
     pub(super) calls: BTreeMap<u64, CallState>,
     pub(super) pending: PendingMap,
     /// Client: acknowledged sessions of local processes, per shard (an insert per acknowledged
     /// registration: hashed, not ordered; see [`OwnedKeys`]).
-    pub(super) owned: BTreeMap<ShardId, OwnedKeys>,
+    pub(super) owned: ShardMap<OwnedKeys>,
     /// Client: ended processes with registrations still in flight (undone on completion).
     pub(super) exiting: BTreeSet<crate::Pid>,
     /// Client: requests to send at the next flush, per primary.
@@ -139,18 +140,18 @@ impl SessionManager {
             config,
             live,
             session_addrs: BTreeSet::new(),
-            seen: BTreeMap::new(),
-            replicas: BTreeMap::new(),
+            seen: ShardMap::new(config.shards),
+            replicas: ShardMap::new(config.shards),
             recovering: BTreeMap::new(),
             next_round: 0,
             terms_log: Vec::new(),
             announce: Vec::new(),
-            believed: BTreeMap::new(),
-            asserted: BTreeMap::new(),
+            believed: ShardMap::new(config.shards),
+            asserted: ShardMap::new(config.shards),
             next_id: 1,
             calls: BTreeMap::new(),
             pending: PendingMap::new(SeededState::new(config.shard.hash_seed)),
-            owned: BTreeMap::new(),
+            owned: ShardMap::new(config.shards),
             exiting: BTreeSet::new(),
             outbox: BTreeMap::new(),
             flush_armed: false,
@@ -650,7 +651,7 @@ impl SessionManager {
 
     /// Remembers that `epoch` exists for `shard`.
     pub(super) fn note_epoch(&mut self, shard: ShardId, epoch: Epoch) {
-        let e = self.seen.entry(shard).or_insert(0);
+        let e = self.seen.get_or_insert_with(shard, || 0);
         *e = (*e).max(epoch);
     }
 }
