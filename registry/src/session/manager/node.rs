@@ -1,6 +1,7 @@
 //! [`SessionManager`]: the state both sides share, the membership view, input dispatch, and
 //! the end-of-input flush (local deliveries, batched sends).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 use std::time::Duration;
@@ -82,8 +83,14 @@ pub struct SessionManager {
     pub(super) replies: BTreeMap<SocketAddrV4, Vec<Reply>>,
     /// Replication entries to send at the end of this input, per standby node.
     pub(super) replicate_out: BTreeMap<SocketAddrV4, Vec<Replicate>>,
-    /// Acknowledgements to send at the end of this input, per primary node and shard.
-    pub(super) ack_out: BTreeMap<SocketAddrV4, BTreeMap<ShardId, ReplicaAck>>,
+    /// Acknowledgements to send at the end of this input, per primary node: at most one per
+    /// shard (see `ack_at`), in the order the shards were first acknowledged.
+    pub(super) ack_out: BTreeMap<SocketAddrV4, Vec<ReplicaAck>>,
+    /// Where the acknowledgement batched for each (primary, shard) is in `ack_out`: a later
+    /// one raises it in place. Why not a map per primary: a standby acknowledges a different
+    /// shard at nearly every entry, and an ordered map built and freed per message cost a
+    /// search and node allocations per entry; this one keeps its capacity.
+    pub(super) ack_at: HashMap<(SocketAddrV4, ShardId), usize, SeededState>,
     /// Scratch for shard outputs.
     pub(super) sout: Vec<Output>,
     /// Emptied batch buffers kept for the next batches (see [`Spare`]).
@@ -111,6 +118,7 @@ pub(crate) struct Spare {
     requests: Vec<Vec<Request>>,
     replies: Vec<Vec<Reply>>,
     replicate: Vec<Vec<Replicate>>,
+    acks: Vec<Vec<ReplicaAck>>,
 }
 
 impl Spare {
@@ -160,6 +168,7 @@ impl SessionManager {
             replies: BTreeMap::new(),
             replicate_out: BTreeMap::new(),
             ack_out: BTreeMap::new(),
+            ack_at: HashMap::with_hasher(SeededState::new(config.shard.hash_seed)),
             sout: Vec::new(),
             spare: Spare::default(),
             stats: ManagerStats::default(),
@@ -350,8 +359,14 @@ impl SessionManager {
             }
         }
         if let Some(acks) = self.ack_out.remove(&to) {
-            let acks = acks.into_values().collect();
-            self.send_now(to, &ManagerMessage::Acks(acks), out);
+            for a in &acks {
+                self.ack_at.remove(&(to, a.shard));
+            }
+            let msg = ManagerMessage::Acks(acks);
+            self.send_now(to, &msg, out);
+            if let ManagerMessage::Acks(v) = msg {
+                Spare::keep(&mut self.spare.acks, v);
+            }
         }
         if let Some(replies) = self.replies.remove(&to) {
             let msg = ManagerMessage::Replies(replies);
@@ -536,7 +551,9 @@ impl SessionManager {
     }
 
     fn flush_outbox(&mut self, out: &mut Out) {
-        for (to, reqs) in std::mem::take(&mut self.outbox) {
+        // Popped rather than taken whole: the emptied map keeps its node for the next burst
+        // instead of freeing it and allocating a fresh one per flush.
+        while let Some((to, reqs)) = self.outbox.pop_first() {
             let msg = ManagerMessage::Requests(reqs);
             self.send(to, &msg, out);
             if let ManagerMessage::Requests(v) = msg {
@@ -571,11 +588,25 @@ impl SessionManager {
                         .push(msg);
                 }
                 Output::Ack { to, msg } => {
-                    let acks = self.ack_out.entry(to.addr()).or_default();
-                    let a = acks.entry(msg.shard).or_insert(msg);
-                    // Cumulative: the newest (epoch, seq) says everything the older ones did.
-                    if (msg.epoch, msg.seq) > (a.epoch, a.seq) {
-                        *a = msg;
+                    let to = to.addr();
+                    let spare = &mut self.spare.acks;
+                    let acks = self
+                        .ack_out
+                        .entry(to)
+                        .or_insert_with(|| spare.pop().unwrap_or_default());
+                    match self.ack_at.entry((to, msg.shard)) {
+                        Entry::Occupied(at) => {
+                            let a = &mut acks[*at.get()];
+                            // Cumulative: the newest (epoch, seq) says everything the older
+                            // ones did.
+                            if (msg.epoch, msg.seq) > (a.epoch, a.seq) {
+                                *a = msg;
+                            }
+                        }
+                        Entry::Vacant(at) => {
+                            at.insert(acks.len());
+                            acks.push(msg);
+                        }
                     }
                 }
                 Output::Notify { to, msg } => {
