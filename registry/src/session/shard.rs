@@ -117,7 +117,7 @@ pub struct Shard {
     /// Primary: entries sent to the standby and not yet acknowledged, in seq order.
     unacked: VecDeque<(Seq, LogOp)>,
     /// Primary: outputs waiting for `committed >= seq`, in nondecreasing seq order.
-    held: VecDeque<(Seq, Output)>,
+    held: VecDeque<(Seq, Held)>,
     /// Standby: the primary it follows.
     primary: Option<NodeId>,
     /// Standby: entries that arrived ahead of a gap (at most `limits.replica_buffer_max`).
@@ -239,12 +239,8 @@ impl Shard {
                 .iter()
                 .map(|(_, op)| op.heap_bytes())
                 .sum::<usize>()
-            + self.held.capacity() * size_of::<(Seq, Output)>()
-            + self
-                .held
-                .iter()
-                .map(|(_, o)| output_heap_bytes(o))
-                .sum::<usize>()
+            + self.held.capacity() * size_of::<(Seq, Held)>()
+            + self.held.iter().map(|(_, h)| h.heap_bytes()).sum::<usize>()
             + self
                 .early
                 .values()
@@ -440,27 +436,24 @@ impl Shard {
     fn release_notices(&mut self, seq: Seq, out: &mut Vec<Output>) {
         let notices = std::mem::take(&mut self.notices);
         for n in &notices {
-            let notify = Output::Notify {
-                to: n.old.node,
-                msg: Replaced {
-                    shard: self.id,
-                    epoch: self.epoch,
-                    key: n.key.clone(),
-                    old: n.old,
-                    new: n.new,
-                    version: n.version,
-                },
+            let notify = Replaced {
+                shard: self.id,
+                epoch: self.epoch,
+                key: n.key.clone(),
+                old: n.old,
+                new: n.new,
+                version: n.version,
             };
-            self.release_after(seq, notify, out);
+            self.release_after(seq, Held::Notify(Box::new((n.old.node, notify))), out);
         }
         self.notices = notices;
         self.notices.clear();
     }
 
     /// Emit `output` now if entry `seq` is committed, else hold it until it is.
-    fn release_after(&mut self, seq: Seq, output: Output, out: &mut Vec<Output>) {
+    fn release_after(&mut self, seq: Seq, output: Held, out: &mut Vec<Output>) {
         if seq <= self.committed {
-            out.push(output);
+            out.push(output.into_output());
         } else {
             self.held.push_back((seq, output));
         }
@@ -542,8 +535,8 @@ impl Shard {
             self.unacked.pop_front();
         }
         while self.held.front().is_some_and(|(s, _)| *s <= seq) {
-            if let Some((_, o)) = self.held.pop_front() {
-                out.push(o);
+            if let Some((_, h)) = self.held.pop_front() {
+                out.push(h.into_output());
             }
         }
     }
@@ -558,8 +551,8 @@ impl Shard {
         }
         self.epoch = epoch;
         self.role = Role::Fenced;
-        for (_, o) in self.held.drain(..) {
-            if let Output::Reply(r) = o {
+        for (_, h) in self.held.drain(..) {
+            if let Held::Reply(r) = h {
                 out.push(Output::Reply(Reply {
                     to: r.to,
                     result: Err(SessionError::NotPrimary { epoch }),
@@ -628,7 +621,7 @@ impl Shard {
         self.standby = None;
         self.unacked.clear();
         self.committed = self.state.applied;
-        out.extend(self.held.drain(..).map(|(_, o)| o));
+        out.extend(self.held.drain(..).map(|(_, h)| h.into_output()));
     }
 
     /// Primary: send every unacknowledged entry again (after the link to the standby was
@@ -649,22 +642,47 @@ impl Shard {
     }
 }
 
-fn reply_ok(to: super::RequestId, outcome: super::Outcome) -> Output {
-    Output::Reply(Reply {
+fn reply_ok(to: super::RequestId, outcome: super::Outcome) -> Held {
+    Held::Reply(Reply {
         to,
         result: Ok(outcome),
     })
 }
 
-fn output_heap_bytes(o: &Output) -> usize {
-    match o {
-        Output::Reply(Reply {
-            result: Ok(outcome),
-            ..
-        }) => outcome.heap_bytes(),
-        Output::Reply(_) | Output::Ack { .. } | Output::Fenced { .. } => 0,
-        Output::Replicate { msg, .. } => msg.op.heap_bytes(),
-        Output::Notify { msg, .. } => msg.key.heap_bytes(),
+/// An output a primary holds until its log entry commits: a reply (every write's reply
+/// waits here) or a rare `Replaced` notice, boxed.
+///
+/// Why not [`Output`]: its log-entry variant makes it 136 bytes, and every held reply was
+/// written into a cold per-shard queue and copied out again at that size; a held entry is
+/// now 88 bytes.
+#[derive(Debug)]
+enum Held {
+    Reply(Reply),
+    /// To the old holder's node.
+    Notify(Box<(NodeId, Replaced)>),
+}
+
+impl Held {
+    fn into_output(self) -> Output {
+        match self {
+            Self::Reply(r) => Output::Reply(r),
+            Self::Notify(n) => {
+                let (to, msg) = *n;
+                Output::Notify { to, msg }
+            }
+        }
+    }
+
+    /// Heap bytes it owns.
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Reply(Reply {
+                result: Ok(outcome),
+                ..
+            }) => outcome.heap_bytes(),
+            Self::Reply(_) => 0,
+            Self::Notify(n) => size_of::<(NodeId, Replaced)>() + n.1.key.heap_bytes(),
+        }
     }
 }
 

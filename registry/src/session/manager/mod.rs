@@ -14,6 +14,8 @@
 //!   with the same request id until a definite answer or the deadline, ownership of local
 //!   sessions and their re-assertion after a failover.
 //! - `wire.rs` ([`ManagerMessage`]): postcard in a `Kind::Session` envelope, on streams.
+//! - `shard_map.rs`: per-shard state (replicas, epochs, ownership) found by indexing on the
+//!   shard number, iterated in shard order.
 //!
 //! # Protocol
 //!
@@ -48,12 +50,14 @@
 //! - a call completes exactly once: `Completed` with the shard's definite answer (retries use
 //!   the same request id, so the shard answers the original outcome), a refusal that changed
 //!   nothing, or `Unavailable` once [`ManagerConfig::call_deadline`] passed;
-//! - iteration is in `BTreeMap` order: outputs depend only on the inputs.
+//! - iteration is in key order (`BTreeMap`s, shard-indexed maps; requests in flight are
+//!   hashed but acted on in id order): outputs depend only on the inputs.
 
 mod client;
 mod node;
 mod placement;
 mod server;
+mod shard_map;
 pub mod wire;
 
 #[cfg(test)]

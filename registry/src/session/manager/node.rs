@@ -1,18 +1,21 @@
 //! [`SessionManager`]: the state both sides share, the membership view, input dispatch, and
 //! the end-of-input flush (local deliveries, batched sends).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use meshreg_membership::{Channel, MemberEvent, NodeId, Time};
 
-use super::client::{CallState, OwnedKeys, Pending};
+use super::client::{CallState, OwnedKeys, PendingMap};
 use super::placement::Placement;
 use super::server::{Recovery, Replica};
+use super::shard_map::ShardMap;
 use super::wire::{self, ManagerMessage};
 use super::{ManagerConfig, Out, SessionOutput, SessionTimer};
 use crate::MessageError;
+use crate::session::hash::SeededState;
 use crate::session::state::TOUCH_AHEAD;
 use crate::session::{
     Body, Epoch, LogOp, Output, ReplicaAck, Replicate, Reply, Request, SessionKey, ShardId,
@@ -47,9 +50,9 @@ pub struct SessionManager {
     pub(super) session_addrs: BTreeSet<SocketAddrV4>,
     pub(super) placement: Placement,
     /// Server: the highest epoch seen per shard (reported in recovery rounds).
-    pub(super) seen: BTreeMap<ShardId, Epoch>,
+    pub(super) seen: ShardMap<Epoch>,
     /// Server: replicas of the shards this node is primary or standby of.
-    pub(super) replicas: BTreeMap<ShardId, Replica>,
+    pub(super) replicas: ShardMap<Replica>,
     /// Server: shards this node is becoming primary of.
     pub(super) recovering: BTreeMap<ShardId, Recovery>,
     pub(super) next_round: u64,
@@ -58,15 +61,15 @@ pub struct SessionManager {
     /// Server: terms to announce at the end of this input.
     pub(super) announce: Vec<(ShardId, Epoch)>,
     /// Client: the epoch believed per shard (sent with requests).
-    pub(super) believed: BTreeMap<ShardId, Epoch>,
+    pub(super) believed: ShardMap<Epoch>,
     /// Client: per shard, the newest epoch that answered a re-assertion of this node.
-    pub(super) asserted: BTreeMap<ShardId, Epoch>,
+    pub(super) asserted: ShardMap<Epoch>,
     pub(super) next_id: u64,
     pub(super) calls: BTreeMap<u64, CallState>,
-    pub(super) pending: BTreeMap<u64, Pending>,
+    pub(super) pending: PendingMap,
     /// Client: acknowledged sessions of local processes, per shard (an insert per acknowledged
     /// registration: hashed, not ordered; see [`OwnedKeys`]).
-    pub(super) owned: BTreeMap<ShardId, OwnedKeys>,
+    pub(super) owned: ShardMap<OwnedKeys>,
     /// Client: ended processes with registrations still in flight (undone on completion).
     pub(super) exiting: BTreeSet<crate::Pid>,
     /// Client: requests to send at the next flush, per primary.
@@ -80,8 +83,14 @@ pub struct SessionManager {
     pub(super) replies: BTreeMap<SocketAddrV4, Vec<Reply>>,
     /// Replication entries to send at the end of this input, per standby node.
     pub(super) replicate_out: BTreeMap<SocketAddrV4, Vec<Replicate>>,
-    /// Acknowledgements to send at the end of this input, per primary node and shard.
-    pub(super) ack_out: BTreeMap<SocketAddrV4, BTreeMap<ShardId, ReplicaAck>>,
+    /// Acknowledgements to send at the end of this input, per primary node: at most one per
+    /// shard (see `ack_at`), in the order the shards were first acknowledged.
+    pub(super) ack_out: BTreeMap<SocketAddrV4, Vec<ReplicaAck>>,
+    /// Where the acknowledgement batched for each (primary, shard) is in `ack_out`: a later
+    /// one raises it in place. Why not a map per primary: a standby acknowledges a different
+    /// shard at nearly every entry, and an ordered map built and freed per message cost a
+    /// search and node allocations per entry; this one keeps its capacity.
+    pub(super) ack_at: HashMap<(SocketAddrV4, ShardId), usize, SeededState>,
     /// Scratch for shard outputs.
     pub(super) sout: Vec<Output>,
     /// Emptied batch buffers kept for the next batches (see [`Spare`]).
@@ -109,6 +118,7 @@ pub(crate) struct Spare {
     requests: Vec<Vec<Request>>,
     replies: Vec<Vec<Reply>>,
     replicate: Vec<Vec<Replicate>>,
+    acks: Vec<Vec<ReplicaAck>>,
 }
 
 impl Spare {
@@ -138,18 +148,18 @@ impl SessionManager {
             config,
             live,
             session_addrs: BTreeSet::new(),
-            seen: BTreeMap::new(),
-            replicas: BTreeMap::new(),
+            seen: ShardMap::new(config.shards),
+            replicas: ShardMap::new(config.shards),
             recovering: BTreeMap::new(),
             next_round: 0,
             terms_log: Vec::new(),
             announce: Vec::new(),
-            believed: BTreeMap::new(),
-            asserted: BTreeMap::new(),
+            believed: ShardMap::new(config.shards),
+            asserted: ShardMap::new(config.shards),
             next_id: 1,
             calls: BTreeMap::new(),
-            pending: BTreeMap::new(),
-            owned: BTreeMap::new(),
+            pending: PendingMap::new(SeededState::new(config.shard.hash_seed)),
+            owned: ShardMap::new(config.shards),
             exiting: BTreeSet::new(),
             outbox: BTreeMap::new(),
             flush_armed: false,
@@ -158,6 +168,7 @@ impl SessionManager {
             replies: BTreeMap::new(),
             replicate_out: BTreeMap::new(),
             ack_out: BTreeMap::new(),
+            ack_at: HashMap::with_hasher(SeededState::new(config.shard.hash_seed)),
             sout: Vec::new(),
             spare: Spare::default(),
             stats: ManagerStats::default(),
@@ -348,8 +359,14 @@ impl SessionManager {
             }
         }
         if let Some(acks) = self.ack_out.remove(&to) {
-            let acks = acks.into_values().collect();
-            self.send_now(to, &ManagerMessage::Acks(acks), out);
+            for a in &acks {
+                self.ack_at.remove(&(to, a.shard));
+            }
+            let msg = ManagerMessage::Acks(acks);
+            self.send_now(to, &msg, out);
+            if let ManagerMessage::Acks(v) = msg {
+                Spare::keep(&mut self.spare.acks, v);
+            }
         }
         if let Some(replies) = self.replies.remove(&to) {
             let msg = ManagerMessage::Replies(replies);
@@ -416,13 +433,19 @@ impl SessionManager {
         };
         self.now = now;
         self.heard.insert(from, now);
+        // The decoded batches' emptied buffers join the spare ones (see [`Spare`]): the next
+        // batch this node builds reuses them instead of allocating.
         match msg {
-            ManagerMessage::Requests(mut reqs) => self.serve_requests(now, &mut reqs, out),
+            ManagerMessage::Requests(mut reqs) => {
+                self.serve_requests(now, &mut reqs, out);
+                Spare::keep(&mut self.spare.requests, reqs);
+            }
             ManagerMessage::Replies(mut replies) => {
                 self.on_replies(now, Some(node), &mut replies, out);
+                Spare::keep(&mut self.spare.replies, replies);
             }
-            ManagerMessage::Replicate(entries) => {
-                let mut entries = entries.into_iter();
+            ManagerMessage::Replicate(mut batch) => {
+                let mut entries = batch.drain(..);
                 while entries.len() > 0 {
                     self.read_ahead(entries.as_slice().iter().filter_map(|m| match &m.op {
                         LogOp::Request {
@@ -436,6 +459,8 @@ impl SessionManager {
                         self.on_replicate(node, m, out);
                     }
                 }
+                drop(entries);
+                Spare::keep(&mut self.spare.replicate, batch);
             }
             ManagerMessage::Acks(acks) => self.on_acks(node, &acks, out),
             ManagerMessage::Replaced(r) => self.on_replaced(r, out),
@@ -526,7 +551,9 @@ impl SessionManager {
     }
 
     fn flush_outbox(&mut self, out: &mut Out) {
-        for (to, reqs) in std::mem::take(&mut self.outbox) {
+        // Popped rather than taken whole: the emptied map keeps its node for the next burst
+        // instead of freeing it and allocating a fresh one per flush.
+        while let Some((to, reqs)) = self.outbox.pop_first() {
             let msg = ManagerMessage::Requests(reqs);
             self.send(to, &msg, out);
             if let ManagerMessage::Requests(v) = msg {
@@ -561,11 +588,25 @@ impl SessionManager {
                         .push(msg);
                 }
                 Output::Ack { to, msg } => {
-                    let acks = self.ack_out.entry(to.addr()).or_default();
-                    let a = acks.entry(msg.shard).or_insert(msg);
-                    // Cumulative: the newest (epoch, seq) says everything the older ones did.
-                    if (msg.epoch, msg.seq) > (a.epoch, a.seq) {
-                        *a = msg;
+                    let to = to.addr();
+                    let spare = &mut self.spare.acks;
+                    let acks = self
+                        .ack_out
+                        .entry(to)
+                        .or_insert_with(|| spare.pop().unwrap_or_default());
+                    match self.ack_at.entry((to, msg.shard)) {
+                        Entry::Occupied(at) => {
+                            let a = &mut acks[*at.get()];
+                            // Cumulative: the newest (epoch, seq) says everything the older
+                            // ones did.
+                            if (msg.epoch, msg.seq) > (a.epoch, a.seq) {
+                                *a = msg;
+                            }
+                        }
+                        Entry::Vacant(at) => {
+                            at.insert(acks.len());
+                            acks.push(msg);
+                        }
                     }
                 }
                 Output::Notify { to, msg } => {
@@ -641,7 +682,7 @@ impl SessionManager {
 
     /// Remembers that `epoch` exists for `shard`.
     pub(super) fn note_epoch(&mut self, shard: ShardId, epoch: Epoch) {
-        let e = self.seen.entry(shard).or_insert(0);
+        let e = self.seen.get_or_insert_with(shard, || 0);
         *e = (*e).max(epoch);
     }
 }

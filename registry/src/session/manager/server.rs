@@ -297,7 +297,7 @@ impl SessionManager {
             .get(&node.addr())
             .is_some_and(|l| l.root() == root && *l != node);
         let mut dropped = Vec::new();
-        for (s, r) in &mut self.replicas {
+        for (s, r) in self.replicas.iter_mut() {
             if r.shard.role() != Role::Primary {
                 continue;
             }
@@ -523,7 +523,7 @@ impl SessionManager {
             self.send(addr, &ManagerMessage::Replicate(Vec::new()), out);
         }
         let mut partners = BTreeSet::new();
-        for (s, r) in &self.replicas {
+        for (s, r) in self.replicas.iter() {
             match r.shard.role() {
                 Role::Primary => partners.extend(r.shard.standby_node()),
                 Role::Standby => partners.extend(self.placement.primary(*s)),
@@ -559,7 +559,7 @@ impl SessionManager {
             self.send(to, &msg, out);
         }
         let mut refill = Vec::new();
-        for (s, r) in &mut self.replicas {
+        for (s, r) in self.replicas.iter_mut() {
             if r.shard.role() != Role::Primary {
                 continue;
             }

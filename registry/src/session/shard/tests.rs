@@ -833,3 +833,10 @@ fn heap_bytes_grows_with_sessions_and_shrinks_with_metadata_removal() {
     let full = p.heap_bytes();
     assert!(full > empty + 1000 * 32, "{empty} -> {full}");
 }
+
+/// Every write's reply waits in the held queue: its entries stay well under an `Output`'s size.
+#[test]
+fn held_entries_are_smaller_than_outputs() {
+    assert!(size_of::<(Seq, super::Held)>() <= 88);
+    assert!(size_of::<(Seq, super::Held)>() < size_of::<(Seq, Output)>());
+}
