@@ -263,11 +263,11 @@ impl Shard {
         let applied = self.state.applied;
         if !req.body.is_write() {
             let outcome = self.state.read(&req.body);
-            self.release_after(applied, reply_ok(req.id, outcome), out);
+            self.reply_after(applied, req.id, outcome, out);
             return;
         }
         match self.state.dedupe.check(req.id, req.answered_below) {
-            Seen::Done(outcome) => self.release_after(applied, reply_ok(req.id, outcome), out),
+            Seen::Done(outcome) => self.reply_after(applied, req.id, outcome, out),
             Seen::Expired { floor } => out.push(Output::Reply(Reply {
                 to: req.id,
                 result: Err(SessionError::RetryExpired {
@@ -285,7 +285,7 @@ impl Shard {
                 let seq = self.state.applied;
                 self.log(seq, op, out);
                 if let Some(outcome) = outcome {
-                    self.release_after(seq, reply_ok(req.id, outcome), out);
+                    self.reply_after(seq, req.id, outcome, out);
                 }
                 self.release_notices(seq, out);
             }
@@ -451,6 +451,27 @@ impl Shard {
     }
 
     /// Emit `output` now if entry `seq` is committed, else hold it until it is.
+    /// [`Self::release_after`] for a reply, built in place: every request passes here, and a
+    /// committed reply (every read, every write without a standby) goes straight out.
+    #[inline]
+    fn reply_after(
+        &mut self,
+        seq: Seq,
+        to: super::RequestId,
+        outcome: super::Outcome,
+        out: &mut Vec<Output>,
+    ) {
+        let reply = Reply {
+            to,
+            result: Ok(outcome),
+        };
+        if seq <= self.committed {
+            out.push(Output::Reply(reply));
+        } else {
+            self.held.push_back((seq, Held::Reply(reply)));
+        }
+    }
+
     fn release_after(&mut self, seq: Seq, output: Held, out: &mut Vec<Output>) {
         if seq <= self.committed {
             out.push(output.into_output());
@@ -640,13 +661,6 @@ impl Shard {
             });
         }
     }
-}
-
-fn reply_ok(to: super::RequestId, outcome: super::Outcome) -> Held {
-    Held::Reply(Reply {
-        to,
-        result: Ok(outcome),
-    })
 }
 
 /// An output a primary holds until its log entry commits: a reply (every write's reply
