@@ -78,6 +78,11 @@ pub struct CoordinatedConfig {
     pub resend_interval: Duration,
     /// Origins of applied ops remembered per partition (the replicated dedupe window).
     pub dedupe_per_partition: usize,
+    /// Start the terms of every partition this node bosses as soon as their scope is in use
+    /// here and at every view change (see `warm_scope`), rather than on a partition's first
+    /// request. On by default: otherwise the first write of each partition waits one more
+    /// round trip, for the recovery.
+    pub warm_terms: bool,
     /// The group table's settings (metadata cap).
     pub table: GroupTableConfig,
 }
@@ -91,6 +96,7 @@ impl Default for CoordinatedConfig {
             max_in_flight: 128,
             resend_interval: Duration::from_millis(200),
             dedupe_per_partition: 256,
+            warm_terms: true,
             table: GroupTableConfig::default(),
         }
     }
@@ -143,6 +149,10 @@ pub struct CoordinatedGroups {
     pub(super) part_groups: HashMap<Key, HashSet<GroupName>>,
     /// Terms of the partitions this node is (or is becoming) the boss of.
     pub(super) terms: BTreeMap<Key, Term>,
+    /// Every scope this node has called or heard of. Invariant: after every input, each
+    /// partition of these scopes that this node bosses in its view has a term (see
+    /// `warm_scope`).
+    pub(super) scopes: BTreeSet<ScopeName>,
     /// Local calls and exit leaves waiting for their `Done` (sent or backlogged).
     pub(super) pending: BTreeMap<Ticket, Pending>,
     /// The tickets of pending joins, per pid (so a process exit finds its joins at once).
@@ -210,6 +220,7 @@ impl CoordinatedGroups {
             replicas: BTreeMap::new(),
             part_groups: HashMap::new(),
             terms: BTreeMap::new(),
+            scopes: BTreeSet::new(),
             pending: BTreeMap::new(),
             pending_joins: HashMap::new(),
             backlog: VecDeque::new(),
@@ -483,6 +494,12 @@ impl CoordinatedGroups {
     }
 
     fn dispatch_message(&mut self, now: Time, from: NodeId, msg: Message, out: &mut Out) {
+        if let Some(scope) = msg.scope()
+            && !self.scopes.contains(scope)
+        {
+            let scope = scope.clone();
+            self.note_scope(now, &scope, out);
+        }
         match msg {
             Message::Request {
                 from: sender,

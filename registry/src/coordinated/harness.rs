@@ -72,6 +72,18 @@ impl Cluster {
         Self::with_config(n, config)
     }
 
+    /// Like [`Self::new`], but bosses start a term only on a partition's first request
+    /// (`warm_terms` off): for tests that hold messages across a cut while views disagree,
+    /// where every term recovering across it re-asks forever and `settle` would never end.
+    pub fn cold(n: usize, partitions: u16) -> Self {
+        let config = super::CoordinatedConfig {
+            partitions_per_scope: partitions,
+            warm_terms: false,
+            ..super::CoordinatedConfig::default()
+        };
+        Self::with_config(n, config)
+    }
+
     /// `n` nodes with `config` that all see each other Up.
     pub fn with_config(n: usize, config: super::CoordinatedConfig) -> Self {
         let nodes = (0..n)
@@ -347,8 +359,8 @@ impl Cluster {
     /// identity.
     pub fn restart_among(&mut self, i: usize, peers: &[usize]) -> NodeId {
         let id = self.nodes[i].me().next_creation();
-        let partitions = self.nodes[i].config().partitions_per_scope;
-        self.nodes[i] = CoordinatedGroups::new(id, CLUSTER, partitions);
+        let config = *self.nodes[i].config();
+        self.nodes[i] = CoordinatedGroups::with_config(id, CLUSTER, config);
         self.alive[i] = true;
         for &j in peers {
             if j != i && self.alive[j] {

@@ -283,6 +283,19 @@ pub enum Message {
 }
 
 impl Message {
+    /// The scope a message shows to be in use, for the messages that can be a node's first
+    /// word of one (a request, an op, a boss's recovery, sync or a handoff); `None` for
+    /// answers to what this node sent, and for the rest.
+    pub fn scope(&self) -> Option<&ScopeName> {
+        match self {
+            Self::Request { op, .. } | Self::Apply { op, .. } => Some(op.scope()),
+            Self::Recover { scope, .. }
+            | Self::Sync { scope, .. }
+            | Self::Handoff { scope, .. } => Some(scope),
+            _ => None,
+        }
+    }
+
     /// Index of the message's kind in [`BossStats::sent`](super::BossStats::sent).
     pub fn kind_index(&self) -> usize {
         match self {

@@ -48,17 +48,77 @@ fn a_join_costs_two_messages_per_other_node_plus_request_and_done() {
     let mut c = Cluster::new(4, DEFAULT_PARTITIONS_PER_SCOPE);
     let g = group_not_bossed_by(&c, 1);
     c.join(1, "s", &g, 10, b"");
-    c.settle(); // first write to the partition: the boss recovers it first
+    c.settle(); // first use of the scope: every boss recovers its partitions
     let before: u64 = c.nodes.iter().map(|n| n.stats().messages_sent()).sum();
+    let boss = c.boss_index(0, "s", &g);
+    let recovers = c.nodes[boss].stats().sent_of("recover");
     let req = c.join(1, "s", &g, 11, b"");
     c.settle();
     ok_everywhere(&c, 1, req, 1);
     let after: u64 = c.nodes.iter().map(|n| n.stats().messages_sent()).sum();
     // Request + 3 Apply + 3 Ack + Done.
     assert_eq!(after - before, 8);
-    let boss = c.boss_index(0, "s", &g);
     assert_eq!(c.nodes[boss].stats().sent_of("apply"), 6);
-    assert_eq!(c.nodes[boss].stats().sent_of("recover"), 3);
+    assert_eq!(c.nodes[boss].stats().sent_of("recover"), recovers);
+}
+
+/// Recovers sent by the whole cluster so far.
+fn recovers(c: &Cluster) -> u64 {
+    c.nodes.iter().map(|n| n.stats().sent_of("recover")).sum()
+}
+
+#[test]
+fn a_scope_in_use_has_every_partition_recovered_before_its_first_write() {
+    let (n, parts) = (4, 16u16);
+    let mut c = Cluster::new(n, parts);
+    c.join(1, "s", "g0", 1, b"");
+    c.settle();
+    // Each partition was recovered once, by its boss, from the 3 other nodes.
+    assert_eq!(recovers(&c), u64::from(parts) * 3);
+    let groups: Vec<String> = (1..64).map(|k| format!("g{k}")).collect();
+    let mut parts_hit = std::collections::BTreeSet::new();
+    for (k, g) in groups.iter().enumerate() {
+        parts_hit.insert(c.nodes[0].partition_of("s", g));
+        let req = c.join(k % n, "s", g, 10 + k as u64, b"");
+        c.settle();
+        ok_everywhere(&c, k % n, req, 1);
+    }
+    assert_eq!(
+        parts_hit.len(),
+        usize::from(parts),
+        "every partition written"
+    );
+    assert_eq!(
+        recovers(&c),
+        u64::from(parts) * 3,
+        "no write waited for a recovery"
+    );
+    assert_eq!(c.assert_converged().len(), 64);
+}
+
+#[test]
+fn partitions_that_move_at_a_view_change_are_recovered_without_a_write() {
+    let mut c = Cluster::new(4, 16);
+    c.join(0, "s", "g0", 1, b"");
+    c.settle();
+    // Node 3 bosses some partitions: they move to the others when it goes.
+    let moved: Vec<u16> = (0..16)
+        .filter(|&p| c.nodes[0].boss_of("s", p) == c.nodes[3].me())
+        .collect();
+    assert!(!moved.is_empty());
+    let before = recovers(&c);
+    c.crash(3);
+    c.settle();
+    // Each moved partition recovered once, from the 2 other survivors.
+    assert_eq!(recovers(&c) - before, moved.len() as u64 * 2);
+    let before = recovers(&c);
+    for k in 0..48u64 {
+        let g = format!("h{k}");
+        let req = c.join(0, "s", &g, 100 + k, b"");
+        c.settle();
+        ok_everywhere(&c, 0, req, 1);
+    }
+    assert_eq!(recovers(&c), before);
 }
 
 #[test]
@@ -186,15 +246,14 @@ fn a_lone_node_completes_a_join_at_once() {
     };
     let t = std::time::Duration::ZERO;
     n.join(t, 9, &scope("s"), &group("g"), pid, b"", &mut out);
+    // The scope's first call warmed its terms (no other node to hear from), so even the
+    // first join takes the lone-node path: no retry timer.
     assert!(matches!(
         &out[..],
-        [
-            RegistryOutput::SetTimer { .. },
-            RegistryOutput::Completed {
-                req: 9,
-                result: Ok(())
-            }
-        ]
+        [RegistryOutput::Completed {
+            req: 9,
+            result: Ok(())
+        }]
     ));
     assert_eq!(n.table().members("s", "g").len(), 1);
 }
@@ -353,7 +412,9 @@ fn a_stale_epoch_apply_is_nacked_and_changes_nothing() {
 
 #[test]
 fn an_apply_from_a_node_that_is_not_the_boss_is_nacked() {
-    let mut c = Cluster::new(3, DEFAULT_PARTITIONS_PER_SCOPE);
+    // Cold: the Apply is node b's first word of scope "s", and warming would add b's own
+    // Recovers to the output under test.
+    let mut c = Cluster::cold(3, DEFAULT_PARTITIONS_PER_SCOPE);
     let boss = c.boss_index(0, "s", "g");
     let (a, b) = match boss {
         0 => (1, 2),
@@ -562,7 +623,7 @@ fn leave_on_the_near_side(c: &mut Cluster, g: &str) {
 
 #[test]
 fn memberships_of_a_node_never_seen_go_when_their_source_sees_it_down() {
-    let mut c = Cluster::new(4, 16);
+    let mut c = Cluster::cold(4, 16);
     let (x, a, b, f) = CUT;
     let (g, _, old_f) = cut_with_a_restart_on_the_far_side(&mut c);
     // The restarted node asked node 1, once, to tell it when node 0 goes.
@@ -687,7 +748,7 @@ fn memberships_of_a_node_said_gone_stay_out_until_it_comes_up_here() {
 /// when it renews): node 0 refuses it (`Unrecovered`) and the boss merges node 0's state.
 #[test]
 fn a_boss_from_the_other_side_of_a_healed_partition_does_not_undo_a_completed_leave() {
-    let mut c = Cluster::new(4, 16);
+    let mut c = Cluster::cold(4, 16);
     let (x, a, b, f) = CUT;
     let (g, fresh, old_f) = cut_with_a_restart_on_the_far_side(&mut c);
     let b_id = c.crash_silently(b);
