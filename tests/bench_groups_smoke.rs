@@ -85,6 +85,17 @@ fn bulk_with_concurrent_callers_lists_every_membership() {
 }
 
 #[test]
+fn bulk_with_detached_joins_in_worker_processes_lists_every_membership() {
+    let json = coordinated_at_one_percent(&["--only", "bulk.k2", "--bulk-detached", "--processes"]);
+    assert_eq!(json["bulk_detached"], "true");
+    assert_eq!(
+        json["bulk.10kg_1k.k2.verified"].as_f64(),
+        Some(1.0),
+        "{json}"
+    );
+}
+
+#[test]
 fn worker_processes_on_a_current_thread_runtime_report_propagation() {
     let json =
         coordinated_at_one_percent(&["--only", "prop.k2", "--processes", "--worker-threads", "0"]);

@@ -613,3 +613,50 @@ async fn monitor_notices_survive_a_full_peer_queue() {
     })
     .await;
 }
+
+/// Many detached joins from one caller: each returns at once, and every node ends up listing
+/// all of them; a bad one is refused at once.
+async fn detached_joins_reach_every_node(backend: Backend) {
+    let a = start(backend, None).await;
+    let b = start(backend, Some(&a)).await;
+    connected(&[&a, &b]).await;
+    let procs: Vec<_> = (0..500).map(|_| a.process()).collect();
+    for (i, p) in procs.iter().enumerate() {
+        a.join_detached("s", &format!("d{}", i % 50), p.pid())
+            .unwrap();
+    }
+    let count = |n: &Node| -> usize {
+        n.which_groups("s")
+            .iter()
+            .map(|g| n.members("s", g).len())
+            .sum()
+    };
+    until("both nodes list every detached join", || {
+        count(&a) == 500 && count(&b) == 500
+    })
+    .await;
+    let foreign = b.process();
+    let r = a.join_detached("s", "d0", foreign.pid());
+    assert!(matches!(r, Err(NodeError::Group(_))), "{r:?}");
+    drop(procs);
+    until("ended processes are gone everywhere", || {
+        count(&a) == 0 && count(&b) == 0
+    })
+    .await;
+    a.shutdown().await;
+    assert!(matches!(
+        a.join_detached("s", "d0", foreign.pid()),
+        Err(NodeError::Stopped)
+    ));
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_detached_joins_reach_every_node() {
+    bounded(detached_joins_reach_every_node(Backend::Gossip)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinated_detached_joins_reach_every_node() {
+    bounded(detached_joins_reach_every_node(Backend::Coordinated)).await;
+}

@@ -168,6 +168,39 @@ pub trait RegistryCore {
         out: &mut Vec<RegistryOutput<Self::Timer>>,
     );
 
+    /// Starts a join of local `pid` that no caller waits for (Erlang `pg:join` semantics: the
+    /// call returns before the other nodes have it). Nothing completes: a settings error is
+    /// returned at once, and a backend that gives calls up (the coordinated one, after
+    /// `max_attempts`) never gives this one up; it ends only with its process, which leaves
+    /// again if it ended meanwhile. `req` is a fresh id the caller will not wait on.
+    ///
+    /// The default runs [`Self::join`] and takes its completion out of `out`: right for a
+    /// backend whose join completes within the call (gossip applies it locally at once).
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one flat call mirroring the public API"
+    )]
+    fn join_detached(
+        &mut self,
+        now: Time,
+        req: RequestId,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        meta: &[u8],
+        out: &mut Vec<RegistryOutput<Self::Timer>>,
+    ) -> Result<(), CallError> {
+        let from = out.len();
+        self.join(now, req, scope, group, pid, meta, out);
+        let at = out[from..]
+            .iter()
+            .position(|o| matches!(o, RegistryOutput::Completed { req: r, .. } if *r == req));
+        match at.map(|i| out.remove(from + i)) {
+            Some(RegistryOutput::Completed { result, .. }) => result,
+            _ => Ok(()),
+        }
+    }
+
     /// Removes one occurrence of local `pid` from `group`; completes like `join`.
     fn leave(
         &mut self,

@@ -89,6 +89,11 @@ pub struct GroupsArgs {
     /// trip per join).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4096))]
     bulk_callers: u16,
+    /// The bulk units' callers start each join with `join_detached` and do not wait for it
+    /// (Erlang `pg:join` semantics: the call returns before the other nodes have the join);
+    /// converged is still every node listing every membership. One caller per node.
+    #[arg(long, conflicts_with = "bulk_callers")]
+    bulk_detached: bool,
     /// Runtime worker threads of each node's OS process with `--processes`: 0 runs the node
     /// on a current-thread tokio runtime (one thread), N on a multi-thread runtime of N
     /// workers. Default 2, as the Erlang nodes run two schedulers each.
@@ -136,6 +141,8 @@ pub struct Ctx {
     profile: Option<Profile>,
     /// Concurrent join callers per node in the bulk units.
     bulk_callers: usize,
+    /// Bulk joins are started detached (not awaited).
+    bulk_detached: bool,
     /// Runtime worker threads of each worker process (0 = current-thread).
     worker_threads: u16,
 }
@@ -213,6 +220,7 @@ fn groups(args: GroupsArgs) -> anyhow::Result<()> {
         scale: args.scale,
         profile: args.profile,
         bulk_callers: usize::from(args.bulk_callers),
+        bulk_detached: args.bulk_detached,
         worker_threads: args.worker_threads,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -233,6 +241,9 @@ fn groups(args: GroupsArgs) -> anyhow::Result<()> {
     report
         .notes
         .push(("bulk_callers".into(), ctx.bulk_callers.to_string()));
+    report
+        .notes
+        .push(("bulk_detached".into(), ctx.bulk_detached.to_string()));
     if ctx.processes {
         report
             .notes
@@ -335,6 +346,7 @@ mod tests {
             scale: 1.0,
             profile: None,
             bulk_callers: 1,
+            bulk_detached: false,
             worker_threads: 2,
         };
         assert_eq!(ctx.profile_for("bulk"), Profile::Test);

@@ -93,6 +93,22 @@ pub(crate) trait Engine: Send {
         meta: &[u8],
         out: &mut Vec<Action>,
     );
+    /// Starts a join nobody waits for (`RegistryCore::join_detached`): a settings error now,
+    /// else `Ok` and no completion.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "mirrors RegistryCore::join_detached plus the action sink"
+    )]
+    fn join_detached(
+        &mut self,
+        now: Time,
+        req: RequestId,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        meta: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), CallError>;
     /// Starts a leave call.
     fn leave(
         &mut self,
@@ -258,6 +274,24 @@ where
             r.join(now, req, scope, group, pid, meta, o)
         });
         self.flush(now, out);
+    }
+
+    fn join_detached(
+        &mut self,
+        now: Time,
+        req: RequestId,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        meta: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), CallError> {
+        let mut result = Ok(());
+        self.stack.group_call(now, &mut self.out, |r, o| {
+            result = r.join_detached(now, req, scope, group, pid, meta, o);
+        });
+        self.flush(now, out);
+        result
     }
 
     fn leave(

@@ -384,6 +384,37 @@ impl Node {
         .await
     }
 
+    /// Starts a join of local process `pid` to `group` and returns without waiting for the
+    /// cluster, as Erlang's `pg:join` does: for loading many memberships from one caller (a
+    /// service registering its workers at start). Errors in the call itself (names, a pid of
+    /// another node, a stopped node) come back at once. After that the join is never given up:
+    /// the coordinated backend retries it through boss changes until it is applied everywhere
+    /// or its process ends (a process that ended meanwhile leaves again); the gossip backend
+    /// has applied it here and spreads it as any join.
+    ///
+    /// Unlike [`Self::join`], a detached join on the coordinated backend is not listed even on
+    /// this node when the call returns: the local table applies it with everyone else, in the
+    /// boss's order. Watch the group (or [`Self::monitor_scope`]) to learn when it is there.
+    pub fn join_detached(&self, scope: &str, group: &str, pid: Pid) -> Result<(), NodeError> {
+        Self::check_names(scope, group)?;
+        let g = GroupName::new(group)?;
+        let shared = self.shared();
+        let mut st = shared.lock();
+        if st.stopped {
+            return Err(NodeError::Stopped);
+        }
+        let req = st.next_request();
+        let mut result = Ok(());
+        shared.drive(&mut st, |e, now, out| {
+            result = match interned(e.table(), scope) {
+                Ok(s) => e.join_detached(now, req, &s, &g, pid, &[], out),
+                Err(err) => Err(CallError::Group(err)),
+            };
+        });
+        shared.wake_if_earlier(&st);
+        result.map_err(NodeError::Group)
+    }
+
     /// Joins every pid in `pids` (each independently, concurrently); the first error is
     /// returned after all calls finished, and the pids that succeeded stay joined.
     pub async fn join_many(&self, scope: &str, group: &str, pids: &[Pid]) -> Result<(), NodeError> {

@@ -673,6 +673,29 @@ impl RegistryCore for CoordinatedGroups {
         self.submit(now, Ticket::Call(req), op, out);
     }
 
+    /// An internal request (no driver call), so never given up; see the trait.
+    fn join_detached(
+        &mut self,
+        now: Time,
+        _req: RequestId,
+        scope: &ScopeName,
+        group: &GroupName,
+        pid: Pid,
+        meta: &[u8],
+        out: &mut Out,
+    ) -> Result<(), CallError> {
+        self.check_call(pid, meta.len())?;
+        let op = Op::Join {
+            scope: scope.clone(),
+            group: group.clone(),
+            pid,
+            meta: meta.into(),
+        };
+        let ticket = self.internal_ticket();
+        self.submit(now, ticket, op, out);
+        Ok(())
+    }
+
     fn leave(
         &mut self,
         now: Time,

@@ -188,6 +188,24 @@ impl Cluster {
         req
     }
 
+    /// A detached join on node `i` (no completion to wait for): the call's own result.
+    pub fn join_detached(
+        &mut self,
+        i: usize,
+        s: &str,
+        g: &str,
+        serial: u64,
+    ) -> Result<(), crate::CallError> {
+        let req = self.next_req;
+        self.next_req += 1;
+        let pid = self.pid(i, serial);
+        let mut out = Vec::new();
+        let r =
+            self.nodes[i].join_detached(self.now, req, &scope(s), &group(g), pid, b"", &mut out);
+        self.route(i, out);
+        r
+    }
+
     pub fn leave(&mut self, i: usize, s: &str, g: &str, serial: u64) -> RequestId {
         let req = self.next_req;
         self.next_req += 1;

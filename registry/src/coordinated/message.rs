@@ -30,8 +30,9 @@ pub const BATCH_BYTES: usize = 64 * 1024;
 pub enum Ticket {
     /// A driver call (`join`/`leave`) with the driver's request id.
     Call(RequestId),
-    /// An internal request, numbered by the requester: a leave issued by `process_exit`, or a
-    /// re-join (or a re-issued call) after the node renewed its identity.
+    /// An internal request, numbered by the requester: a leave issued by `process_exit`, a
+    /// detached join (`join_detached`), or a re-join (or a re-issued call) after the node
+    /// renewed its identity.
     Exit(u64),
 }
 

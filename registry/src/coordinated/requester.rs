@@ -3,9 +3,9 @@
 //! Invariants:
 //! - A ticket is pending from `submit` until exactly one of: a `Done` (then `Completed` with
 //!   its result), or, for a driver call, `max_attempts` sendings without one (then
-//!   `Unavailable`). Internal requests (exit leaves, re-joins) are never given up: nobody is
-//!   told of their failure, so giving one up would leave an ended process listed on every node
-//!   (or a live one missing) for good.
+//!   `Unavailable`). Internal requests (exit leaves, re-joins, detached joins) are never given
+//!   up: nobody is told of their failure, so giving one up would leave an ended process listed
+//!   on every node (or a live one missing) for good.
 //! - At most `max_in_flight` tickets are sent and unanswered at once (`in_flight`); the others
 //!   wait in `backlog`, in submission order, unsent and without a retry timer. A burst (a
 //!   process with thousands of memberships ending, a renewal's re-joins) thus puts O(window)
@@ -356,7 +356,7 @@ impl CoordinatedGroups {
 
     /// A fresh internal ticket. Numbers never repeat on a node (not even across renewals),
     /// so a late `Done` can only ever match the request it answers.
-    fn internal_ticket(&mut self) -> Ticket {
+    pub(super) fn internal_ticket(&mut self) -> Ticket {
         let ticket = Ticket::Exit(self.next_exit);
         self.next_exit += 1;
         ticket

@@ -1328,3 +1328,69 @@ fn the_retry_window_outlasts_failure_detection_for_every_profile() {
         assert!(c.max_attempts >= super::CoordinatedConfig::default().max_attempts);
     }
 }
+
+#[test]
+fn a_detached_join_completes_nothing_and_outlasts_the_attempts_a_call_gets() {
+    let mut c = Cluster::new(3, 16);
+    c.join(1, "s", "warm", 1, b"");
+    c.settle();
+    let g = group_not_bossed_by(&c, 1);
+    let boss = c.boss_index(0, "s", &g);
+    let calls = c.completions.len();
+    // Everything to and from the boss is held: nobody answers node 1.
+    c.hold = Some(Box::new(move |from, to, _| from == boss || to == boss));
+    let req = c.join(1, "s", &g, 2, b"");
+    assert_eq!(c.join_detached(1, "s", &g, 3), Ok(()));
+    let max = c.nodes[1].config().max_attempts;
+    while c.completion(1, req).is_none() {
+        assert!(c.fire_next_timer(), "the call must give up");
+    }
+    let gave_up = c.completion(1, req).unwrap().result.clone();
+    assert!(
+        matches!(gave_up, Err(CallError::Unavailable(_))),
+        "{gave_up:?}"
+    );
+    // Well past the call's attempts, the detached join is still being retried.
+    for _ in 0..(max as usize * 8) {
+        c.fire_next_timer();
+    }
+    assert!(c.nodes[1].stats().retries > u64::from(max) * 2);
+    c.hold = None;
+    c.release();
+    c.settle();
+    assert_eq!(c.completions.len(), calls + 1, "only the call completed");
+    let pid = c.pid(1, 3);
+    for n in &c.nodes {
+        assert!(n.table().members("s", &g).any(|m| m.pid == pid));
+    }
+    c.assert_converged();
+}
+
+#[test]
+fn a_detached_join_of_a_process_that_ended_meanwhile_leaves_again() {
+    let mut c = Cluster::new(3, 16);
+    let g = group_not_bossed_by(&c, 1);
+    assert_eq!(c.join_detached(1, "s", &g, 5), Ok(()));
+    c.exit(1, 5);
+    c.settle();
+    for n in &c.nodes {
+        assert_eq!(n.table().members("s", &g).len(), 0);
+    }
+    assert!(c.completions.is_empty());
+    assert!(c.nodes.iter().all(CoordinatedGroups::is_quiet));
+}
+
+#[test]
+fn a_detached_join_with_bad_settings_fails_at_once_and_changes_nothing() {
+    let mut c = Cluster::new(2, 16);
+    let req = 77;
+    let foreign = c.pid(0, 1);
+    let mut out = Vec::new();
+    let r = c.nodes[1].join_detached(c.now, req, &scope("s"), &group("g"), foreign, b"", &mut out);
+    assert!(
+        matches!(r, Err(CallError::Group(GroupError::ForeignPid { .. }))),
+        "{r:?}"
+    );
+    assert!(out.is_empty());
+    assert!(c.nodes[1].is_quiet());
+}

@@ -103,6 +103,9 @@ pub enum Cmd {
         offset: usize,
         groups: usize,
         callers: usize,
+        /// Start each join with `join_detached` instead of awaiting it.
+        #[serde(default)]
+        detached: bool,
     },
     /// Reply `Count` with the members of every `bulk*` group except the sentinels'.
     BulkCount { scope: String },
@@ -361,7 +364,11 @@ impl Agent {
                 offset,
                 groups,
                 callers,
-            } => self.bulk_go(&scope, offset, groups, callers).await,
+                detached,
+            } => {
+                self.bulk_go(&scope, offset, groups, callers, detached)
+                    .await
+            }
             Cmd::BulkCount { scope } => Ok(Reply::Count {
                 n: bulk_count(&self.node, &scope),
             }),
@@ -422,9 +429,20 @@ impl Agent {
         offset: usize,
         groups: usize,
         callers: usize,
+        detached: bool,
     ) -> anyhow::Result<Reply> {
         let names: Arc<[String]> = (0..groups).map(|g| format!("{BULK_PREFIX}{g}")).collect();
-        if callers <= 1 {
+        if detached {
+            // One caller, as the harness's; yields now and then so the node's own tasks run
+            // meanwhile on a current-thread runtime.
+            for (j, p) in self.bulk.iter().enumerate() {
+                self.node
+                    .join_detached(scope, &names[(offset + j) % groups], p.pid())?;
+                if j % 256 == 255 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        } else if callers <= 1 {
             for (j, p) in self.bulk.iter().enumerate() {
                 self.node
                     .join(scope, &names[(offset + j) % groups], p.pid())

@@ -159,7 +159,7 @@ pub async fn bulk(ctx: &Ctx, k: usize) -> anyhow::Result<Vec<Metric>> {
     let ids = fleet.cluster(SCOPE, k).await?;
     let mut runs = Vec::new();
     for rep in 0..BULK_REPS {
-        let mut step = bulk_round(&mut fleet, &ids, total, ctx.bulk_callers)
+        let mut step = bulk_round(&mut fleet, &ids, total, ctx.bulk_callers, ctx.bulk_detached)
             .await
             .map(|r| runs.push(r));
         if step.is_ok() && rep + 1 < BULK_REPS {
@@ -238,6 +238,7 @@ async fn bulk_round(
     ids: &[usize],
     total: usize,
     callers: usize,
+    detached: bool,
 ) -> anyhow::Result<Vec<Metric>> {
     let k = ids.len();
     let shares = shares(total, k);
@@ -264,6 +265,7 @@ async fn bulk_round(
                 offset,
                 groups,
                 callers,
+                detached,
             },
         )?;
     }
