@@ -66,6 +66,11 @@ pub struct SessionsArgs {
     /// Concurrent callers per node in the end-to-end registration phase.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     concurrency: u64,
+    /// Runtime worker threads of each end-to-end node process: 0 runs the node on a
+    /// current-thread tokio runtime, N on a multi-thread runtime of N workers.
+    #[arg(long, default_value_t = super::fleet::DEFAULT_WORKER_THREADS,
+          value_parser = clap::value_parser!(u16).range(0..=64))]
+    worker_threads: u16,
     /// Length of the end-to-end lookup phase, in milliseconds.
     #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     lookup_ms: u64,
@@ -96,6 +101,9 @@ pub fn run(args: SessionsArgs) -> anyhow::Result<()> {
             "[bench] sessions e2e.k4: {} registrations, {} callers per node ({} backend)",
             args.registrations, args.concurrency, args.backend
         );
+        report
+            .notes
+            .push(("worker_threads".into(), args.worker_threads.to_string()));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -330,7 +338,8 @@ const K: usize = 4;
 const SESSION_NODES: usize = 2;
 
 async fn e2e(args: &SessionsArgs) -> anyhow::Result<Vec<Metric>> {
-    let mut fleet = Fleet::new(args.backend, Profile::Lan, true, K as u32);
+    let mut fleet =
+        Fleet::new(args.backend, Profile::Lan, true, K as u32).with_threads(args.worker_threads);
     let mut ids = Vec::with_capacity(K);
     for i in 0..K {
         let seed = ids.first().map(|&f| fleet.addr(f)).transpose()?;
