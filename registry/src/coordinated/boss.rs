@@ -693,8 +693,11 @@ impl CoordinatedGroups {
     }
 
     /// Drops terms this node lost, then hands written partitions whose boss changed to their
-    /// new boss (starting the terms this node won).
-    pub(super) fn terms_on_view_change(&mut self, now: Time, out: &mut Out) {
+    /// new boss (starting the terms this node won), and, if the change `may_win` this node
+    /// partitions (a node left, or this one renewed), warms every known scope. An Up skips the
+    /// warm-up: its O(scopes x partitions x nodes) placement work would otherwise run once per
+    /// node joining the cluster.
+    pub(super) fn terms_on_view_change(&mut self, now: Time, may_win: bool, out: &mut Out) {
         let lost: Vec<Key> = self
             .terms
             .keys()
@@ -716,6 +719,9 @@ impl CoordinatedGroups {
             }
         }
         self.hand_off_moved(now, out);
+        if !may_win {
+            return;
+        }
         let scopes: Vec<ScopeName> = self.scopes.iter().cloned().collect();
         for scope in &scopes {
             self.warm_scope(now, scope, out);

@@ -408,7 +408,8 @@ impl CoordinatedGroups {
         self.settle_unseen(node);
         self.live.insert(node.addr(), node);
         self.bosses_on_up(now, node, out);
-        self.view_changed(now, out);
+        // A node coming Up can only take partitions from this one, never give it any.
+        self.view_changed(now, false, out);
     }
 
     /// `node` is Down. A Down about a generation already tombstoned (declared Down before, or
@@ -465,13 +466,15 @@ impl CoordinatedGroups {
         // of `known`, the root's memberships are all of this identity (or older).
         self.table.remove_node(node.root());
         self.bosses_on_down(now, node, out);
-        self.view_changed(now, out);
+        self.view_changed(now, true, out);
     }
 
-    /// After any change of the live set: drop terms lost to another node, start terms won,
-    /// re-send local requests whose boss changed.
-    fn view_changed(&mut self, now: Time, out: &mut Out) {
-        self.terms_on_view_change(now, out);
+    /// After any change of the live set: drop terms lost to another node, start terms won
+    /// (`may_win`: the change can have made this node a boss, so the unwritten partitions of
+    /// known scopes are checked too; see `warm_scope`), re-send local requests whose boss
+    /// changed.
+    fn view_changed(&mut self, now: Time, may_win: bool, out: &mut Out) {
+        self.terms_on_view_change(now, may_win, out);
         self.redispatch_moved(now, out);
     }
 
@@ -647,7 +650,8 @@ impl RegistryCore for CoordinatedGroups {
             }
         }
         self.renew_requests(now, old, out);
-        self.view_changed(now, out);
+        // A new identity has new rendezvous weights: it may win any partition.
+        self.view_changed(now, true, out);
     }
 
     fn join(

@@ -1394,3 +1394,25 @@ fn a_detached_join_with_bad_settings_fails_at_once_and_changes_nothing() {
     assert!(out.is_empty());
     assert!(c.nodes[1].is_quiet());
 }
+
+#[test]
+fn a_node_that_comes_back_warms_the_partitions_it_wins() {
+    let mut c = Cluster::new(4, 16);
+    c.join(0, "s", "g0", 1, b"");
+    c.settle();
+    c.crash(3);
+    c.settle();
+    c.restart(3);
+    c.settle();
+    let back = c.nodes[3].me();
+    assert!((0..16).any(|p| c.nodes[0].boss_of("s", p) == back));
+    let before = recovers(&c);
+    for k in 0..48u64 {
+        let g = format!("h{k}");
+        let req = c.join(usize::try_from(k % 4).unwrap(), "s", &g, 100 + k, b"");
+        c.settle();
+        ok_everywhere(&c, usize::try_from(k % 4).unwrap(), req, 1);
+    }
+    assert_eq!(recovers(&c), before, "no write waited for a recovery");
+    c.assert_converged();
+}
