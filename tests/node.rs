@@ -660,3 +660,34 @@ async fn gossip_detached_joins_reach_every_node() {
 async fn coordinated_detached_joins_reach_every_node() {
     bounded(detached_joins_reach_every_node(Backend::Coordinated)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coordinated_cold_partitions_serve_joins_too() {
+    bounded(async {
+        let cold = |seed: Option<&Node>| {
+            let mut b = Node::builder()
+                .listen("127.0.0.1:0".parse().unwrap())
+                .backend(Backend::Coordinated)
+                .profile(Profile::Test)
+                .secret(SECRET.to_vec())
+                .warm_partitions(false);
+            if let Some(s) = seed {
+                b = b.seed(s.addr().into());
+            }
+            b.start()
+        };
+        let a = cold(None).await.unwrap();
+        let b = cold(Some(&a)).await.unwrap();
+        assert!(!a.config().warm_partitions);
+        connected(&[&a, &b]).await;
+        let p = a.process();
+        for k in 0..20 {
+            a.join("s", &format!("g{k}"), p.pid()).await.unwrap();
+            // Coordinated: listed everywhere when the join returns.
+            assert_eq!(b.members("s", &format!("g{k}")), vec![p.pid()]);
+        }
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await;
+}

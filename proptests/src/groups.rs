@@ -735,16 +735,27 @@ pub fn coordinated_factory(
 ) -> crate::sim::Factory<
     Stack<meshreg_membership::Mesh, meshreg_registry::coordinated::CoordinatedGroups>,
 > {
+    coordinated_factory_with(profile, true)
+}
+
+/// Like [`coordinated_factory`], with `warm_terms` (bosses start the terms of a scope's
+/// partitions when it is first used) on or off.
+pub fn coordinated_factory_with(
+    profile: meshreg_membership::Profile,
+    warm_terms: bool,
+) -> crate::sim::Factory<
+    Stack<meshreg_membership::Mesh, meshreg_registry::coordinated::CoordinatedGroups>,
+> {
     use crate::scenario::SIM_CLUSTER;
     use meshreg_registry::coordinated::{CoordinatedConfig, CoordinatedGroups};
     Box::new(move |id, seed| {
+        let config = CoordinatedConfig {
+            warm_terms,
+            ..CoordinatedConfig::for_profile(profile)
+        };
         Stack::new(
             meshreg_membership::Mesh::new(id, SIM_CLUSTER, profile, seed),
-            CoordinatedGroups::with_config(
-                id,
-                SIM_CLUSTER,
-                CoordinatedConfig::for_profile(profile),
-            ),
+            CoordinatedGroups::with_config(id, SIM_CLUSTER, config),
         )
     })
 }
@@ -807,12 +818,33 @@ pub fn run(
     run_plan(params, w, &Plan::default(), backend).map(|(run, _)| run)
 }
 
+/// [`run`] with the coordinated backend's `warm_terms` set (no effect on gossip).
+pub fn run_warm(
+    params: &crate::scenario::SimParams,
+    w: &Workload,
+    backend: Backend,
+    warm_terms: bool,
+) -> Result<GroupRun, String> {
+    run_plan_warm(params, w, &Plan::default(), backend, warm_terms).map(|(run, _)| run)
+}
+
 /// Runs a group workload with a [`Plan`] on `backend`; the history if the plan records one.
 pub fn run_plan(
     params: &crate::scenario::SimParams,
     w: &Workload,
     plan: &Plan,
     backend: Backend,
+) -> Result<(GroupRun, Option<History>), String> {
+    run_plan_warm(params, w, plan, backend, true)
+}
+
+/// [`run_plan`] with the coordinated backend's `warm_terms` set (no effect on gossip).
+pub fn run_plan_warm(
+    params: &crate::scenario::SimParams,
+    w: &Workload,
+    plan: &Plan,
+    backend: Backend,
+    warm_terms: bool,
 ) -> Result<(GroupRun, Option<History>), String> {
     use crate::scenario::MembershipKind;
     use meshreg_membership::wire::Kind;
@@ -831,7 +863,7 @@ pub fn run_plan(
             if params.membership != MembershipKind::Mesh {
                 return Err("--backend coordinated runs on --membership mesh".into());
             }
-            let factory = coordinated_factory(profile);
+            let factory = coordinated_factory_with(profile, warm_terms);
             run_plan_with(params, w, plan, factory, &[Kind::Boss as usize])
         }
     };

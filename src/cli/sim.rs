@@ -71,6 +71,10 @@ pub struct SimArgs {
     /// Group workload: operations per second, cluster-wide.
     #[arg(long, default_value_t = 2_000.0)]
     join_rate: f64,
+    /// Coordinated backend: bosses start a partition's term on its first request instead of
+    /// when its scope is first used (`NodeBuilder::warm_partitions(false)`).
+    #[arg(long)]
+    cold_partitions: bool,
     /// Run a session-manager workload (`sessions`) instead of membership or groups alone.
     #[arg(long, value_parser = parse_workload)]
     workload: Option<WorkloadKind>,
@@ -172,7 +176,8 @@ pub fn run(a: SimArgs) -> anyhow::Result<()> {
             join_rate: a.join_rate,
         };
         w.validate().map_err(|e| anyhow!(e))?;
-        let run = groups::run(&params, &w, backend).map_err(|e| anyhow!(e))?;
+        let run =
+            groups::run_warm(&params, &w, backend, !a.cold_partitions).map_err(|e| anyhow!(e))?;
         if a.json {
             println!(
                 "{}",

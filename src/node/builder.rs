@@ -111,6 +111,12 @@ pub struct NodeConfig {
     /// This process's creation number (the high half of its generation). A restarted node
     /// must use a higher one than before; by default it is taken from the clock.
     pub creation: Option<u16>,
+    /// Coordinated backend: bosses recover every partition of a scope when it is first used
+    /// (and the partitions they win at a view change), so no write waits for a recovery round
+    /// trip (on by default). Off, a partition is recovered on its first write: cheaper for
+    /// many sparsely used scopes (each warmed scope costs about 256 recoveries in the cluster
+    /// and a replica entry per partition on every node).
+    pub warm_partitions: bool,
 }
 
 impl NodeConfig {
@@ -246,6 +252,7 @@ impl Default for NodeConfig {
             max_frame_bytes: MAX_FRAME_PAYLOAD + 64,
             queue_frames: 4096,
             creation: None,
+            warm_partitions: true,
         }
     }
 }
@@ -344,6 +351,12 @@ impl NodeBuilder {
     /// Frames queued per peer before back-pressure.
     pub fn queue_frames(mut self, frames: usize) -> Self {
         self.config.queue_frames = frames;
+        self
+    }
+
+    /// Whether bosses warm a scope's partitions (see [`NodeConfig::warm_partitions`]).
+    pub fn warm_partitions(mut self, warm: bool) -> Self {
+        self.config.warm_partitions = warm;
         self
     }
 

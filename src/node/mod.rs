@@ -131,6 +131,7 @@ fn build_engine(config: &NodeConfig, id: NodeId, seed: u64) -> Result<Box<dyn En
             let mesh = Mesh::new(id, cluster, config.profile, seed);
             let mut cc = CoordinatedConfig::for_profile(config.profile);
             cc.table = table;
+            cc.warm_terms = config.warm_partitions;
             let groups = CoordinatedGroups::with_config(id, cluster, cc);
             let stack = meshreg_registry::stack::Stack::new(mesh, groups);
             Ok(Box::new(StackEngine::new(SessionStack::new(
