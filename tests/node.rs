@@ -28,8 +28,18 @@ async fn start_with(
     seed: Option<&Node>,
     listen: Option<std::net::SocketAddr>,
 ) -> Node {
+    let listen = listen.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+    start_tuned(backend, seed, |b| b.listen(listen)).await
+}
+
+/// A test-profile node on loopback, with `tune` applied to its builder last.
+async fn start_tuned(
+    backend: Backend,
+    seed: Option<&Node>,
+    tune: impl FnOnce(meshreg::node::NodeBuilder) -> meshreg::node::NodeBuilder,
+) -> Node {
     let mut b = Node::builder()
-        .listen(listen.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+        .listen("127.0.0.1:0".parse().unwrap())
         .backend(backend)
         .profile(Profile::Test)
         .secret(SECRET.to_vec())
@@ -37,7 +47,7 @@ async fn start_with(
     if let Some(s) = seed {
         b = b.seed(s.addr().into());
     }
-    b.start().await.unwrap()
+    tune(b).start().await.unwrap()
 }
 
 /// A coordinated node whose per-peer send queues hold `frames` frames. Lan timers: failure
@@ -664,20 +674,8 @@ async fn coordinated_detached_joins_reach_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinated_cold_partitions_serve_joins_too() {
     bounded(async {
-        let cold = |seed: Option<&Node>| {
-            let mut b = Node::builder()
-                .listen("127.0.0.1:0".parse().unwrap())
-                .backend(Backend::Coordinated)
-                .profile(Profile::Test)
-                .secret(SECRET.to_vec())
-                .warm_partitions(false);
-            if let Some(s) = seed {
-                b = b.seed(s.addr().into());
-            }
-            b.start()
-        };
-        let a = cold(None).await.unwrap();
-        let b = cold(Some(&a)).await.unwrap();
+        let a = start_tuned(Backend::Coordinated, None, |b| b.warm_partitions(false)).await;
+        let b = start_tuned(Backend::Coordinated, Some(&a), |b| b.warm_partitions(false)).await;
         assert!(!a.config().warm_partitions);
         connected(&[&a, &b]).await;
         let p = a.process();
