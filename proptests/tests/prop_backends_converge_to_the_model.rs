@@ -22,6 +22,19 @@ fn check(
     loss: f64,
     faults: Vec<(u32, Fault)>,
 ) -> Result<(), TestCaseError> {
+    check_warm(backend, true, seed, nodes, scenario, loss, faults)
+}
+
+/// [`check`] with the coordinated backend's partition warm-up on or off (`--cold-partitions`).
+fn check_warm(
+    backend: Backend,
+    warm: bool,
+    seed: u64,
+    nodes: u32,
+    scenario: Scenario,
+    loss: f64,
+    faults: Vec<(u32, Fault)>,
+) -> Result<(), TestCaseError> {
     let membership = match backend {
         Backend::Gossip => MembershipKind::Swim,
         Backend::Coordinated => MembershipKind::Mesh,
@@ -52,9 +65,11 @@ fn check(
         faults,
         record: false,
     };
-    let (run, _) = groups::run_plan(&params, &w, &plan, backend).map_err(TestCaseError::fail)?;
+    let (run, _) =
+        groups::run_plan_warm(&params, &w, &plan, backend, warm).map_err(TestCaseError::fail)?;
+    let cold = if warm { "" } else { " --cold-partitions" };
     let replay = format!(
-        "{} --duplicate {} --reorder {} --backend {backend} --joins 150 --leaves 50 --join-rate 100 --scopes 2 --groups 5 (plus {}); regression test: check(Backend::{backend:?}, {seed}, {nodes}, Scenario::{scenario:?}, {loss:?}, {}).unwrap()",
+        "{} --duplicate {} --reorder {} --backend {backend}{cold} --joins 150 --leaves 50 --join-rate 100 --scopes 2 --groups 5 (plus {}); regression test: check_warm(Backend::{backend:?}, {warm}, {seed}, {nodes}, Scenario::{scenario:?}, {loss:?}, {}).unwrap()",
         run.membership.replay,
         params.duplicate,
         params.reorder,
@@ -123,6 +138,13 @@ proptest! {
     #[test]
     fn prop_coordinated_converges_after_partition(seed in any::<u64>(), nodes in 4u32..12) {
         check(Backend::Coordinated, seed, nodes, Scenario::PartitionHalf, 0.0, Vec::new())?;
+    }
+
+    /// The lazy recovery (`warm_partitions(false)`) under a partition and a crash-restart.
+    #[test]
+    fn prop_coordinated_with_cold_partitions_converges(seed in any::<u64>(), nodes in 4u32..12, faults in crash_restart_noise()) {
+        check_warm(Backend::Coordinated, false, seed, nodes, Scenario::PartitionHalf, 0.0, Vec::new())?;
+        check_warm(Backend::Coordinated, false, seed, nodes, Scenario::None, 0.02, faults)?;
     }
 }
 
