@@ -657,7 +657,8 @@ impl CoordinatedGroups {
     }
 
     /// Records `scope` as in use here; the first time, starts the terms of its partitions
-    /// this node bosses.
+    /// this node bosses. On every request and Apply: a known scope costs one set lookup and
+    /// no clone.
     pub(super) fn note_scope(&mut self, now: Time, scope: &ScopeName, out: &mut Out) {
         if !self.scopes.contains(scope) {
             self.scopes.insert(scope.clone());

@@ -497,11 +497,8 @@ impl CoordinatedGroups {
     }
 
     fn dispatch_message(&mut self, now: Time, from: NodeId, msg: Message, out: &mut Out) {
-        if let Some(scope) = msg.scope()
-            && !self.scopes.contains(scope)
-        {
-            let scope = scope.clone();
-            self.note_scope(now, &scope, out);
+        if let Some(scope) = msg.scope() {
+            self.note_scope(now, scope, out);
         }
         match msg {
             Message::Request {

@@ -61,10 +61,7 @@ impl CoordinatedGroups {
     /// Registers `op` under `ticket` and sends it to its boss once the window has room.
     /// `ticket` is fresh: no boss has seen it (see [`Self::serve_alone`]).
     pub(super) fn submit(&mut self, now: Time, ticket: Ticket, op: Op, out: &mut Out) {
-        if !self.scopes.contains(op.scope()) {
-            let scope = op.scope().clone();
-            self.note_scope(now, &scope, out);
-        }
+        self.note_scope(now, op.scope(), out);
         if self.serve_alone(ticket, &op, out) {
             return;
         }
