@@ -646,6 +646,11 @@ async fn observe(
             tokio::task::yield_now().await;
         }
         let t = clock.now();
+        // Report after the tasks this change woke have run: the stamp is taken, and the report
+        // (a pipe write that wakes the controller) must not hold up the frames this node is
+        // about to send, such as a boss's applies to the other nodes. The harness's observers
+        // likewise report with an asynchronous message.
+        tokio::task::yield_now().await;
         emit(Out::Event(Event::Seen {
             join,
             group: group.to_owned(),
