@@ -361,7 +361,10 @@ impl CoordinatedGroups {
             origin,
             op: op.clone(),
         };
-        for &n in &others {
+        // The requester last: its completion waits for every node's ack anyway, while each
+        // other node's view waits only for its own Apply, which leaves in this order.
+        let rest = others.iter().filter(|&&n| n != origin.0);
+        for &n in rest.chain(others.iter().filter(|&&n| n == origin.0)) {
             self.send(n, &apply, out);
         }
         let waiting = others.into_iter().collect();

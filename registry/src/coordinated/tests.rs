@@ -306,6 +306,35 @@ fn a_lone_node_orders_later_calls_within_the_call_as_the_boss_path_does() {
     );
 }
 
+/// The requester's completion waits for every node's ack anyway, so the boss sends it the
+/// Apply last and every other node's view changes as early as it can.
+#[test]
+fn a_boss_sends_the_requester_its_apply_last() {
+    let mut c = Cluster::new(5, DEFAULT_PARTITIONS_PER_SCOPE);
+    for requester in 0..5 {
+        let g = (0..100)
+            .map(|k| format!("r{requester}g{k}"))
+            .find(|g| c.boss_index(0, "s", g) != requester)
+            .unwrap();
+        let boss = c.boss_index(requester, "s", &g);
+        let order = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let seen = order.clone();
+        c.hold = Some(Box::new(move |from, to, m| {
+            if from == boss && matches!(m, Message::Apply { .. }) {
+                seen.borrow_mut().push(to);
+            }
+            false
+        }));
+        let req = c.join(requester, "s", &g, 1 + requester as u64, b"");
+        c.settle();
+        c.hold = None;
+        ok_everywhere(&c, requester, req, 1);
+        let order = order.borrow();
+        assert_eq!(order.len(), 4, "one Apply per other node: {order:?}");
+        assert_eq!(order.last(), Some(&requester), "boss {boss}: {order:?}");
+    }
+}
+
 #[test]
 fn boss_crash_mid_apply_recovers_the_highest_seq_without_double_apply() {
     let mut c = Cluster::new(5, DEFAULT_PARTITIONS_PER_SCOPE);
