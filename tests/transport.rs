@@ -231,6 +231,26 @@ async fn garbage_instead_of_a_hello_is_counted_and_changes_nothing() {
     .await;
 }
 
+#[tokio::test]
+async fn a_connection_closed_before_a_byte_is_counted_as_silent_not_bad() {
+    bounded(async {
+        let (a, mut ra) = node().await;
+        let s = tokio::net::TcpStream::connect(a.local_addr())
+            .await
+            .unwrap();
+        drop(s);
+        assert!(
+            links_within(&mut ra, Duration::from_millis(100))
+                .await
+                .is_empty()
+        );
+        let st = a.stats();
+        assert_eq!((st.silent_connections, st.bad_handshakes), (1, 0), "{st:?}");
+        assert_eq!(st.links_up, 0);
+    })
+    .await;
+}
+
 // Two worker threads, so both dials and both accepts really race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simultaneous_connects_yield_exactly_one_up_per_side() {

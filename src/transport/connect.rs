@@ -62,8 +62,20 @@ async fn accept(shared: Arc<Shared>, mut stream: TcpStream) {
         |peer| !faults.is_partitioned(peer),
     );
     match tokio::time::timeout(cfg.connect_timeout, hs).await {
-        Ok(Ok(peer)) => link::adopt(&shared, peer, stream, Initiator::Remote).await,
+        Ok(Ok(peer)) => {
+            shared.handshake_done(peer);
+            link::adopt(&shared, peer, stream, Initiator::Remote).await;
+        }
         Ok(Err(HandshakeError::Refused)) => Stats::bump(&shared.stats.injected_drops),
+        Ok(Err(HandshakeError::Silent(e))) => {
+            Stats::bump(&shared.stats.silent_connections);
+            tracing::debug!(%source, "inbound connection closed before a hello: {e}");
+        }
+        // Counted at once; logged by the peer its hello named, as a warning only if it goes on.
+        Ok(Err(e @ HandshakeError::Abandoned { peer, .. })) => {
+            Stats::bump(&shared.stats.bad_handshakes);
+            shared.abandoned(peer, &e);
+        }
         Ok(Err(e)) if e.is_auth_failure() => {
             Stats::bump(&shared.stats.auth_failures);
             shared.warn_once(source, "inbound handshake refused", &e);

@@ -13,7 +13,8 @@
 //! proof can neither be reflected back nor relayed to another node. The connector checks the
 //! acceptor's proof before it proves anything itself.
 //!
-//! Architecture Invariant: every message has a fixed size read with `read_exact`, and a refused
+//! Architecture Invariant: every message has a fixed size read with `read_exact` (the hello's
+//! first byte is read apart, to tell a connection that never spoke from a cut hello), and a refused
 //! handshake changes no transport state and emits no event (the caller only counts and logs).
 
 use std::fmt;
@@ -67,6 +68,17 @@ pub enum HandshakeError {
     Refused,
     /// The socket failed or closed mid-handshake.
     Io(io::Error),
+    /// The connector hung up before sending a byte (a port probe, or a dial its node gave up):
+    /// no input at all, so nothing to refuse.
+    Silent(io::Error),
+    /// The connector hung up after a valid hello, without proving the secret: it found our
+    /// proof wrong (its secret differs from ours) or it gave up.
+    Abandoned {
+        /// The listen address its hello announced.
+        peer: SocketAddrV4,
+        /// How the connection ended.
+        source: io::Error,
+    },
 }
 
 impl HandshakeError {
@@ -92,6 +104,12 @@ impl fmt::Display for HandshakeError {
             Self::AuthFailed => write!(f, "wrong proof of the cluster secret"),
             Self::Refused => write!(f, "refused by fault injection"),
             Self::Io(e) => write!(f, "connection failed mid-handshake: {e}"),
+            Self::Silent(e) => write!(f, "connection closed before a hello: {e}"),
+            Self::Abandoned { peer, source } => write!(
+                f,
+                "{peer} hung up after its hello without proving the cluster secret \
+                 (it was stopping, or it holds another secret): {source}"
+            ),
         }
     }
 }
@@ -323,7 +341,13 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     admit: impl FnOnce(SocketAddrV4) -> bool,
 ) -> Result<SocketAddrV4, HandshakeError> {
     let mut buf = [0; HELLO_LEN];
-    io.read_exact(&mut buf).await?;
+    // The first byte apart: a connection that ends before it sent anything is no hello at all.
+    match io.read(&mut buf[..1]).await {
+        Ok(1) => {}
+        Ok(_) => return Err(HandshakeError::Silent(io::ErrorKind::UnexpectedEof.into())),
+        Err(e) => return Err(HandshakeError::Silent(e)),
+    }
+    io.read_exact(&mut buf[1..]).await?;
     let hello = Hello::decode(&buf, cluster)?;
     if hello.listen == local {
         return Err(HandshakeError::Malformed("a hello from our own address"));
@@ -345,7 +369,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     io.write_all(&ch.encode()).await?;
     io.flush().await?;
     let mut buf = [0; PROOF_LEN];
-    io.read_exact(&mut buf).await?;
+    if let Err(source) = io.read_exact(&mut buf).await {
+        return Err(HandshakeError::Abandoned {
+            peer: hello.listen,
+            source,
+        });
+    }
     let proof = Proof::decode(&buf)?;
     verify(key, Role::Connector, &t, &proof.proof)?;
     Ok(hello.listen)

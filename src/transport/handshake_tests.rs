@@ -107,8 +107,45 @@ fn same_secret_and_cluster_complete_and_name_the_connector() {
 fn a_wrong_secret_is_caught_by_the_connector_before_it_proves_anything() {
     let (c, a) = run([8; 32], KEY, 1, 1, addr(2, 20));
     assert!(c.unwrap_err().is_auth_failure());
-    // The acceptor never got a proof: the connector hung up.
-    assert!(matches!(a, Err(HandshakeError::Io(_))));
+    // The acceptor never got a proof: the connector hung up after its hello, named by it.
+    assert!(
+        matches!(a, Err(HandshakeError::Abandoned { peer, .. }) if peer == addr(1, 10)),
+        "{a:?}"
+    );
+}
+
+/// Runs the acceptor against a connector that writes `bytes` and hangs up.
+fn accept_after(bytes: Vec<u8>) -> Result<SocketAddrV4, HandshakeError> {
+    rt().block_on(async move {
+        let (mut c, mut a) = tokio::io::duplex(256);
+        c.write_all(&bytes).await.unwrap();
+        drop(c);
+        accept(&mut a, &KEY, 1, addr(2, 20), |_| true).await
+    })
+}
+
+#[test]
+fn a_connection_closed_before_any_byte_is_silent_not_bad_input() {
+    assert!(matches!(
+        accept_after(Vec::new()),
+        Err(HandshakeError::Silent(_))
+    ));
+}
+
+#[test]
+fn a_cut_hello_is_an_error_not_silence() {
+    let hello = Hello {
+        cluster: 1,
+        listen: addr(1, 10),
+        nonce: [7; NONCE_LEN],
+    }
+    .encode();
+    let cut = hello[..HELLO_LEN - 1].to_vec();
+    assert!(matches!(accept_after(cut), Err(HandshakeError::Io(_))));
+    assert!(matches!(
+        accept_after(vec![0xAB]),
+        Err(HandshakeError::Io(_))
+    ));
 }
 
 #[test]

@@ -32,7 +32,7 @@ mod writer;
 #[cfg(test)]
 mod fuzz_tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -78,6 +78,11 @@ pub enum TransportEvent {
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 /// Peers whose handshake failures we remember having logged (beyond it we stop logging).
 const WARNED_CAP: usize = 4096;
+/// Handshakes in a row a peer may abandon after its hello before we warn about it. Why not
+/// at once: a node that stops while it dials, or that is killed with its redials in flight,
+/// abandons one or two, and every survivor would warn about it; a node with another secret
+/// redials and abandons forever.
+const ABANDONS_BEFORE_WARNING: u32 = 3;
 
 /// State shared by the handle and every task.
 pub(crate) struct Shared {
@@ -98,6 +103,8 @@ pub(crate) struct Shared {
     stats: Stats,
     faults: Faults,
     warned: Mutex<HashSet<SocketAddrV4>>,
+    /// Handshakes abandoned after the hello, in a row, per peer (at most `WARNED_CAP` peers).
+    abandons: Mutex<HashMap<SocketAddrV4, u32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,6 +169,30 @@ impl Shared {
         if warned.len() < WARNED_CAP && warned.insert(peer) {
             tracing::warn!(%peer, "{what}: {err} (further failures of this peer are only counted)");
         }
+    }
+
+    /// Notes that `peer` abandoned an inbound handshake after its hello; warns (once) when it
+    /// has done so [`ABANDONS_BEFORE_WARNING`] times in a row.
+    fn abandoned(&self, peer: SocketAddrV4, err: &dyn std::fmt::Display) {
+        let mut abandons = lock(&self.abandons);
+        if abandons.len() >= WARNED_CAP && !abandons.contains_key(&peer) {
+            return;
+        }
+        let n = abandons.entry(peer).or_insert(0);
+        *n += 1;
+        if *n == ABANDONS_BEFORE_WARNING {
+            let n = *n;
+            drop(abandons);
+            let what = format!("inbound handshakes abandoned {n} times in a row");
+            self.warn_once(peer, &what, err);
+        } else {
+            tracing::debug!(%peer, "inbound handshake abandoned: {err}");
+        }
+    }
+
+    /// A handshake with `peer` completed: its abandons no longer run in a row.
+    fn handshake_done(&self, peer: SocketAddrV4) {
+        lock(&self.abandons).remove(&peer);
     }
 }
 
@@ -262,6 +293,7 @@ impl Transport {
             stats: Stats::default(),
             faults: Faults::new(seed),
             warned: Mutex::new(HashSet::new()),
+            abandons: Mutex::new(HashMap::new()),
             cfg,
         });
         shared.spawn(connect::accept_loop(shared.clone(), tcp));

@@ -42,8 +42,12 @@ counters! {
     bytes_received,
     /// Handshakes whose proof of the secret was wrong.
     auth_failures,
-    /// Handshakes refused for garbage, a wrong magic, version or cluster, or cut short.
+    /// Handshakes refused for garbage, a wrong magic, version or cluster, or cut short (a
+    /// connector that hangs up after its hello may hold another secret).
     bad_handshakes,
+    /// Inbound connections closed before sending a byte (port probes, dials their node gave
+    /// up): no input, so not bad handshakes.
+    silent_connections,
     /// Datagrams refused because they were too short to carry a session, sequence and tag.
     bad_datagrams_truncated,
     /// Datagrams refused because their tag did not verify (wrong key, tampered, foreign).
