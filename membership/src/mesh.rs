@@ -96,8 +96,10 @@ enum Msg {
     Heartbeat,
     /// `id` leaves the cluster for good: Down, and do not redial it.
     Leave { id: NodeId },
-    /// "You, `id`, are Down in my view": the receiver renews itself to come back.
-    Down { id: NodeId },
+    /// "You, `id`, are Down in my view, which holds `view` live nodes (the sender included)":
+    /// the receiver renews itself to come back, unless it sees more of the cluster (then the
+    /// sender's view is the broken one, see `Mesh::on_down_notice`).
+    Down { id: NodeId, view: u32 },
 }
 
 /// Decodes a peer list, refusing one longer than [`MAX_PEERS_PER_MESSAGE`] before allocating
@@ -423,7 +425,7 @@ impl Mesh {
             Msg::Hello { id, .. } | Msg::Leave { id } if id.addr() != from => Err(Error::Protocol(
                 format!("{id} speaks for another address than its link's {from}"),
             )),
-            Msg::Down { id } if id.addr() != me => Err(Error::Protocol(format!(
+            Msg::Down { id, .. } if id.addr() != me => Err(Error::Protocol(format!(
                 "a Down notice about {id}, not about us"
             ))),
             _ => Ok(()),
@@ -495,8 +497,17 @@ impl Mesh {
         if peer.dead.is_some_and(|g| x.generation() <= g) {
             // Declared Down (or left) in our view, so never Up again: tell it, so it renews.
             peer.last_sent = now;
-            out.push(Self::send(x.addr(), frame(cluster, &Msg::Down { id: x })));
+            let view = self.view_size();
+            out.push(Self::send(
+                x.addr(),
+                frame(cluster, &Msg::Down { id: x, view }),
+            ));
             return;
+        }
+        if peer.newest.is_some_and(|g| x.generation() > g) {
+            // A new identity there has not had our list (the one we may have sent on this link
+            // went to an older generation we held Down): answer with it.
+            peer.told = false;
         }
         peer.newest = Some(x.generation());
         peer.link_up = true;
@@ -598,10 +609,57 @@ impl Mesh {
         peer.status = Status::Left;
     }
 
-    /// A peer declared us Down: come back as our next generation, and say Hello on every link.
+    /// Live nodes in our view, ourselves included (what a `Down` notice carries).
+    fn view_size(&self) -> u32 {
+        u32::try_from(self.num_members() + 1).unwrap_or(u32::MAX)
+    }
+
+    /// The node at `from`, whose view holds `view` live nodes, holds us Down. The side that sees
+    /// less of the cluster renews: after a cut heals, only the cut-off node (or minority) does,
+    /// as in SWIM, instead of every node the cut-off one held Down. Equal views both renew (two
+    /// halves, or a flapping link between two nodes). When we see more, the sender's view is the
+    /// broken one: it is Down here too (if it was not already), and told so with our view, so
+    /// it renews.
+    fn on_down_notice(
+        &mut self,
+        now: Time,
+        from: SocketAddrV4,
+        view: u32,
+        out: &mut Vec<Output<MeshTimer>>,
+    ) {
+        let mine = self.view_size();
+        if view >= mine {
+            self.renew(now, out);
+            return;
+        }
+        let Some(sender) = self.peers.get(&from).and_then(Peer::up_id) else {
+            // Already Down here: our answer to its Hello told it so.
+            return;
+        };
+        self.lost(now, from, false, out);
+        if let Some(peer) = self.peers.get_mut(&from) {
+            peer.last_sent = now;
+        }
+        let notice = frame(
+            self.cluster,
+            &Msg::Down {
+                id: sender,
+                view: mine,
+            },
+        );
+        out.push(Self::send(from, notice));
+    }
+
+    /// We are Down in a view at least as large as ours: come back as our next generation with a
+    /// fresh view (no Down records: the nodes we held Down are the ones we were cut off from,
+    /// and each comes back Up when it says Hello), and say Hello on every link.
     fn renew(&mut self, now: Time, out: &mut Vec<Output<MeshTimer>>) {
         self.id = self.id.next_generation();
         out.push(Output::Renewed(self.id));
+        for peer in self.peers.values_mut() {
+            peer.dead = None;
+        }
+        self.graves.clear();
         let linked = self.linked();
         // Our list is the same as before: peers told it under our old identity still have it.
         for addr in linked {
@@ -758,7 +816,7 @@ impl MembershipCore for Mesh {
             Msg::Peers { peers } => self.learn(now, &peers, out),
             Msg::Heartbeat => {}
             Msg::Leave { id } => self.on_leave(now, id, out),
-            Msg::Down { id } if id == self.id => self.renew(now, out),
+            Msg::Down { id, view } if id == self.id => self.on_down_notice(now, from, view, out),
             // About an identity we already renewed away from.
             Msg::Down { .. } => {}
         }

@@ -21,8 +21,9 @@ use std::fmt;
 pub const MAGIC: [u8; 2] = *b"MR";
 /// The wire protocol version this build speaks. 2: SWIM's anti-entropy `Push` carries the
 /// size of its sender's live set (a version-1 peer could not decode it: refused by version,
-/// with a message saying so, rather than as malformed).
-pub const PROTOCOL_VERSION: u8 = 2;
+/// with a message saying so, rather than as malformed). 3: the mesh's `Down` notice carries the
+/// size of its sender's view, so only the side that saw less of the cluster renews.
+pub const PROTOCOL_VERSION: u8 = 3;
 /// Envelope header length in bytes.
 pub const HEADER_LEN: usize = 8;
 /// Largest datagram payload (foca packets stay at or below this, the UDP-safe size).

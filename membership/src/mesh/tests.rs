@@ -433,7 +433,13 @@ fn hello_that_speaks_for_another_address_is_refused_without_change() {
         m.handle_stream(ms(5), addr(1), &bytes, &mut out),
         Err(Error::Protocol(_))
     ));
-    let bytes = frame(CLUSTER, &Msg::Down { id: node(1, 1) });
+    let bytes = frame(
+        CLUSTER,
+        &Msg::Down {
+            id: node(1, 1),
+            view: 1,
+        },
+    );
     assert!(matches!(
         m.handle_stream(ms(5), addr(1), &bytes, &mut out),
         Err(Error::Protocol(_))
@@ -625,20 +631,66 @@ fn peer_declared_down_is_told_so_and_never_up_again_under_that_identity() {
     link(&mut m, ms(5), LinkEvent::Down(addr(1)));
     link(&mut m, ms(6), LinkEvent::Up(addr(1)));
     let out = recv(&mut m, ms(6), addr(1), &hello(node(1, 1), &[]));
-    assert_eq!(out, vec![send(addr(1), &Msg::Down { id: node(1, 1) })]);
+    let down = Msg::Down {
+        id: node(1, 1),
+        view: 1,
+    };
+    assert_eq!(out, vec![send(addr(1), &down)]);
     assert_eq!(m.members(), vec![]);
-    // Its renewed self is a new identity.
-    assert_eq!(
+    // Its renewed self is a new identity, which gets our list: it held us Down too, and its
+    // fresh view brings us Up from our Hello.
+    assert_up_and_told(
         recv(&mut m, ms(7), addr(1), &hello(node(1, 2), &[])),
-        vec![up(node(1, 2))]
+        node(1, 2),
     );
+}
+
+/// `out` reports `id` Up and sends it our Hello, and nothing else.
+fn assert_up_and_told(out: Vec<Output<MeshTimer>>, id: NodeId) {
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0], up(id));
+    let Output::Send { to, payload, .. } = &out[1] else {
+        panic!("{out:?}");
+    };
+    assert_eq!(*to, id.addr());
+    assert!(
+        matches!(decode(payload, CLUSTER), Ok(Msg::Hello { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_down_notice_from_a_smaller_view_downs_its_sender_instead() {
+    let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
+    // Node 1 sees only itself: its view, not ours, is the broken one.
+    let down = Msg::Down {
+        id: node(0, 1),
+        view: 1,
+    };
+    let out = recv(&mut m, ms(5), addr(1), &down);
+    assert_eq!(m.id(), node(0, 1), "no renewal");
+    assert!(
+        out.contains(&Output::Event(MemberEvent::Down(node(1, 1)))),
+        "{out:?}"
+    );
+    let told = Msg::Down {
+        id: node(1, 1),
+        view: 3,
+    };
+    assert!(out.contains(&send(addr(1), &told)), "{out:?}");
+    assert_eq!(m.members(), vec![node(2, 1)]);
 }
 
 #[test]
 fn node_told_it_is_down_renews_and_says_hello_again() {
     let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
     link(&mut m, ms(1), LinkEvent::Up(addr(3))); // linked, no Hello yet
-    let out = recv(&mut m, ms(5), addr(1), &Msg::Down { id: node(0, 1) });
+    // The sender's view is as large as ours (3 nodes): we are the ones to renew.
+    let down = Msg::Down {
+        id: node(0, 1),
+        view: 3,
+    };
+    let out = recv(&mut m, ms(5), addr(1), &down);
     // All three links carried our list already, and it did not change: Hellos without one.
     let hi = hello(node(0, 2), &[]);
     assert_eq!(
@@ -652,10 +704,7 @@ fn node_told_it_is_down_renews_and_says_hello_again() {
     );
     assert_eq!(m.id(), node(0, 2));
     // A late notice about the identity we left behind changes nothing.
-    assert_eq!(
-        recv(&mut m, ms(6), addr(2), &Msg::Down { id: node(0, 1) }),
-        vec![]
-    );
+    assert_eq!(recv(&mut m, ms(6), addr(2), &down), vec![]);
     assert_eq!(m.id(), node(0, 2));
 }
 
@@ -799,10 +848,14 @@ fn forgotten_identity_stays_down_and_a_newer_generation_comes_back() {
     // The dead identity itself is told it is Down; its renewed self is Up.
     link(&mut m, now, LinkEvent::Up(addr(1)));
     let out = recv(&mut m, now, addr(1), &hello(node(1, 1), &[]));
-    assert_eq!(out, vec![send(addr(1), &Msg::Down { id: node(1, 1) })]);
-    assert_eq!(
+    let down = Msg::Down {
+        id: node(1, 1),
+        view: m.view_size(),
+    };
+    assert_eq!(out, vec![send(addr(1), &down)]);
+    assert_up_and_told(
         recv(&mut m, now, addr(1), &hello(node(1, 2), &[])),
-        vec![up(node(1, 2))]
+        node(1, 2),
     );
 }
 
@@ -919,7 +972,10 @@ proptest! {
             1 => Msg::Peers { peers: ids },
             2 => Msg::Heartbeat,
             3 => Msg::Leave { id },
-            _ => Msg::Down { id },
+            _ => Msg::Down {
+                id,
+                view: ids.len() as u32,
+            },
         };
         prop_assert_eq!(decode(&frame(CLUSTER, &msg), CLUSTER), Ok(msg));
     }
@@ -943,6 +999,8 @@ impl EventLog {
                 Output::Event(MemberEvent::Down(id)) => {
                     assert!(self.up_now.remove(id), "Down({id}) without a standing Up");
                 }
+                // A renewed node's view starts anew: what it held Down may come Up again.
+                Output::Renewed(_) => self.ever_up.clone_from(&self.up_now),
                 _ => {}
             }
         }
@@ -1010,7 +1068,15 @@ fn feed(
         Input::Peers(p, l) => (*p, Msg::Peers { peers: ids(l) }),
         Input::Heartbeat(p) => (*p, Msg::Heartbeat),
         Input::Leave(p, g) => (*p, Msg::Leave { id: node(*p, *g) }),
-        Input::DownNotice(p, g) => (*p, Msg::Down { id: node(0, *g) }),
+        // The generation doubles as the sender's view size: notices from smaller views (the
+        // sender is downed) and from larger ones (we renew) both occur.
+        Input::DownNotice(p, g) => (
+            *p,
+            Msg::Down {
+                id: node(0, *g),
+                view: *g,
+            },
+        ),
     };
     m.handle_stream(now, addr(from), &frame(CLUSTER, &msg), out)
 }
@@ -1399,6 +1465,24 @@ fn a_link_flap_between_live_nodes_heals_by_renewal() {
             .ever_up
             .is_superset(&[node(1, 2), node(2, 2)].into())
     );
+}
+
+#[test]
+fn a_node_cut_off_from_all_others_is_the_only_one_to_renew() {
+    let mut c = five_joined();
+    for i in 0..4 {
+        c.cut(addr(i), addr(4));
+    }
+    c.run_until(c.now + ms(3_000));
+    c.assert_full_mesh();
+    assert_eq!(c.slots[&addr(4)].renewed, vec![node(4, 2)]);
+    for i in 0..4 {
+        assert_eq!(c.slots[&addr(i)].renewed, vec![], "node {i} renewed");
+        assert!(
+            c.slots[&addr(i)].log.up_now.contains(&node(4, 2)),
+            "node {i}"
+        );
+    }
 }
 
 #[test]

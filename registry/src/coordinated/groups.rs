@@ -469,6 +469,34 @@ impl CoordinatedGroups {
         self.view_changed(now, true, out);
     }
 
+    /// This node renewed: it was declared Down by a view that saw at least as much of the
+    /// cluster as its own, so the identities it declared Down itself are most likely the nodes
+    /// it was cut off from, still running. The membership layer forgets those verdicts and
+    /// reports each of them Up again, same generation, when its link comes back; so the
+    /// tombstones of the newest identity known at each address are lifted here too (older
+    /// generations stay dead), and such an identity is neither Up nor Down here until then.
+    /// Its memberships were removed at its Down; they come back with the bosses' `Sync`s to
+    /// the new identity and their recoveries, which take each node's own memberships from its
+    /// own report. One that really died stays out: it never comes Up again, and memberships
+    /// of it taken on another node's word are watched there (`watch.rs`).
+    fn revive_on_renewal(&mut self, me: SocketAddrV4) {
+        for (addr, node) in &self.known {
+            if *addr == me {
+                continue;
+            }
+            if let Some(g) = self.down_gen.get_mut(addr)
+                && *g == node.generation()
+            {
+                match node.generation().checked_sub(1) {
+                    Some(older) => *g = older,
+                    None => {
+                        self.down_gen.remove(addr);
+                    }
+                }
+            }
+        }
+    }
+
     /// After any change of the live set: drop terms lost to another node, start terms won
     /// (`may_win`: the change can have made this node a boss, so the unwritten partitions of
     /// known scopes are checked too; see `warm_scope`), re-send local requests whose boss
@@ -623,6 +651,7 @@ impl RegistryCore for CoordinatedGroups {
         // `new`), and whatever of them is already in this table is re-joined below.
         let gen_down = self.down_gen.entry(old.addr()).or_insert(0);
         *gen_down = (*gen_down).max(old.generation());
+        self.revive_on_renewal(old.addr());
         // Terms of the old identity: replicas answer its messages as the new one's, but the
         // other nodes drop the old identity's boss role with its Down anyway. Queued
         // requesters are told to retry; in-flight ones retry on their own and are answered

@@ -1211,6 +1211,58 @@ fn a_renewed_node_re_joins_its_memberships_everywhere() {
     }
 }
 
+/// A node cut off alone declares the others Down (they declare it Down too), renews at the
+/// heal, and then sees the others Up again under the generation it had declared Down (they
+/// never renewed: the membership renews only the side that saw less). It must take them back,
+/// memberships included: those made before the cut, and the join and leave the majority made
+/// during it, next to its own re-joins and the join it made alone.
+#[test]
+fn a_renewed_node_takes_back_the_nodes_it_had_declared_down() {
+    let mut c = Cluster::new(4, 16);
+    let x = 0;
+    for i in 0..4 {
+        c.join(i, "s", &format!("g{i}"), 1, b"before");
+    }
+    c.settle();
+    let x_old = c.nodes[x].me();
+    let others: Vec<NodeId> = (1..4).map(|j| c.nodes[j].me()).collect();
+    for (j, &o) in (1..4).zip(&others) {
+        c.member_event(j, MemberEvent::Down(x_old));
+        c.member_event(x, MemberEvent::Down(o));
+    }
+    c.settle();
+    c.join(x, "s", "alone", 2, b"cut");
+    c.join(1, "s", "majority", 2, b"cut");
+    c.leave(2, "s", "g2", 1);
+    c.settle();
+
+    let x_new = c.renew(x);
+    for (j, &o) in (1..4).zip(&others) {
+        c.member_event(j, MemberEvent::Up(x_new));
+        c.member_event(x, MemberEvent::Up(o));
+    }
+    c.settle();
+    let view = c.assert_converged();
+    let listed: Vec<(String, u64)> = view
+        .iter()
+        .map(|(_, g, pid, _)| (g.clone(), pid.serial))
+        .collect();
+    let expected: Vec<(String, u64)> = [
+        ("alone", 2),
+        ("g0", 1),
+        ("g1", 1),
+        ("g3", 1),
+        ("majority", 2),
+    ]
+    .iter()
+    .map(|&(g, s)| (g.to_owned(), s))
+    .collect();
+    assert_eq!(listed, expected);
+    for i in c.live() {
+        assert!(c.nodes[i].is_quiet(), "node {i} still busy");
+    }
+}
+
 /// Found by `prop_no_stale_read_after_leave` (seed 1206143698789191312): a node renews while an
 /// Apply to it is in flight; its new identity's `Up` at the boss retires the old one, whose ack
 /// the op was waiting for. The renewed node keeps its table, so the op must not complete on the
