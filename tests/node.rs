@@ -198,6 +198,8 @@ async fn coordinated_late_node_receives_the_existing_groups() {
     .await;
 }
 
+/// A node cut off from the two others, long enough for both sides to declare the other Down,
+/// then healed: everyone converges, and only the cut-off node renews its identity.
 async fn partition_and_heal_converges(backend: Backend) {
     let a = start(backend, None).await;
     let b = start(backend, Some(&a)).await;
@@ -221,6 +223,14 @@ async fn partition_and_heal_converges(backend: Backend) {
             && c.members("p", "g") == vec![pc.pid()]
     })
     .await;
+    // The cut is complete: c declared both a and b Down, as they declared c. (A heal before
+    // c has declared b Down too is another case: c's view still counts b, and ties theirs.)
+    until("each side declared the other Down", || {
+        a.cluster_members().len() == 1
+            && b.cluster_members().len() == 1
+            && c.cluster_members().is_empty()
+    })
+    .await;
     // A leave on c's side during the partition must stay a leave after the heal.
     let pc2 = c.process();
     c.join("p", "left", pc2.pid()).await.unwrap();
@@ -237,6 +247,15 @@ async fn partition_and_heal_converges(backend: Backend) {
             .all(|n| sorted(n.members("p", "g")) == want && n.members("p", "left").is_empty())
     })
     .await;
+    // Only the cut-off side renews: the majority kept its identities (and so its members).
+    assert!(c.stats().renewals >= 1, "{backend:?}: c never renewed");
+    for n in [&a, &b] {
+        assert_eq!(
+            n.stats().renewals,
+            0,
+            "{backend:?}: a majority node renewed"
+        );
+    }
     for n in [a, b, c] {
         n.shutdown().await;
     }

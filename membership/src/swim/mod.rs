@@ -43,7 +43,9 @@
 //!   Down (or whose newer generation we know) apply only if that size is at least ours, so the
 //!   majority ignores the minority's verdicts and the minority takes the majority's. Equal
 //!   sizes (two halves, two nodes) trust each other: both renew, and any two nodes holding each
-//!   other Down resolve;
+//!   other Down resolve. Their verdicts about third parties apply only along with the one
+//!   about us (a node whose cut healed before it had declared every peer across it Down can
+//!   tie our view while its verdicts about our side are stale);
 //! - foca's `TurnUndead` ("you are Down"), which foca acts on from anyone, starts such an
 //!   exchange with its sender instead;
 //! - the node renews itself (`NodeId` never renews inside foca) with a fresh foca: no Down
@@ -511,7 +513,9 @@ impl Swim {
     /// isolated node, a minority) takes the other side's verdicts and renews, and its own
     /// verdicts renew nobody (it drops them when it renews). Equal views (two halves, two
     /// nodes) trust each other, as before. Of two nodes holding each other Down at least one
-    /// trusts the other, so a healed cut always resolves.
+    /// trusts the other, so a healed cut always resolves. Such a sender's verdicts about third
+    /// parties come only with its verdict about us (see below): each node across a healed cut
+    /// learns its own verdict and renews itself, and nobody downs a peer on its word alone.
     fn merge(
         &mut self,
         from: NodeId,
@@ -531,10 +535,21 @@ impl Swim {
             known.generation() > from.generation() || (known == from && !active)
         });
         let trust_downs = !overruled || live >= self.live_count();
+        // From an overruled sender, a verdict about a third party is taken only with the
+        // verdict about us (we renew and adopt that view). Alone it would be the other side's
+        // word against ours: a node whose cut healed before it had declared every peer across
+        // it Down counts those peers in its view, so its view can tie ours and its verdicts
+        // about the nodes on our side (taken before the heal) would down them here.
+        let downs_us = members
+            .iter()
+            .any(|m| *m.id() == me && m.state() == State::Down);
+        let third_party_downs = !overruled || downs_us;
         let fresh: Vec<Member<NodeId>> = members
             .into_iter()
             .filter(|m| {
-                if m.state() == State::Down && !trust_downs {
+                if m.state() == State::Down
+                    && (!trust_downs || (!third_party_downs && m.id().addr() != me.addr()))
+                {
                     return false;
                 }
                 let id = m.id();

@@ -568,6 +568,37 @@ fn down_records_from_a_member_held_down_with_a_smaller_view_are_ignored() {
     assert_eq!(a.id(), id(0).next_generation());
 }
 
+/// A cut healed before node 3 had declared every node across it Down: its view still counts
+/// one of them, so it ties ours, and its verdict about node 1 dates from the cut. Alone, that
+/// verdict downs nobody here; with the verdict about us, we renew and adopt the whole view.
+#[test]
+fn third_party_down_records_from_a_member_held_down_come_only_with_ours() {
+    let mut a = holding_three_down();
+    let ours = a.live_count();
+    let out = push(
+        &mut a,
+        id(3),
+        ours,
+        vec![Member::new(id(1), 0, State::Down)],
+    );
+    assert!(!renewed(&out), "{out:?}");
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Event(_))),
+        "{out:?}"
+    );
+    assert_eq!(a.num_members(), 2);
+    let out = push(
+        &mut a,
+        id(3),
+        ours,
+        vec![
+            Member::new(id(1), 0, State::Down),
+            Member::new(id(0), 0, State::Down),
+        ],
+    );
+    assert!(renewed(&out), "{out:?}");
+}
+
 #[test]
 fn a_member_active_here_is_believed_whatever_its_view() {
     let mut a = holding_three_down();
