@@ -224,7 +224,8 @@ async fn partition_and_heal_converges(backend: Backend) {
     })
     .await;
     // The cut is complete: c declared both a and b Down, as they declared c. (A heal before
-    // c has declared b Down too is another case: c's view still counts b, and ties theirs.)
+    // c has even suspected b is another case: c's view still counts b and ties theirs; see
+    // ARCHITECTURE.md, "Verdicts of a cut-off node stay with it".)
     until("each side declared the other Down", || {
         a.cluster_members().len() == 1
             && b.cluster_members().len() == 1

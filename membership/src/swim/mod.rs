@@ -39,11 +39,11 @@
 //! **Verdicts of a cut-off node stay with it.** During a cut each side declares the other Down,
 //! and Down is final per identity, so whichever verdicts cross the healed cut renew their
 //! subjects. Only the side that saw less of the cluster should renew:
-//! - a `Push` carries the size of its sender's live set; the Down records of a sender we hold
-//!   Down (or whose newer generation we know) apply only if that size is at least ours, so the
-//!   majority ignores the minority's verdicts and the minority takes the majority's. Equal
-//!   sizes (two halves, two nodes) trust each other: both renew, and any two nodes holding each
-//!   other Down resolve. Their verdicts about third parties apply only along with the one
+//! - a `Push` carries the size of its sender's live set (members known alive, not suspected);
+//!   the Down records of a sender we hold Down (or whose newer generation we know) apply only
+//!   if that size is at least ours, so the majority ignores the minority's verdicts and the
+//!   minority takes the majority's. Equal sizes (two halves, two nodes) trust each other: both
+//!   renew, and any two nodes holding each other Down resolve. Their verdicts about third parties apply only along with the one
 //!   about us (a node whose cut healed before it had declared every peer across it Down can
 //!   tie our view while its verdicts about our side are stale);
 //! - foca's `TurnUndead` ("you are Down"), which foca acts on from anyone, starts such an
@@ -377,11 +377,17 @@ impl Swim {
         self.send_sync(to, Channel::Datagram, &msg, out);
     }
 
-    /// Active members in our view, ourselves included (what `Push::live` carries).
+    /// Members known alive in our view, ourselves included (what `Push::live` carries).
+    /// Suspected ones are left out: after a cut heals early, a cut-off node still counts the
+    /// peers across it that it had only suspected so far, and its view would tie the
+    /// majority's (then both sides' verdicts are believed). O(members): pushes are rare.
     fn live_count(&self) -> u32 {
-        u32::try_from(self.foca.num_members())
-            .unwrap_or(u32::MAX)
-            .saturating_add(1)
+        let alive = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.state() == State::Alive)
+            .count();
+        u32::try_from(alive).unwrap_or(u32::MAX).saturating_add(1)
     }
 
     fn up(&mut self, x: NodeId, out: &mut Vec<Output<SwimTimer>>) {

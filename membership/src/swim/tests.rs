@@ -449,6 +449,17 @@ fn suspicion_timer(out: &[Output<SwimTimer>]) -> Option<SwimTimer> {
     })
 }
 
+/// The view a push carries counts members known alive: a suspected one may be across a cut
+/// not yet detected, and counting it lets a cut-off node's view tie the majority's at a heal.
+#[test]
+fn a_suspected_member_does_not_count_in_the_view() {
+    let mut nodes = trio();
+    assert_eq!(nodes[0].live_count(), 3);
+    nodes[0].suspect(Time::ZERO, id(1), &mut Vec::new());
+    assert!(nodes[0].members().contains(&id(1)));
+    assert_eq!(nodes[0].live_count(), 2);
+}
+
 #[test]
 fn an_outside_suspicion_declares_the_member_down_after_the_suspicion_time() {
     let mut nodes = trio();
