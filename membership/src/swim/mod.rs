@@ -546,10 +546,10 @@ impl Swim {
         // word against ours: a node whose cut healed before it had declared every peer across
         // it Down counts those peers in its view, so its view can tie ours and its verdicts
         // about the nodes on our side (taken before the heal) would down them here.
-        let downs_us = members
-            .iter()
-            .any(|m| *m.id() == me && m.state() == State::Down);
-        let third_party_downs = !overruled || downs_us;
+        let third_party_downs = !overruled
+            || members
+                .iter()
+                .any(|m| *m.id() == me && m.state() == State::Down);
         let fresh: Vec<Member<NodeId>> = members
             .into_iter()
             .filter(|m| {
