@@ -380,7 +380,11 @@ impl Swim {
     /// Members known alive in our view, ourselves included (what `Push::live` carries).
     /// Suspected ones are left out: after a cut heals early, a cut-off node still counts the
     /// peers across it that it had only suspected so far, and its view would tie the
-    /// majority's (then both sides' verdicts are believed). O(members): pushes are rare.
+    /// majority's (then both sides' verdicts are believed). Unprobed peers still count, but
+    /// probes go round-robin and a verdict takes a suspicion time, so by its first verdict a
+    /// cut-off node has suspected the next few (simulator test
+    /// `after_the_earliest_possible_heal_only_the_cut_off_side_renews`). O(members): pushes
+    /// are rare.
     fn live_count(&self) -> u32 {
         let alive = self
             .foca

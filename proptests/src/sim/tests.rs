@@ -228,3 +228,95 @@ fn after_two_halves_heal_the_cluster_converges() {
     let renewed = renewed_after_cut(8, 15, &[0, 1, 2, 3]);
     assert!(!renewed.is_empty(), "someone renews: {renewed:?}");
 }
+
+/// Cuts the nodes `minority` off from the rest of an `n`-node SWIM cluster and heals at the
+/// first moment a heal can go wrong: every majority node holds every minority node Down and
+/// some minority node holds a majority node Down, while the minority may still count other
+/// majority nodes alive (not even suspected). Returns the nodes that renewed, sorted and
+/// deduplicated.
+fn renewed_after_earliest_heal(n: u32, seed: u64, minority: &[u32]) -> Vec<u32> {
+    use meshreg_membership::MembershipCore;
+    let mut sim = converged(n, seed, swim_factory(Profile::Test, n), 10_000);
+    let mut sides = vec![0u8; n as usize];
+    for &m in minority {
+        sides[m as usize] = 1;
+    }
+    sim.partition(sides.clone(), vec![(0, 1), (1, 0)]);
+    let side_of = |addr: std::net::SocketAddrV4| {
+        (0..n)
+            .find(|&i| Sim::<meshreg_membership::Swim>::addr(i) == addr)
+            .map(|i| sides[i as usize])
+    };
+    let ready = sim.run_until_or(sim.now() + 5_000 * MS, |s| {
+        let across = |i: u32| {
+            s.core(i).map_or(0, |c| {
+                c.members()
+                    .iter()
+                    .filter(|m| side_of(m.addr()) != Some(sides[i as usize]))
+                    .count()
+            })
+        };
+        let majority = n as usize - minority.len();
+        let minority_holds_one_down = minority.iter().any(|&i| across(i) < majority);
+        let majority_holds_them_down = (0..n)
+            .filter(|i| !minority.contains(i))
+            .all(|i| across(i) == 0);
+        minority_holds_one_down && majority_holds_them_down
+    });
+    assert!(
+        ready,
+        "seed {seed}: the cut was never detected on both sides"
+    );
+    sim.heal();
+    assert!(
+        sim.run_until_or(sim.now() + 30_000 * MS, |s| s.observer().live_count() == n
+            && s.observer().converged()),
+        "seed {seed}: no convergence after the heal"
+    );
+    sim.run_until(sim.now() + 5_000 * MS);
+    let mut renewed: Vec<u32> = sim
+        .drain_members()
+        .iter()
+        .filter(|r| matches!(r.what, MemberFact::Renewed(_)))
+        .map(|r| r.node)
+        .collect();
+    renewed.sort_unstable();
+    renewed.dedup();
+    renewed
+}
+
+/// A heal as early as it can come: a cut-off node has declared one peer Down and may not have
+/// probed the others yet. foca probes its members round-robin, one per probe period, and a
+/// verdict comes a suspicion time (4 probe periods in the `test` profile) after the first failed
+/// probe, so by the time a cut-off node holds any peer Down it has suspected up to four more,
+/// and its view (members known alive) stays below the majority's. Only the cut-off side renews.
+/// Counting suspected members too, the majority renews here as well (n = 3, seed 107: all three).
+#[test]
+fn after_the_earliest_possible_heal_only_the_cut_off_side_renews() {
+    for n in 3..=12u32 {
+        for seed in 0..8u64 {
+            let victim = (seed as u32 + n) % n;
+            assert_eq!(
+                renewed_after_earliest_heal(n, 100 + seed, &[victim]),
+                vec![victim],
+                "n {n}, seed {}",
+                100 + seed
+            );
+        }
+    }
+    for (n, minority) in [
+        (7, vec![1, 4, 5]),
+        (9, vec![0, 3, 6, 8]),
+        (10, vec![2, 3, 7, 9]),
+        (12, vec![0, 1, 5, 8, 11]),
+    ] {
+        for seed in 0..4u64 {
+            assert_eq!(
+                renewed_after_earliest_heal(n, 200 + seed, &minority),
+                minority,
+                "n {n}, seed {}",
+                200 + seed
+            );
+        }
+    }
+}
