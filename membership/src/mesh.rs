@@ -681,23 +681,27 @@ impl Mesh {
             let silent = now.saturating_sub(peer.last_heard) >= timeout;
             let gone_long = now.saturating_sub(peer.lost_since) >= forget_after;
             match peer.status {
-                Status::Up { .. } if silent => lost.push(*addr),
+                Status::Up { .. } if silent => lost.push((*addr, true)),
                 // Any frame counts as a heartbeat: skip peers we sent to within the period.
                 Status::Up { .. } if now.saturating_sub(peer.last_sent) >= heartbeat => {
                     peer.last_sent = now;
                     out.push(Self::send(*addr, beat.clone()));
                 }
-                // A dial the driver never answered, or a link that never said Hello.
+                // A link that never said Hello is closed. A dial the driver never answered is
+                // left to the driver's connect timeout and redialled later, not closed: the
+                // peer may be opening a link to us right now (after a heal, both ends redial),
+                // and closing would tear down that link too before we heard of it, and a link
+                // lost is a member Down at the other end.
                 Status::Joining { since } if now.saturating_sub(since) >= timeout => {
-                    lost.push(*addr);
+                    lost.push((*addr, peer.link_up));
                 }
                 Status::Retrying { .. } if gone_long && !peer.seed => forgotten.push(*addr),
                 Status::Left if gone_long => forgotten.push(*addr),
                 _ => {}
             }
         }
-        for addr in lost {
-            self.lost(now, addr, true, out);
+        for (addr, close) in lost {
+            self.lost(now, addr, close, out);
         }
         for addr in forgotten {
             self.forget(addr, out);

@@ -527,6 +527,37 @@ fn silent_peer_is_declared_down_disconnected_and_redialled() {
     assert_eq!(timer(&mut m, timeout + after, redial), vec![]);
 }
 
+/// A dial the driver never answered is given up without closing anything: the peer may be
+/// opening a link to us at that moment (after a heal both ends redial), and a close would tear
+/// it down before we heard of it, making us Down at the other end (found with
+/// `prop_a_cut_off_mesh_minority_renews_alone` at ~1,000 cases: a majority node renewed). A
+/// link that came up but never said Hello is still closed.
+#[test]
+fn an_unanswered_dial_times_out_without_closing_a_link_the_peer_may_be_opening() {
+    let timeout = PROFILE.mesh_heartbeat_timeout();
+    let mut m = started(0, &[addr(1)]);
+    let out = timer(&mut m, timeout, MeshTimer::Tick);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Disconnect { .. })),
+        "{out:?}"
+    );
+    redial_of(&out);
+    // The peer's link arrives meanwhile: the handshake goes on as on any link.
+    assert_eq!(
+        link(&mut m, timeout + ms(1), LinkEvent::Up(addr(1))),
+        vec![send(addr(1), &hello(node(0, 1), &[]))]
+    );
+    assert_eq!(
+        recv(&mut m, timeout + ms(2), addr(1), &hello(node(1, 1), &[])),
+        vec![up(node(1, 1))]
+    );
+    // Linked, but silent: closed when it times out.
+    let mut m = started(0, &[addr(1)]);
+    link(&mut m, ms(0), LinkEvent::Up(addr(1)));
+    let out = timer(&mut m, timeout, MeshTimer::Tick);
+    assert!(out.contains(&Output::Disconnect { to: addr(1) }), "{out:?}");
+}
+
 #[test]
 fn link_down_of_an_up_peer_emits_down_at_once_and_schedules_a_redial() {
     let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
