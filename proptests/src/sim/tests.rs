@@ -178,6 +178,12 @@ fn renewed_after_cut(n: u32, seed: u64, minority: &[u32]) -> Vec<u32> {
     sim.partition(sides, vec![(0, 1), (1, 0)]);
     // Long enough for both sides to declare the other Down (test profile: ~1 s).
     sim.run_until(sim.now() + 5_000 * MS);
+    heal_and_list_renewed(&mut sim, n)
+}
+
+/// Heals every cut, waits for convergence plus 5 s for late verdicts, and returns the nodes
+/// that renewed since membership facts were last drained, sorted and deduplicated.
+fn heal_and_list_renewed(sim: &mut Sim<meshreg_membership::Swim>, n: u32) -> Vec<u32> {
     sim.heal();
     assert!(
         sim.run_until_or(sim.now() + 30_000 * MS, |s| s.observer().live_count() == n
@@ -267,22 +273,7 @@ fn renewed_after_earliest_heal(n: u32, seed: u64, minority: &[u32]) -> Vec<u32> 
         ready,
         "seed {seed}: the cut was never detected on both sides"
     );
-    sim.heal();
-    assert!(
-        sim.run_until_or(sim.now() + 30_000 * MS, |s| s.observer().live_count() == n
-            && s.observer().converged()),
-        "seed {seed}: no convergence after the heal"
-    );
-    sim.run_until(sim.now() + 5_000 * MS);
-    let mut renewed: Vec<u32> = sim
-        .drain_members()
-        .iter()
-        .filter(|r| matches!(r.what, MemberFact::Renewed(_)))
-        .map(|r| r.node)
-        .collect();
-    renewed.sort_unstable();
-    renewed.dedup();
-    renewed
+    heal_and_list_renewed(&mut sim, n)
 }
 
 /// A heal as early as it can come: a cut-off node has declared one peer Down and may not have
