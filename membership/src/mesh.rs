@@ -569,12 +569,16 @@ impl Mesh {
                     continue;
                 }
                 peer.newest = Some(y.generation());
+                // The newer identity has not had our list (nor our Hello: one we sent on this
+                // link went to an older identity, which may since have renewed and forgotten
+                // what it did with it), so its Hello gets ours in answer.
+                peer.told = false;
                 match peer.status {
                     // A dial or a Hello is already under way.
                     Status::Joining { .. } => continue,
                     // Our link may lead to a dead incarnation; redialling a live link only
                     // re-sends Hello, with our list for the newer one.
-                    Status::Up { .. } => peer.told = false,
+                    Status::Up { .. } => {}
                     Status::Retrying { .. } | Status::Left => {
                         peer.status = Status::Joining { since: now };
                     }

@@ -395,6 +395,48 @@ fn a_broken_link_makes_the_next_hello_carry_our_list_again() {
     );
 }
 
+/// Found with `prop_a_cut_off_mesh_minority_renews_alone` at ~4,000 cases: our Hello on a
+/// link went to an identity we held Down (it answered with a Down notice and renewed); a peer
+/// list then named its new generation, and when that one's Hello came we took our Hello for
+/// delivered and sent none. The renewed node, which forgot what it had held Down, waited for
+/// it until each side timed the other out, and a majority node renewed.
+#[test]
+fn a_newer_generation_named_in_a_list_gets_our_hello_when_it_says_hello() {
+    let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
+    link(&mut m, ms(5), LinkEvent::Down(addr(1)));
+    link(&mut m, ms(6), LinkEvent::Up(addr(1)));
+    // Still the identity we hold Down: told so.
+    assert_eq!(
+        recv(&mut m, ms(7), addr(1), &hello(node(1, 1), &[])),
+        vec![send(
+            addr(1),
+            &Msg::Down {
+                id: node(1, 1),
+                view: 2
+            }
+        )]
+    );
+    // Node 2 names node 1's renewed identity first.
+    assert_eq!(
+        recv(
+            &mut m,
+            ms(8),
+            addr(2),
+            &Msg::Peers {
+                peers: vec![node(1, 2)]
+            }
+        ),
+        vec![]
+    );
+    assert_eq!(
+        recv(&mut m, ms(9), addr(1), &hello(node(1, 2), &[])),
+        vec![
+            up(node(1, 2)),
+            send(addr(1), &hello(node(0, 1), &[node(1, 2), node(2, 1)]))
+        ]
+    );
+}
+
 #[test]
 fn peer_lists_dial_only_nodes_we_do_not_know() {
     let mut m = with_up(0, &[node(1, 1), node(2, 1)]);
