@@ -112,7 +112,7 @@ fn steady_or_crash() -> impl Strategy<Value = Scenario> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meshreg_proptests::cases(16), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_gossip_converges_to_the_model(seed in any::<u64>(), nodes in 4u32..12, s in steady_or_crash()) {

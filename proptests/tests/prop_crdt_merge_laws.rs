@@ -115,7 +115,7 @@ fn world_ops() -> impl Strategy<Value = Vec<Vec<Op>>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meshreg_proptests::cases(256), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_merge_is_commutative(ops in world_ops(), a in replica_plan(), b in replica_plan()) {

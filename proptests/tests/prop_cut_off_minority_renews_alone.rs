@@ -94,7 +94,7 @@ fn a_cut_off_mesh_minority_renews_alone_and_the_tables_converge() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meshreg_proptests::cases(12), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_a_cut_off_minority_renews_alone(seed in any::<u64>(), nodes in 5u32..13, share in 3u32..6) {

@@ -21,7 +21,7 @@ fn feed<C: MembershipCore>(core: &mut C, bytes: &[u8]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meshreg_proptests::cases(512), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_cores_never_panic_on_hostile_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {

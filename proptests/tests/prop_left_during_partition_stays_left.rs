@@ -244,7 +244,7 @@ fn both(c: &Case) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meshreg_proptests::cases(24), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_a_group_left_during_a_partition_does_not_come_back(seed in any::<u64>(), nodes in 4u32..12, joins in 8u32..30, ops in 1u32..8) {

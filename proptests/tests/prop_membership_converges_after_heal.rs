@@ -57,7 +57,7 @@ fn check<C: MembershipCore>(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meshreg_proptests::cases(64), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_swim_converges_after_heal(seed in any::<u64>(), n in 4u32..32, schedule in proptest::collection::vec(fault(), 1..10)) {

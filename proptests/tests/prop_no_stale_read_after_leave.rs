@@ -137,7 +137,7 @@ fn schedule() -> impl Strategy<Value = Vec<(u32, Fault)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meshreg_proptests::cases(64), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_coordinated_never_lists_a_completed_leave(seed in any::<u64>(), nodes in 4u32..12, faults in schedule()) {

@@ -119,7 +119,7 @@ fn one_group_workload_twice_gives_the_same_report_and_history_for_both_backends(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meshreg_proptests::cases(8), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_same_seed_and_schedule_replay_exactly(seed in any::<u64>(), n in 4u32..12, schedule in proptest::collection::vec(fault(), 1..6)) {

@@ -9,7 +9,7 @@ mod sessions_common;
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: meshreg_proptests::cases(32), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn prop_sessions_calls_end_definite(
