@@ -192,6 +192,30 @@ fn a_node_restarted_across_a_cut_does_not_bring_completed_leaves_back_at_the_hea
     }
 }
 
+/// Found by this property with `PROPTEST_CASES=4000` (seed 3715190028928044077, 4 nodes): a cut
+/// {0, 3} | {1, 2} with node 3 restarted on node 0's side. Node 0 declared node 2 Down and told
+/// the restarted node (`Gone`), which dropped node 2's memberships. At the heal node 0 renewed
+/// (equal halves) and nodes 1 and 2 kept their identities, so node 2 came Up at node 3 after
+/// all; but the partition's boss, which had node 2's join made during the cut, synced node 3
+/// while node 2 was still gone there, and node 3 never got that join back. Node 3 now has each partition it kept
+/// something of node 2 out of recovered again when node 2 comes Up
+/// (`coordinated::tests::a_node_said_gone_that_comes_up_after_all_gets_its_memberships_back`).
+#[test]
+fn a_node_said_gone_across_a_cut_that_comes_up_after_all_is_listed_again() {
+    let faults = vec![
+        (
+            477,
+            Fault::Partition {
+                modulus: 3,
+                one_way: false,
+            },
+        ),
+        (491, Fault::Restart { node: 0 }),
+        (2_381, Fault::Heal),
+    ];
+    check(3715190028928044077, 4, faults).unwrap();
+}
+
 /// Found by this property (10 nodes, a cut {even} | {odd}, node 8 restarted during it): the
 /// restarted node sees only its side, bosses a partition there, and completes a leave 40 ms
 /// before its side declares the odd nodes Down. They were never in its view, so it never

@@ -587,6 +587,33 @@ impl CoordinatedGroups {
         }
     }
 
+    /// This node's copy of partition `key` misses memberships its boss may hold (see
+    /// `recover_kept_out`): have the partition recovered again, as for a node holding another
+    /// history. This node's own term restarts (unless it is recovering already); another boss
+    /// is sent the refusal that restarts its term (`Nack { Unrecovered }` for the term this
+    /// node promised). A boss whose term this node has not promised yet is recovering, and
+    /// syncs this node when its report differs from the state adopted.
+    pub(super) fn recover_again(&mut self, now: Time, key: &Key, out: &mut Out) {
+        let boss = self.boss_of(&key.0, key.1);
+        if boss != self.me {
+            let epoch = self.replica(key).epoch;
+            let nack = Message::Nack {
+                scope: key.0.clone(),
+                partition: key.1,
+                what: Refused::Recover { epoch },
+                reason: NackReason::Unrecovered,
+            };
+            self.send(boss, &nack, out);
+            return;
+        }
+        let queued = match self.terms.get(key) {
+            Some(term) if term.recovery.is_some() => return,
+            Some(_) => self.terms.remove(key).expect("present").queued,
+            None => VecDeque::new(),
+        };
+        self.start_term(now, key, queued, out);
+    }
+
     /// `node` came Up: it must hear from every term this node keeps.
     ///
     /// A renewed identity (not its root) may hold memberships of its own that it re-joined

@@ -175,8 +175,10 @@ pub struct CoordinatedGroups {
     pub(super) watchers: BTreeMap<NodeId, BTreeSet<NodeId>>,
     /// Identities neither Up nor Down here that a node this one took their memberships from
     /// declared Down (`Gone`): their memberships and ops are kept out of the table, as a dead
-    /// identity's, until they come Up here (see `watch.rs`).
-    pub(super) gone: BTreeSet<NodeId>,
+    /// identity's, until they come Up here (see `watch.rs`). Each with the partitions where
+    /// something of it was kept out (removed on `Gone`, refused from a state or an `Apply`):
+    /// if it comes Up here, those partitions are recovered again to bring it back.
+    pub(super) gone: BTreeMap<NodeId, BTreeSet<Key>>,
     pub(super) next_exit: u64,
     pub(super) stats: BossStats,
     /// `Some` while the driver holds this node's frames (`RegistryCore::hold`).
@@ -229,7 +231,7 @@ impl CoordinatedGroups {
             unseen: BTreeMap::new(),
             unseen_armed: false,
             watchers: BTreeMap::new(),
-            gone: BTreeSet::new(),
+            gone: BTreeMap::new(),
             next_exit: 0,
             stats: BossStats::default(),
             outbox: None,
@@ -306,7 +308,7 @@ impl CoordinatedGroups {
     /// Whether memberships and ops of identity `node` stay out of the table: it is dead here,
     /// or a node this one took its memberships from said it is gone (`watch.rs`).
     pub(super) fn is_out(&self, node: NodeId) -> bool {
-        self.is_dead(node) || self.gone.contains(&node)
+        self.is_dead(node) || self.gone.contains_key(&node)
     }
 
     /// Sends `msg` to `to` (never this node: local deliveries are direct calls).
@@ -405,11 +407,12 @@ impl CoordinatedGroups {
         if self.is_dead(node) || self.live.get(&node.addr()) == Some(&node) {
             return;
         }
-        self.settle_unseen(node);
+        let kept_out = self.settle_unseen(node);
         self.live.insert(node.addr(), node);
         self.bosses_on_up(now, node, out);
         // A node coming Up can only take partitions from this one, never give it any.
         self.view_changed(now, false, out);
+        self.recover_kept_out(now, kept_out, out);
     }
 
     /// `node` is Down. A Down about a generation already tombstoned (declared Down before, or

@@ -28,7 +28,7 @@
 //! membership view may not show yet; they go through `observe` before anything is applied, so
 //! a re-join applied here early is never removed by the old identity's later `Down`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use meshreg_membership::{NodeId, Time};
@@ -205,6 +205,7 @@ impl CoordinatedGroups {
     /// refusal (ops on dead pids excepted: nobody waits for those).
     pub(super) fn apply_next(&mut self, key: &Key, epoch: u64, origin: Origin, op: &Op) -> bool {
         let refused = if self.is_out(origin.0) {
+            self.kept_out(origin.0, key);
             false
         } else {
             match op {
@@ -498,6 +499,7 @@ impl CoordinatedGroups {
         } else {
             Vec::new()
         };
+        let mut gone_owners = BTreeSet::new();
         let mut wanted: Vec<Entry> = state
             .entries
             .into_iter()
@@ -510,11 +512,17 @@ impl CoordinatedGroups {
                 // This node's own entries are live only under its current identity.
                 if e.pid.node == self.me.root() {
                     !keep_own && owner == self.me
+                } else if self.is_out(owner) {
+                    gone_owners.insert(owner);
+                    false
                 } else {
-                    !self.is_out(owner)
+                    true
                 }
             })
             .collect();
+        for owner in gone_owners {
+            self.kept_out(owner, key);
+        }
         wanted.extend(own);
         let groups = self.part_groups.entry(key.clone()).or_default();
         groups.extend(wanted.iter().map(|e| e.group.clone()));

@@ -770,6 +770,62 @@ fn memberships_of_a_node_said_gone_stay_out_until_it_comes_up_here() {
     assert_eq!(c.nodes[0].table().members("s", g.as_str()).len(), 1);
 }
 
+/// The shape of seed 3715190028928044077 in `prop_no_stale_read_after_leave`: a node (`w`)
+/// restarted on one side of a cut was told that a node of the other side (`x`) is gone and
+/// dropped its memberships, while the partition's boss (`b`) kept them and counted `w` as
+/// holding its state. When `x` comes Up at `w` after all (the node that declared it Down
+/// renewed instead), `w` must get them back: it has the partition recovered again.
+#[test]
+fn a_node_said_gone_that_comes_up_after_all_gets_its_memberships_back() {
+    let mut c = Cluster::cold(3, 16);
+    let (w, b, x) = (0, 1, 2);
+    let fresh = c.nodes[w].me().next_creation();
+    let (b_id, x_id) = (c.nodes[b].me(), c.nodes[x].me());
+    let views = [vec![fresh, b_id], vec![b_id, x_id], vec![fresh, b_id, x_id]];
+    let g = (0..200)
+        .map(|k| format!("g{k}"))
+        .find(|g| {
+            let p = c.nodes[b].partition_of("s", g);
+            views
+                .iter()
+                .all(|v| super::boss_of("s", p, v.iter().copied()) == Some(b_id))
+        })
+        .unwrap();
+    // `w` restarts seeing only `b`; `x` never sees it (a cut between them).
+    c.crash_silently(w);
+    c.member_event(b, MemberEvent::Down(c.nodes[w].me()));
+    c.member_event(x, MemberEvent::Down(c.nodes[w].me()));
+    assert_eq!(c.restart_among(w, &[b]), fresh);
+    c.settle();
+    c.hold = Some(Box::new(move |from, to, _| {
+        (from == w && to == x) || (from == x && to == w)
+    }));
+    let first = c.join(x, "s", &g, 1, b"");
+    c.settle();
+    ok_everywhere(&c, x, first, 1);
+    // The word of a node that saw `x` Down (in the property, one on `w`'s side of a cut; the
+    // receiver does not check who says it, so `b`'s address stands in for it).
+    let gone = Message::Gone { nodes: vec![x_id] };
+    let mut out = Vec::new();
+    let from = b_id.addr();
+    c.nodes[w]
+        .handle_message(c.now, from, Channel::Stream, &sealed(&gone), &mut out)
+        .unwrap();
+    assert!(c.view(w).is_empty(), "the premise: `w` dropped them");
+    let second = c.join(x, "s", &g, 2, b"");
+    c.settle();
+    assert_eq!(c.completion(x, second).map(|d| &d.result), Some(&Ok(())));
+    assert!(c.view(w).is_empty(), "the premise: `w` kept the join out");
+
+    // `x` comes Up at `w` after all.
+    c.hold = None;
+    c.member_event(w, MemberEvent::Up(x_id));
+    c.member_event(x, MemberEvent::Up(fresh));
+    c.settle();
+    let view = c.assert_converged();
+    assert_eq!(view.len(), 2, "{view:?}");
+}
+
 /// As above, but node 1 crashes before it notices the cut, so nobody tells the restarted node
 /// that node 0 is gone: it still lists node 0's membership when the cut heals, and bosses the
 /// partition in node 0's view then, with a higher epoch than node 0's side. Its `Sync` must not

@@ -18,18 +18,22 @@
 //! own view decides from that moment), keeps later copies of them out of the table (`gone`: a
 //! recovery may still hold a report taken before the cut was noticed), and passes `Gone` on to
 //! its own watchers. The owner is not tombstoned: if it comes Up here later it is live here
-//! (`gone` forgets it), and the bosses' recoveries (see `NackReason::Unrecovered`) merge its
-//! memberships back.
+//! (`gone` forgets it). What was kept out meanwhile is missing here, and a boss that had it all
+//! along (the owner was live on its side of a cut) may count this node as holding its state;
+//! so `gone` also records the partitions where something of the owner was kept out, and when
+//! the owner comes Up each of them is recovered again (`recover_again`; the recovery merges the
+//! owner's own report and syncs this node).
 //!
 //! Cost: nothing in a boot race that settles within the interval; one `Watch` per source and
 //! one `Gone` per watcher otherwise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use meshreg_membership::NodeId;
+use meshreg_membership::{NodeId, Time};
 
-use super::groups::{BossTimer, CoordinatedGroups, Out};
+use super::groups::{BossTimer, CoordinatedGroups, Key, Out};
 use super::message::Message;
+use super::placement::partition_of;
 use crate::RegistryOutput;
 
 impl CoordinatedGroups {
@@ -59,9 +63,31 @@ impl CoordinatedGroups {
     }
 
     /// `node` came Up or went Down here: its memberships follow this node's own view now.
-    pub(super) fn settle_unseen(&mut self, node: NodeId) {
+    /// Returns the partitions where memberships or ops of `node` were kept out while it was
+    /// gone (see [`Self::recover_kept_out`]).
+    pub(super) fn settle_unseen(&mut self, node: NodeId) -> BTreeSet<Key> {
         self.unseen.remove(&node);
-        self.gone.remove(&node);
+        self.gone.remove(&node).unwrap_or_default()
+    }
+
+    /// Something of `owner`, gone here, was kept out of partition `key`.
+    pub(super) fn kept_out(&mut self, owner: NodeId, key: &Key) {
+        if let Some(keys) = self.gone.get_mut(&owner)
+            && !keys.contains(key)
+        {
+            keys.insert(key.clone());
+        }
+    }
+
+    /// A gone identity came Up here after all: what this node kept out of `keys` while it was
+    /// gone (dropped on `Gone`, refused from `Sync`s and `Apply`s) is missing here, while the
+    /// partitions' bosses may have it (the owner was live on their side of a cut) and count
+    /// this node as holding their state. So each such partition is recovered again
+    /// (`recover_again`): the recovery merges the owner's own report and syncs this node.
+    pub(super) fn recover_kept_out(&mut self, now: Time, keys: BTreeSet<Key>, out: &mut Out) {
+        for key in keys {
+            self.recover_again(now, &key, out);
+        }
     }
 
     /// The interval passed: watch every owner still neither Up nor Down, at its live sources.
@@ -122,12 +148,17 @@ impl CoordinatedGroups {
                 continue;
             }
             self.unseen.remove(&node);
-            self.gone.insert(node);
             // By the invariant of `known`, the root's memberships date from the newest identity
             // known at its address; only if that is `node` are they `node`'s.
+            let mut keys = BTreeSet::new();
             if self.known.get(&node.addr()) == Some(&node) {
-                self.table.remove_node(node.root());
+                let parts = self.config.partitions_per_scope;
+                for m in self.table.remove_node(node.root()) {
+                    let p = partition_of(m.scope.as_str(), m.group.as_str(), parts);
+                    keys.insert((m.scope, p));
+                }
             }
+            self.gone.insert(node, keys);
             self.tell_watchers(node, out);
         }
     }
