@@ -216,6 +216,27 @@ fn a_node_said_gone_across_a_cut_that_comes_up_after_all_is_listed_again() {
     check(3715190028928044077, 4, faults).unwrap();
 }
 
+/// Found by this property with `PROPTEST_CASES=3000` (seed 4300469693059870211, 4 nodes): equal
+/// halves {0, 3} | {1, 2}, healed; node 3, the boss of a partition node 0 was leaving a
+/// membership of, renewed with the leave on its way. Node 0 retired node 3's old identity
+/// before its new one was in the view, bossed the partition alone for that moment, and
+/// completed the leave while the renewed node still listed it
+/// (`coordinated::tests::a_renewed_boss_is_in_the_view_before_its_old_identity_is_retired`).
+#[test]
+fn a_leave_waits_for_a_boss_that_renewed_with_it_on_the_way() {
+    let faults = vec![
+        (
+            71,
+            Fault::Partition {
+                modulus: 3,
+                one_way: false,
+            },
+        ),
+        (1_571, Fault::Heal),
+    ];
+    check(4300469693059870211, 4, faults).unwrap();
+}
+
 /// Found by this property (10 nodes, a cut {even} | {odd}, node 8 restarted during it): the
 /// restarted node sees only its side, bosses a partition there, and completes a leave 40 ms
 /// before its side declares the odd nodes Down. They were never in its view, so it never

@@ -402,9 +402,22 @@ impl CoordinatedGroups {
         if node.addr() == self.me.addr() {
             return;
         }
+        // A newer generation of a live identity (it renewed) takes its place in the view
+        // before the old one is retired, never after: retiring it ends recoveries waiting on
+        // it and moves its partitions, and a view holding neither would let a term serve and
+        // complete an op without the renewed node, which keeps its table (seen: a leave
+        // completed while the renewed node still listed the membership).
+        let renewed_live = !self.is_dead(node)
+            && self
+                .live
+                .get(&node.addr())
+                .is_some_and(|l| l.generation() < node.generation());
+        if renewed_live {
+            self.live.insert(node.addr(), node);
+        }
         // A newer generation at a known address replaces the old one: the old is Down.
         self.observe(now, node, out);
-        if self.is_dead(node) || self.live.get(&node.addr()) == Some(&node) {
+        if self.is_dead(node) || (!renewed_live && self.live.get(&node.addr()) == Some(&node)) {
             return;
         }
         let kept_out = self.settle_unseen(node);

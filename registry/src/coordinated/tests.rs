@@ -1319,6 +1319,52 @@ fn a_renewed_node_takes_back_the_nodes_it_had_declared_down() {
     }
 }
 
+/// Found by `prop_no_stale_read_after_leave` with `PROPTEST_CASES=3000` (seed
+/// 4300469693059870211): the boss of a partition renews while a leave is on its way to it. Its
+/// new identity's `Up` at the requester retired the old one before the new one was in the view,
+/// so for a moment the requester was the partition's boss alone: it ordered the leave, applied
+/// it, and completed it without the renewed node, which keeps its table and still listed the
+/// membership. The new identity now takes the old one's place in the view first.
+#[test]
+fn a_renewed_boss_is_in_the_view_before_its_old_identity_is_retired() {
+    let mut c = Cluster::new(2, 16);
+    let (x, b) = (0, 1);
+    let b_old = c.nodes[b].me();
+    let b_new = b_old.next_generation();
+    let g = (0..200)
+        .map(|k| format!("g{k}"))
+        .find(|g| {
+            let p = c.nodes[x].partition_of("s", g);
+            let boss_in = |v: [NodeId; 2]| super::boss_of("s", p, v);
+            boss_in([c.nodes[x].me(), b_old]) == Some(b_old)
+                && boss_in([c.nodes[x].me(), b_new]) == Some(b_new)
+        })
+        .unwrap();
+    let joined = c.join(x, "s", &g, 1, b"");
+    c.settle();
+    ok_everywhere(&c, x, joined, 1);
+    // The leave request is on its way to the old identity when the boss renews.
+    c.hold = Some(Box::new(move |from, to, _| from == x && to == b));
+    let left = c.leave(x, "s", &g, 1);
+    c.run();
+    assert_eq!(c.renew(b), b_new);
+    c.hold = None;
+    c.held.clear(); // the old identity's link is gone
+    // As the stack feeds a renewal: the new identity's Up, then the old one's Down.
+    c.member_event(x, MemberEvent::Up(b_new));
+    c.member_event(x, MemberEvent::Down(b_old));
+    if let Some(done) = c.completion(x, left) {
+        assert_eq!(
+            done.occurrences[&b], 0,
+            "completed while the renewed boss still listed the membership"
+        );
+    }
+    c.member_event(b, MemberEvent::Up(c.nodes[x].me()));
+    c.settle();
+    ok_everywhere(&c, x, left, 0);
+    assert!(c.assert_converged().is_empty());
+}
+
 /// Found by `prop_no_stale_read_after_leave` (seed 1206143698789191312): a node renews while an
 /// Apply to it is in flight; its new identity's `Up` at the boss retires the old one, whose ack
 /// the op was waiting for. The renewed node keeps its table, so the op must not complete on the
