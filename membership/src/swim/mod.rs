@@ -135,6 +135,13 @@ pub struct Swim {
     /// The records of the push being merged when it declares us Down: the view of whoever
     /// renews us, which the fresh view adopts (see `renew`).
     renewer: Vec<Member<NodeId>>,
+    /// Addresses our previous identities held Down that the renewed view does not know (see
+    /// `renew`): targets of the anti-entropy rounds that go to members believed Down, like
+    /// foca's own Down members. Dropped once foca knows the address again, or after
+    /// `graves_left` more rounds (foca's `remove_down_after`).
+    graves: Vec<SocketAddrV4>,
+    /// Anti-entropy rounds before `graves` is forgotten.
+    graves_left: u32,
 }
 
 /// Adapts foca's `Runtime` callbacks to [`Output`]s; notifications are kept for post-processing
@@ -196,6 +203,8 @@ impl Swim {
             suspicion,
             suspected: 0,
             renewer: Vec::new(),
+            graves: Vec::new(),
+            graves_left: 0,
         }
     }
 
@@ -320,7 +329,18 @@ impl Swim {
     fn renew(&mut self, out: &mut Vec<Output<SwimTimer>>) {
         let new = self.me.next_generation();
         let members: Vec<Member<NodeId>> = self.foca.iter_members().cloned().collect();
+        // The fresh view forgets whom we held Down, but not where they were: were it the
+        // addresses of the far side of a cut, a cluster whose every node on one side renewed
+        // during the cut would have nobody left who knows an address across it, and the
+        // healed sides would never find each other.
+        self.graves.extend(
+            self.foca
+                .iter_membership_state()
+                .filter(|m| m.state() == State::Down)
+                .map(|m| m.id().addr()),
+        );
         let config = self.profile.foca_config(self.cluster_size);
+        let keep = config.remove_down_after.unwrap_or(Duration::ZERO);
         let seed = self.rng.random::<u64>();
         self.foca = Foca::new(new, config, SmallRng::seed_from_u64(seed), PostcardCodec);
         self.view = self.view.wrapping_add(1);
@@ -349,12 +369,31 @@ impl Swim {
         if !adopt.is_empty() {
             let _ = self.with_foca(out, |f, rt| f.apply_many(adopt.into_iter(), false, rt));
         }
+        self.keep_graves(keep);
         if self.foca.num_members() == 0 {
             self.announce_to_seeds(out);
         } else {
             // Any message from the new identity replaces the old one at its receiver.
             let _ = self.with_foca(out, |f, rt| f.gossip(rt));
         }
+    }
+
+    /// Keeps the graves foca does not know (sorted, deduplicated: the choice among them must
+    /// not depend on the order foca listed them in) for `keep` of anti-entropy rounds.
+    /// O(members + graves log graves); renewals are rare.
+    fn keep_graves(&mut self, keep: Duration) {
+        let known: std::collections::HashSet<SocketAddrV4> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id().addr())
+            .collect();
+        let me = self.me.addr();
+        self.graves.retain(|a| *a != me && !known.contains(a));
+        self.graves.sort_unstable();
+        self.graves.dedup();
+        self.graves.shrink_to_fit();
+        let period = self.profile.anti_entropy_period().as_nanos().max(1);
+        self.graves_left = u32::try_from(keep.as_nanos() / period).unwrap_or(u32::MAX);
     }
 
     /// The sender of a foca `TurnUndead` ("you are Down"), if `payload` is one. foca would
@@ -478,26 +517,51 @@ impl Swim {
             return;
         }
         self.round = self.round.wrapping_add(1);
+        self.graves_left = self.graves_left.saturating_sub(1);
+        if self.graves_left == 0 && !self.graves.is_empty() {
+            self.graves = Vec::new();
+        }
         let total = self.foca.iter_membership_state().len();
         let active = self.foca.num_members();
-        let target = if total > active
+        let down = total - active;
+        let target = if down + self.graves.len() > 0
             && self
                 .round
                 .is_multiple_of(self.profile.anti_entropy_down_every())
         {
-            let k = self.rng.random_range(0..total - active);
-            self.foca
-                .iter_membership_state()
-                .filter(|m| m.state() == State::Down)
-                .nth(k)
+            let k = self.rng.random_range(0..down + self.graves.len());
+            if k < down {
+                self.foca
+                    .iter_membership_state()
+                    .filter(|m| m.state() == State::Down)
+                    .nth(k)
+                    .map(|m| m.id().addr())
+            } else {
+                self.grave_target(k - down)
+            }
         } else {
             let k = self.rng.random_range(0..active);
-            self.foca.iter_members().nth(k)
+            self.foca.iter_members().nth(k).map(|m| m.id().addr())
         };
-        let Some(target) = target.map(|m| m.id().addr()) else {
+        let Some(target) = target else {
             return;
         };
         self.send_digest(target, out);
+    }
+
+    /// The grave at `i` as a digest target, unless foca knows its address again (then foca's
+    /// own rounds cover it and the grave is dropped). O(members), every few rounds at most.
+    fn grave_target(&mut self, i: usize) -> Option<SocketAddrV4> {
+        let addr = self.graves[i];
+        if self
+            .foca
+            .iter_membership_state()
+            .any(|m| m.id().addr() == addr)
+        {
+            self.graves.swap_remove(i);
+            return None;
+        }
+        Some(addr)
     }
 
     /// Our member states (and our own entry) in the buckets of `mask`.

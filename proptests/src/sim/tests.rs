@@ -311,3 +311,39 @@ fn after_the_earliest_possible_heal_only_the_cut_off_side_renews() {
         }
     }
 }
+
+/// Found by `prop_gossip_converges_after_partition_or_loss` (4 nodes, 5% loss): during a long
+/// cut into halves every node renewed on its own side (loss made its partner declare it Down),
+/// and a renewed node's fresh view held none of the members its old identity had declared Down.
+/// Nobody then knew an address across the cut, so the healed halves never found each other. A
+/// renewal now keeps those addresses as rendezvous targets for the anti-entropy rounds that go
+/// to members believed Down. Here each node is paused in turn until its partner declares it
+/// Down, so it renews when it resumes.
+#[test]
+fn halves_that_each_renewed_during_the_cut_find_each_other_after_the_heal() {
+    for seed in [21, 22, 23] {
+        let mut sim = converged(4, seed, swim_factory(Profile::Test, 4), 10_000);
+        sim.partition(vec![0, 0, 1, 1], vec![(0, 1), (1, 0)]);
+        sim.run_until(sim.now() + 5_000 * MS);
+        // Pause each node in turn until its partner declares it Down: it renews on resuming.
+        for i in 0..4 {
+            sim.pause(i, 3_000 * MS);
+            sim.run_until(sim.now() + 5_000 * MS);
+        }
+        let mut renewed: Vec<u32> = sim
+            .drain_members()
+            .iter()
+            .filter(|r| matches!(r.what, MemberFact::Renewed(_)))
+            .map(|r| r.node)
+            .collect();
+        renewed.sort_unstable();
+        renewed.dedup();
+        assert_eq!(renewed, vec![0, 1, 2, 3], "seed {seed}: every node renewed");
+        sim.heal();
+        assert!(
+            sim.run_until_or(sim.now() + 30_000 * MS, |s| s.observer().live_count() == 4
+                && s.observer().converged()),
+            "seed {seed}: the halves never found each other"
+        );
+    }
+}
