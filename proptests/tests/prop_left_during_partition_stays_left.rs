@@ -269,3 +269,25 @@ fn leaves_on_both_sides_of_a_partition_stay_left_after_heal() {
     };
     both(&c).unwrap();
 }
+
+/// Regression (found at `PROPTEST_CASES=8000`): a renewed node admitted again an owner it had
+/// held Down and took that owner's state, from before the cut, from a node that had never seen
+/// it Down: a process that ended during the cut was listed again
+/// (`crdt::tests::a_renewed_node_takes_no_older_state_of_an_owner_it_held_down_from_a_third_party`).
+#[test]
+fn a_process_ended_during_the_cut_stays_gone_when_a_stale_copy_is_relayed() {
+    let c = Case {
+        seed: 2791473286024314900,
+        nodes: 11,
+        joins: 18,
+        ops: 3,
+        exit: true,
+        must_empty: false,
+    };
+    run_case(
+        &c,
+        MembershipKind::Swim,
+        groups::gossip_factory(Profile::Test, c.nodes),
+    )
+    .unwrap();
+}

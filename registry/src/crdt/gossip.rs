@@ -460,7 +460,10 @@ impl GossipGroups {
         if let Some((generation, version)) = self.book.held(addr)
             && generation <= x.generation()
         {
-            self.book.remove_held(addr);
+            // The version applied is kept: should this generation come Up here again (our
+            // renewal lifts its tombstone), only news newer than it, or the owner's own word,
+            // may list its memberships again (see `sync.rs`, `admit_former`).
+            self.book.retire_held(addr);
             let owner = NodeId::new(addr, generation);
             self.digest.remove(&owner, version);
             self.table.remove_node(owner.root());

@@ -22,6 +22,10 @@ const EMPTY: u64 = u64::MAX;
 /// Bit of `key` set while the address has a tombstone (`dead_gen` meaningful).
 const DEAD: u64 = 1 << 48;
 
+/// Bit of `key` set while `version` is a *former* hold: the memberships of generation
+/// `held_gen` were dropped when it went Down here, and `version` is the last one applied.
+const FORMER: u64 = 1 << 49;
+
 /// The address bits of `key`.
 const ADDR_MASK: u64 = DEAD - 1;
 
@@ -51,6 +55,8 @@ struct Slot {
     /// Highest generation declared Down; meaningful iff the key has [`DEAD`].
     dead_gen: u32,
 }
+// A key never reaches EMPTY: address bits and flags leave the top 14 bits clear.
+const _: () = assert!((ADDR_MASK | DEAD | FORMER) != EMPTY);
 
 const VACANT: Slot = Slot {
     key: EMPTY,
@@ -70,6 +76,16 @@ impl Slot {
     fn dead(&self) -> bool {
         self.key & DEAD != 0
     }
+
+    /// The `(generation, version)` held, unless it is a former hold.
+    fn held(&self) -> Option<(u32, u64)> {
+        (self.version > 0 && self.key & FORMER == 0).then_some((self.held_gen, self.version))
+    }
+
+    /// The former hold, if `version` is one.
+    fn former(&self) -> Option<(u32, u64)> {
+        (self.version > 0 && self.key & FORMER != 0).then_some((self.held_gen, self.version))
+    }
 }
 
 /// What a [`PeerBook`] knows of one address.
@@ -79,6 +95,9 @@ pub(super) struct PeerView {
     pub(super) live: Option<u32>,
     /// Held `(generation, version)`.
     pub(super) held: Option<(u32, u64)>,
+    /// The last `(generation, version)` held before that generation went Down here (its
+    /// memberships dropped); cleared when a version is held again.
+    pub(super) former: Option<(u32, u64)>,
     /// Highest generation declared Down.
     pub(super) dead: Option<u32>,
 }
@@ -199,7 +218,8 @@ impl PeerBook {
     pub(super) fn view(&self, addr: SocketAddrV4) -> PeerView {
         self.find(addr).map_or(PeerView::default(), |s| PeerView {
             live: (s.live_pos != NOT_LIVE).then_some(s.live_gen),
-            held: (s.version > 0).then_some((s.held_gen, s.version)),
+            held: s.held(),
+            former: s.former(),
             dead: s.dead().then_some(s.dead_gen),
         })
     }
@@ -213,27 +233,30 @@ impl PeerBook {
 
     /// The `(generation, version)` held of `addr`, if any.
     pub(super) fn held(&self, addr: SocketAddrV4) -> Option<(u32, u64)> {
-        self.find(addr)
-            .filter(|s| s.version > 0)
-            .map(|s| (s.held_gen, s.version))
+        self.find(addr).and_then(Slot::held)
     }
 
-    /// Holds `owner` at `version` (> 0); returns what was held of its address before.
+    /// Holds `owner` at `version` (> 0); returns what was held of its address before (a
+    /// former hold is not held: it is cleared without being returned).
     pub(super) fn set_held(&mut self, owner: NodeId, version: u64) -> Option<(u32, u64)> {
         debug_assert!(version > 0, "held versions start at 1");
         let i = self.slot_of(owner.addr());
         let slot = &mut self.buckets[i];
-        let old = (slot.version > 0).then_some((slot.held_gen, slot.version));
+        let old = slot.held();
+        slot.key &= !FORMER;
         slot.held_gen = owner.generation();
         slot.version = version;
         old
     }
 
-    /// Forgets the version held of `addr`; returns it.
-    pub(super) fn remove_held(&mut self, addr: SocketAddrV4) -> Option<(u32, u64)> {
+    /// Stops holding `addr` (its memberships were dropped) but remembers the version as a
+    /// former hold; returns it.
+    pub(super) fn retire_held(&mut self, addr: SocketAddrV4) -> Option<(u32, u64)> {
         let slot = self.find_mut(addr)?;
-        let old = (slot.version > 0).then_some((slot.held_gen, slot.version));
-        slot.version = 0;
+        let old = slot.held();
+        if old.is_some() {
+            slot.key |= FORMER;
+        }
         old
     }
 
@@ -303,8 +326,8 @@ impl PeerBook {
     pub(super) fn held_iter(&self) -> impl Iterator<Item = (NodeId, u64)> + '_ {
         self.buckets
             .iter()
-            .filter(|s| s.key != EMPTY && s.version > 0)
-            .map(|s| (NodeId::new(s.addr(), s.held_gen), s.version))
+            .filter(|s| s.key != EMPTY)
+            .filter_map(|s| s.held().map(|(g, v)| (NodeId::new(s.addr(), g), v)))
     }
 
     /// Every tombstone, as the highest dead generation of its address, in table order.
@@ -396,12 +419,19 @@ mod tests {
         book.bury(id(1, 3));
         book.bury(id(1, 2));
         assert_eq!(book.dead_generation(id(1, 1).addr()), Some(3));
-        assert_eq!(book.remove_held(id(1, 1).addr()), Some((2, 1)));
+        assert_eq!(book.retire_held(id(1, 1).addr()), Some((2, 1)));
+        assert_eq!(book.retire_held(id(1, 1).addr()), None);
         assert_eq!(book.held(id(1, 1).addr()), None);
+        assert_eq!(book.view(id(1, 1).addr()).former, Some((2, 1)));
         assert_eq!(book.dead_iter().collect::<Vec<_>>(), vec![id(1, 3)]);
         book.clear_dead();
         assert_eq!(book.dead_generation(id(1, 1).addr()), None);
         assert_eq!(book.held_iter().count(), 0);
+        // A former hold outlives the tombstones, and the next hold replaces it.
+        assert_eq!(book.view(id(1, 1).addr()).former, Some((2, 1)));
+        assert_eq!(book.set_held(id(1, 2), 3), None);
+        let view = book.view(id(1, 1).addr());
+        assert_eq!((view.held, view.former), (Some((2, 3)), None));
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl GossipGroups {
                 Ok(())
             }
             GroupsMsg::States { states, want, .. } => {
-                self.on_states(states);
+                self.on_states(now, from, states, out);
                 let states = self.states_of(&want);
                 self.send_states(from, states, Vec::new(), out);
                 Ok(())
@@ -191,8 +191,14 @@ impl GossipGroups {
         self.admit_held(owner).map(|_| ())
     }
 
-    /// [`Self::admit`], and the version held of an admitted owner (0: none), in one lookup.
-    fn admit_held(&self, owner: NodeId) -> Result<u64, Applied> {
+    /// [`Self::admit`], and for an admitted owner, in one lookup: the version held (0: none)
+    /// and its *former* version (0: none), the last one applied before this generation went
+    /// Down here and its memberships were dropped. A generation comes Up again only after
+    /// this node renewed (the tombstone goes); a third party that never saw it Down may then
+    /// relay a state older than what it had become, listing again what ended meanwhile. So
+    /// until a version is held again, only a state newer than the former one, or the owner's
+    /// own, is applied.
+    fn admit_held(&self, owner: NodeId) -> Result<(u64, u64), Applied> {
         if owner.addr() == self.me.addr() {
             // We are the only writer of our own memberships.
             return Err(if owner.generation() < self.me.generation() {
@@ -205,11 +211,14 @@ impl GossipGroups {
         if peer.dead.is_some_and(|g| owner.generation() <= g) {
             return Err(Applied::Stale);
         }
+        let of_owner = |hold: Option<(u32, u64)>| match hold {
+            Some((generation, version)) if generation == owner.generation() => version,
+            _ => 0,
+        };
         match peer.live {
-            Some(generation) if generation == owner.generation() => Ok(match peer.held {
-                Some((generation, version)) if generation == owner.generation() => version,
-                _ => 0,
-            }),
+            Some(generation) if generation == owner.generation() => {
+                Ok((of_owner(peer.held), of_owner(peer.former)))
+            }
             Some(generation) if generation > owner.generation() => Err(Applied::Stale),
             _ => Err(Applied::UnknownOwner),
         }
@@ -219,11 +228,12 @@ impl GossipGroups {
     /// Everything else is judged from the dot alone, before anything is allocated.
     fn apply_delta(&mut self, delta: &DeltaRef<'_>) -> Result<Delta, Applied> {
         let owner = delta.dot.actor;
-        let held = self.admit_held(owner)?;
-        if delta.dot.counter <= held {
+        let (held, former) = self.admit_held(owner)?;
+        if delta.dot.counter <= held.max(former) {
             return Err(Applied::Duplicate);
         }
-        if delta.dot.counter != held + 1 {
+        // After a former hold there is no base to apply to: the memberships were dropped.
+        if delta.dot.counter != held + 1 || former > 0 {
             return Err(Applied::Repair);
         }
         // Names were checked by the decoder; a failure here would be a replica to repair.
@@ -307,11 +317,14 @@ impl GossipGroups {
         self.table.replace_node(owner, wanted).is_ok()
     }
 
-    /// Applies full owner states that are newer than what we hold (`replace_node`).
-    fn on_states(&mut self, states: Vec<OwnerState>) {
+    /// Applies full owner states that are newer than what we hold (`replace_node`). A state
+    /// relayed by `from` that is no newer than the owner's former version (see
+    /// [`Self::admit_held`]) is refused, and the owner's own state is pulled from it instead.
+    fn on_states(&mut self, now: Time, from: SocketAddrV4, states: Vec<OwnerState>, out: &mut Out) {
+        let mut ask_owners: Vec<NodeId> = Vec::new();
         for state in states {
             let owner = state.owner;
-            match self.admit(owner) {
+            let (held, former) = match self.admit_held(owner) {
                 Err(Applied::Stale) => {
                     self.stats.stale_items += 1;
                     continue;
@@ -321,9 +334,14 @@ impl GossipGroups {
                     continue;
                 }
                 Err(_) => continue,
-                Ok(()) => {}
+                Ok(versions) => versions,
+            };
+            if state.version <= held {
+                continue;
             }
-            if state.version <= self.version_of(owner) {
+            if state.version <= former && from != owner.addr() {
+                self.stats.stale_items += 1;
+                ask_owners.push(owner);
                 continue;
             }
             let wanted = state
@@ -348,6 +366,9 @@ impl GossipGroups {
                 // Over-cap metadata (the owner's cap is larger than ours).
                 Err(_) => self.stats.malformed += 1,
             }
+        }
+        for owner in ask_owners {
+            self.pull(now, owner.addr(), vec![owner], out);
         }
     }
 

@@ -884,6 +884,57 @@ fn a_renewed_node_admits_again_the_members_it_held_down() {
     );
 }
 
+/// Found by `prop_a_process_ended_during_a_partition_does_not_come_back` (11 nodes, at about
+/// 5,000 cases): a node that renews lifts its tombstones and admits again, under the same
+/// identity, an owner it held Down. A third party that never saw that owner Down still held
+/// its state from before the cut, older than what the node had applied, and relayed it: a
+/// process that had ended during the cut was listed again. Until the owner is held again,
+/// only a state newer than the version applied before the Down, or the owner's own, is taken.
+#[test]
+fn a_renewed_node_takes_no_older_state_of_an_owner_it_held_down_from_a_third_party() {
+    let mut net = Net::new(3, 12);
+    net.join(2, "svc", 1);
+    net.join(2, "other", 2);
+    net.run_for(Duration::from_millis(500));
+    assert!([0, 1, 2].iter().all(|&i| net.members(i, "svc") == 1));
+    // Node 2 is cut off from both; only node 0 declares it Down.
+    for j in [0, 1] {
+        net.cut.insert((2, j));
+        net.cut.insert((j, 2));
+    }
+    net.event(0, MemberEvent::Down(id(2, 1)));
+    net.event(2, MemberEvent::Down(id(0, 1)));
+    assert_eq!(net.members(0, "svc"), 0);
+    // During the cut node 2's process ends: node 1 still holds the state from before it.
+    let ended = pid(id(2, 1), 1);
+    net.call(2, |g, now, out| g.process_exit(now, ended, out));
+    net.run_for(Duration::from_millis(500));
+    assert_eq!(net.members(1, "svc"), 1);
+    // Node 0 renews (its view starts anew) and is told node 2 is Up, same identity.
+    let new = id(0, 1).next_generation();
+    net.call(0, |g, now, out| g.renewed(now, new, out));
+    net.event(1, MemberEvent::Up(new));
+    net.event(0, MemberEvent::Up(id(2, 1)));
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(
+        net.members(0, "svc"),
+        0,
+        "a relayed older state listed it again"
+    );
+    assert!(
+        net.nodes[0].stats().stale_items > 0,
+        "node 1 offered its copy"
+    );
+    // Once node 2 is reachable, its own state (the process gone) is taken.
+    net.cut.clear();
+    net.event(2, MemberEvent::Up(new));
+    net.run_for(Duration::from_secs(2));
+    for i in [0, 1, 2] {
+        assert_eq!(net.members(i, "svc"), 0, "node {i}");
+        assert_eq!(net.members(i, "other"), 1, "node {i}");
+    }
+}
+
 #[test]
 fn a_local_join_is_pushed_to_fanout_peers_at_once() {
     let me = id(0, 1);
