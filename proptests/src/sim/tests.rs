@@ -192,6 +192,11 @@ fn heal_and_list_renewed(sim: &mut Sim<meshreg_membership::Swim>, n: u32) -> Vec
     );
     // Let any late verdict arrive.
     sim.run_until(sim.now() + 5_000 * MS);
+    renewed_since_drain(sim)
+}
+
+/// The nodes that renewed since membership facts were last drained, sorted and deduplicated.
+fn renewed_since_drain<C: meshreg_membership::MembershipCore>(sim: &mut Sim<C>) -> Vec<u32> {
     let mut renewed: Vec<u32> = sim
         .drain_members()
         .iter()
@@ -330,15 +335,11 @@ fn halves_that_each_renewed_during_the_cut_find_each_other_after_the_heal() {
             sim.pause(i, 3_000 * MS);
             sim.run_until(sim.now() + 5_000 * MS);
         }
-        let mut renewed: Vec<u32> = sim
-            .drain_members()
-            .iter()
-            .filter(|r| matches!(r.what, MemberFact::Renewed(_)))
-            .map(|r| r.node)
-            .collect();
-        renewed.sort_unstable();
-        renewed.dedup();
-        assert_eq!(renewed, vec![0, 1, 2, 3], "seed {seed}: every node renewed");
+        assert_eq!(
+            renewed_since_drain(&mut sim),
+            vec![0, 1, 2, 3],
+            "seed {seed}: every node renewed"
+        );
         sim.heal();
         assert!(
             sim.run_until_or(sim.now() + 30_000 * MS, |s| s.observer().live_count() == 4

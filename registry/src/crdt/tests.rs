@@ -884,8 +884,8 @@ fn a_renewed_node_admits_again_the_members_it_held_down() {
     );
 }
 
-/// Found by `prop_a_process_ended_during_a_partition_does_not_come_back` (11 nodes, at about
-/// 5,000 cases): a node that renews lifts its tombstones and admits again, under the same
+/// Found by `prop_a_process_ended_during_a_partition_does_not_come_back` (11 nodes, in a run
+/// at `PROPTEST_CASES=8000`): a node that renews lifts its tombstones and admits again, under the same
 /// identity, an owner it held Down. A third party that never saw that owner Down still held
 /// its state from before the cut, older than what the node had applied, and relayed it: a
 /// process that had ended during the cut was listed again. Until the owner is held again,
