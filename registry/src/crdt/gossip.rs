@@ -462,7 +462,7 @@ impl GossipGroups {
         {
             // The version applied is kept: should this generation come Up here again (our
             // renewal lifts its tombstone), only news newer than it, or the owner's own word,
-            // may list its memberships again (see `sync.rs`, `admit_former`).
+            // may list its memberships again (see `sync.rs`, `admit_held`).
             self.book.retire_held(addr);
             let owner = NodeId::new(addr, generation);
             self.digest.remove(&owner, version);
