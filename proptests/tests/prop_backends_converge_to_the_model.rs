@@ -201,3 +201,22 @@ fn gossip_converges_when_every_node_renewed_during_a_lossy_cut() {
     )
     .unwrap();
 }
+
+/// Regression (found at `PROPTEST_CASES=8000`): 3 ms before the end of the run, every peer
+/// declared a live node Down. A suspicion of it had never reached it, so it never refuted:
+/// foca's 2 transmissions per update at 4 nodes went to the other members. The profiles now
+/// send each update at least once per member of a gossip round more
+/// (`sim::tests::a_node_paused_for_half_the_suspicion_time_refutes_and_is_never_declared_down`).
+#[test]
+fn gossip_converges_when_a_suspicion_must_reach_its_suspect_under_loss() {
+    check_warm(
+        Backend::Gossip,
+        true,
+        4475287057475383714,
+        4,
+        Scenario::PartitionHalf,
+        0.05,
+        vec![],
+    )
+    .unwrap();
+}
