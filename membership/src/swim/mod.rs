@@ -54,6 +54,16 @@
 //!   same identities; its Down records keep the members cut off with it, which renew later,
 //!   from teaching it their verdicts again).
 //!
+//! **A suspicion reaches its suspect.** Only the suspect can refute a suspicion, and foca
+//! only piggybacks it, a few times (see `Profile::foca_config`), to random members: in a
+//! cluster of tens of nodes about one suspicion in fifty never reached its (live) suspect,
+//! which was then declared Down. So whoever raises a suspicion (foca after a failed probe, or
+//! [`MembershipCore::suspect`]) also sends the suspect a one-record `Push`; the suspect hands
+//! the record to foca, which refutes it (a higher incarnation, gossiped), and announces itself
+//! to the suspecter, whose foca takes the new incarnation from the packet's header. A
+//! suspicion of an incarnation older than the suspect's current one, which foca ignores, is
+//! answered the same way.
+//!
 //! Left: a Down record about us piggybacked in a foca packet from a member we hold active
 //! renews us without a view to adopt (rare: whoever holds us Down no longer sends to us).
 
@@ -452,6 +462,7 @@ impl Swim {
         out: &mut Vec<Output<SwimTimer>>,
         f: impl FnOnce(&mut FocaCore, &mut Rt<'_>) -> R,
     ) -> R {
+        let start = out.len();
         let mut rt = Rt {
             cluster: self.cluster,
             view: self.view,
@@ -459,8 +470,46 @@ impl Swim {
             notes: &mut self.notes,
         };
         let r = f(&mut self.foca, &mut rt);
+        // foca arms a suspicion timer exactly when it suspects a member after a failed probe.
+        let view = self.view;
+        for i in start..out.len() {
+            if let Output::SetTimer {
+                timer:
+                    SwimTimer::Foca(
+                        v,
+                        foca::Timer::ChangeSuspectToDown {
+                            member_id,
+                            incarnation,
+                            ..
+                        },
+                    ),
+                ..
+            } = &out[i]
+                && *v == view
+            {
+                let (id, incarnation) = (*member_id, *incarnation);
+                self.tell_suspect(id, incarnation, out);
+            }
+        }
         self.flush_notes(out);
         r
+    }
+
+    /// Tells `id` that this node suspects its `incarnation` (module docs): a one-record push,
+    /// the suspect's only sure way to hear of it in time to refute it.
+    fn tell_suspect(
+        &self,
+        id: NodeId,
+        incarnation: foca::Incarnation,
+        out: &mut Vec<Output<SwimTimer>>,
+    ) {
+        let msg = SyncMsg::Push {
+            from: self.id(),
+            live: self.live_count(),
+            want: 0,
+            members: vec![Member::new(id, incarnation, State::Suspect)],
+        };
+        self.send_sync(id.addr(), Channel::Datagram, &msg, out);
     }
 
     fn send_sync(
@@ -628,8 +677,9 @@ impl Swim {
                 }
                 let id = m.id();
                 if id.addr() == me.addr() {
-                    // A Down verdict about our own identity is news we must see (foca renews).
-                    return *id == me && m.state() == State::Down;
+                    // A Down verdict about our own identity is news we must see (foca renews),
+                    // and so is a suspicion of it (foca refutes it).
+                    return *id == me && m.state() != State::Alive;
                 }
                 let active = m.state() != State::Down;
                 match ours.get(&id.addr()) {
@@ -642,8 +692,14 @@ impl Swim {
             })
             .collect();
         let n = fresh.len();
+        let suspected = fresh
+            .iter()
+            .any(|m| *m.id() == me && m.state() == State::Suspect);
         if n > 0 {
-            if fresh.iter().any(|m| *m.id() == me) {
+            if fresh
+                .iter()
+                .any(|m| *m.id() == me && m.state() == State::Down)
+            {
                 self.renewer.clone_from(&fresh);
             }
             let rebroadcast = n <= REBROADCAST_MAX;
@@ -652,6 +708,12 @@ impl Swim {
                 f.apply_many(fresh.into_iter(), rebroadcast, rt)
             });
             self.renewer.clear();
+        }
+        if suspected {
+            // Refuted (or older than our incarnation): any foca packet carries our current
+            // incarnation in its header, and an announce is the one foca sends to a chosen
+            // member; the suspecter's foca applies it before anything else.
+            let _ = self.with_foca(out, |f, rt| f.announce(from, rt));
         }
         n
     }
@@ -869,6 +931,7 @@ impl MembershipCore for Swim {
             f.apply_many(std::iter::once(suspicion), true, &mut *rt)?;
             f.gossip(rt)
         });
+        self.tell_suspect(id, incarnation, out);
         out.push(Output::SetTimer {
             after: self.suspicion,
             timer: SwimTimer::SuspectToDown { id, incarnation },

@@ -523,6 +523,97 @@ fn a_live_member_refutes_an_outside_suspicion_and_stays_up() {
     assert!(nodes[0].members().contains(&id(1)));
 }
 
+/// The foca packets among `out`: (destination, sender incarnation, message).
+fn swim_sent(out: &[Output<SwimTimer>]) -> Vec<(SocketAddrV4, foca::Incarnation, Message<NodeId>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, payload, .. } => {
+                let (kind, p) = wire::open(payload, CLUSTER, wire::MAX_DATAGRAM_PAYLOAD).ok()?;
+                let header: Header<NodeId> = PostcardCodec.decode_header(p).ok()?;
+                (kind == Kind::Swim).then_some((*to, header.src_incarnation, header.message))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whoever suspects a member tells it directly: piggybacked alone, the suspicion may reach
+/// everyone but its subject, the only node that can refute it.
+#[test]
+fn a_suspicion_is_sent_to_its_suspect() {
+    let mut nodes = trio();
+    let mut out = Vec::new();
+    nodes[0].suspect(Time::ZERO, id(1), &mut out);
+    let told: Vec<_> = sync_sent(&out)
+        .into_iter()
+        .filter(|(to, _)| *to == id(1).addr())
+        .collect();
+    assert_eq!(
+        told,
+        vec![(
+            id(1).addr(),
+            SyncMsg::Push {
+                from: id(0),
+                live: 2,
+                want: 0,
+                members: vec![Member::new(id(1), 0, State::Suspect)],
+            }
+        )],
+        "{out:?}"
+    );
+}
+
+/// The suspect refutes (foca bumps its incarnation) and announces itself to the suspecter,
+/// whose foca takes the new incarnation from the header: the suspicion ends there, before
+/// its deadline, whatever the gossip does. A suspicion of an older incarnation, which foca
+/// ignores, is answered the same way, with the current incarnation.
+#[test]
+fn a_suspect_told_directly_refutes_and_announces_itself_to_the_suspecter() {
+    let mut nodes = trio();
+    let mut out = Vec::new();
+    nodes[0].suspect(Time::ZERO, id(1), &mut out);
+    let timer = suspicion_timer(&out).expect("a suspicion deadline");
+    for (round, suspected) in [(0, 0), (1, 0)] {
+        let out = push(
+            &mut nodes[1],
+            id(0),
+            2,
+            vec![Member::new(id(1), suspected, State::Suspect)],
+        );
+        assert!(!renewed(&out), "round {round}: {out:?}");
+        let announces: Vec<_> = swim_sent(&out)
+            .into_iter()
+            .filter(|(to, _, m)| *to == id(0).addr() && *m == Message::Announce)
+            .collect();
+        assert_eq!(
+            announces,
+            vec![(id(0).addr(), 1, Message::Announce)],
+            "round {round}: {out:?}"
+        );
+        if round == 0 {
+            // Only the announce reaches the suspecter.
+            let to_zero: Vec<_> = out
+                .into_iter()
+                .filter(|o| matches!(o, Output::Send { to, .. } if *to == id(0).addr()))
+                .map(|o| (1, o))
+                .collect();
+            pump(&mut nodes, to_zero);
+        }
+    }
+    let state = nodes[0]
+        .foca
+        .iter_membership_state()
+        .find(|m| *m.id() == id(1))
+        .map(|m| (m.state(), m.incarnation()));
+    assert_eq!(state, Some((State::Alive, 1)));
+    let mut out = Vec::new();
+    nodes[0].handle_timer(Time::ZERO, timer, &mut out);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Event(_))),
+        "a refuted suspicion declares nothing: {out:?}"
+    );
+}
+
 /// Node 0 of a converged four-node view `{0, 1, 2, 3}` that holds node 3 Down (learnt from
 /// node 1).
 fn holding_three_down() -> Swim {
