@@ -462,7 +462,6 @@ impl Swim {
         out: &mut Vec<Output<SwimTimer>>,
         f: impl FnOnce(&mut FocaCore, &mut Rt<'_>) -> R,
     ) -> R {
-        let start = out.len();
         let mut rt = Rt {
             cluster: self.cluster,
             view: self.view,
@@ -470,8 +469,14 @@ impl Swim {
             notes: &mut self.notes,
         };
         let r = f(&mut self.foca, &mut rt);
-        // foca arms a suspicion timer exactly when it suspects a member after a failed probe.
-        let view = self.view;
+        self.flush_notes(out);
+        r
+    }
+
+    /// Tells the suspect of every suspicion foca raised among `out[start..]`: foca arms a
+    /// suspicion timer of the current `view` exactly when a probe failed (timers only: a
+    /// packet never concludes a probe).
+    fn tell_suspects(&self, view: u32, start: usize, out: &mut Vec<Output<SwimTimer>>) {
         for i in start..out.len() {
             if let Output::SetTimer {
                 timer:
@@ -491,8 +496,6 @@ impl Swim {
                 self.tell_suspect(id, incarnation, out);
             }
         }
-        self.flush_notes(out);
-        r
     }
 
     /// Tells `id` that this node suspects its `incarnation` (module docs): a one-record push,
@@ -884,7 +887,9 @@ impl MembershipCore for Swim {
                     return;
                 }
                 // foca filters stale timers by token; an error means a timer of an old state.
+                let start = out.len();
                 let _ = self.with_foca(out, |f, rt| f.handle_timer(t, rt));
+                self.tell_suspects(view, start, out);
             }
             SwimTimer::AntiEntropy => {
                 if self.left {

@@ -349,6 +349,17 @@ fn halves_that_each_renewed_during_the_cut_find_each_other_after_the_heal() {
     }
 }
 
+/// The nodes of a converged `n`-node SWIM cluster (`test` profile) that renewed while node 0
+/// was paused five times for `pause_ms`, 3 s apart.
+fn renewed_after_pauses(n: u32, seed: u64, pause_ms: u64) -> Vec<u32> {
+    let mut sim = converged(n, seed, swim_factory(Profile::Test, n), 20_000);
+    for _ in 0..5 {
+        sim.pause(0, pause_ms * MS);
+        sim.run_until(sim.now() + 3_000 * MS);
+    }
+    renewed_since_drain(&mut sim)
+}
+
 /// A node paused for half the suspicion time is suspected by its probers; everything sent to it
 /// arrives when it resumes, so it refutes, provided some of it carried the suspicion. With
 /// foca's budget of 2 transmissions per update at 4 nodes, the prober's next ping and the first
@@ -358,12 +369,7 @@ fn halves_that_each_renewed_during_the_cut_find_each_other_after_the_heal() {
 fn a_node_paused_for_half_the_suspicion_time_refutes_and_is_never_declared_down() {
     let mut renewed = Vec::new();
     for seed in 1..=40u64 {
-        let mut sim = converged(4, seed, swim_factory(Profile::Test, 4), 10_000);
-        for _ in 0..5 {
-            sim.pause(0, 400 * MS);
-            sim.run_until(sim.now() + 3_000 * MS);
-        }
-        let r = renewed_since_drain(&mut sim);
+        let r = renewed_after_pauses(4, seed, 400);
         if !r.is_empty() {
             renewed.push((seed, r));
         }
@@ -380,12 +386,7 @@ fn a_suspect_hears_of_its_suspicion_directly_at_every_size() {
     let mut renewed = Vec::new();
     for n in [5u32, 6, 8, 9, 10, 12, 16, 24] {
         for seed in 1..=40u64 {
-            let mut sim = converged(n, seed, swim_factory(Profile::Test, n), 20_000);
-            for _ in 0..5 {
-                sim.pause(0, 600 * MS);
-                sim.run_until(sim.now() + 3_000 * MS);
-            }
-            let r = renewed_since_drain(&mut sim);
+            let r = renewed_after_pauses(n, seed, 600);
             if !r.is_empty() {
                 renewed.push((n, seed, r));
             }
