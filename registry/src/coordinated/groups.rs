@@ -540,9 +540,12 @@ impl CoordinatedGroups {
         Ok(())
     }
 
-    fn dispatch_message(&mut self, now: Time, from: NodeId, msg: Message, out: &mut Out) {
+    fn dispatch_message(&mut self, now: Time, from: NodeId, mut msg: Message, out: &mut Out) {
         if let Some(scope) = msg.scope() {
             self.note_scope(now, scope, out);
+        }
+        if let Some(scope) = msg.scope_mut() {
+            self.intern_scope(scope);
         }
         match msg {
             Message::Request {

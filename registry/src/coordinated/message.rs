@@ -79,6 +79,14 @@ impl Op {
         }
     }
 
+    /// The scope, to swap in another handle of the same name (see
+    /// `CoordinatedGroups::intern_scope`).
+    pub(crate) fn scope_mut(&mut self) -> &mut ScopeName {
+        match self {
+            Self::Join { scope, .. } | Self::Leave { scope, .. } => scope,
+        }
+    }
+
     /// The member the op is about.
     pub fn pid(&self) -> Pid {
         match self {
@@ -294,6 +302,20 @@ impl Message {
             | Self::Sync { scope, .. }
             | Self::Handoff { scope, .. } => Some(scope),
             _ => None,
+        }
+    }
+
+    /// The scope of every message that names one (unlike [`Message::scope`], answers too).
+    pub(crate) fn scope_mut(&mut self) -> Option<&mut ScopeName> {
+        match self {
+            Self::Request { op, .. } | Self::Apply { op, .. } => Some(op.scope_mut()),
+            Self::Ack { scope, .. }
+            | Self::Nack { scope, .. }
+            | Self::Recover { scope, .. }
+            | Self::State { scope, .. }
+            | Self::Sync { scope, .. }
+            | Self::Handoff { scope, .. } => Some(scope),
+            Self::Done { .. } | Self::Watch { .. } | Self::Gone { .. } | Self::Batch { .. } => None,
         }
     }
 

@@ -60,8 +60,9 @@ impl Pending {
 impl CoordinatedGroups {
     /// Registers `op` under `ticket` and sends it to its boss once the window has room.
     /// `ticket` is fresh: no boss has seen it (see [`Self::serve_alone`]).
-    pub(super) fn submit(&mut self, now: Time, ticket: Ticket, op: Op, out: &mut Out) {
+    pub(super) fn submit(&mut self, now: Time, ticket: Ticket, mut op: Op, out: &mut Out) {
         self.note_scope(now, op.scope(), out);
+        self.intern_scope(op.scope_mut());
         if self.serve_alone(ticket, &op, out) {
             return;
         }
