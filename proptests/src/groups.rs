@@ -226,7 +226,11 @@ impl GroupDriver {
     /// Records a [`History`] from now on (membership facts too: see [`Sim::record_members`]).
     pub fn record<M: MembershipCore, R: RegistryCore>(&mut self, sim: &mut Sim<Stack<M, R>>) {
         sim.record_members();
-        self.history.get_or_insert_with(History::default);
+        let answer_delay_ns = sim.net().latency_max_ns;
+        self.history.get_or_insert_with(|| History {
+            answer_delay_ns,
+            ..History::default()
+        });
     }
 
     /// The history recorded so far.

@@ -79,6 +79,10 @@ pub enum Record {
 pub struct History {
     /// `(t_ns, record)`.
     pub records: Vec<(u64, Record)>,
+    /// Longest one-way delay of a stream frame in the run (frames are FIFO per link, each
+    /// delivered within this of its sending): a remote boss sent the `Done` a requester
+    /// completes on at most this long before the completion.
+    pub answer_delay_ns: u64,
 }
 
 /// An invariant broken at a point of the timeline.
@@ -152,10 +156,12 @@ struct Sweep {
     instance_of: HashMap<NodeId, (u32, u32)>,
     /// Open leaves: identities each node had while the leave was in flight.
     window: HashMap<u64, BTreeMap<u32, BTreeSet<NodeId>>>,
+    /// When each identity last came Up or went Down at each node instance (ns).
+    flipped_ns: HashMap<((u32, u32), NodeId), u64>,
 }
 
 impl Sweep {
-    fn on_member(&mut self, node: u32, fact: MemberFact) {
+    fn on_member(&mut self, t: u64, node: u32, fact: MemberFact) {
         match fact {
             MemberFact::Started(id) | MemberFact::Renewed(id) => {
                 if matches!(fact, MemberFact::Started(_)) {
@@ -172,13 +178,16 @@ impl Sweep {
                 self.table.retain(|(n, _), _| *n != node);
             }
             MemberFact::Event(MemberEvent::Down(id)) => {
-                if let Some(live) = self.live_at.get_mut(&self.instance(node)) {
+                let at = self.instance(node);
+                if let Some(live) = self.live_at.get_mut(&at) {
                     live.remove(&id);
                 }
+                self.flipped_ns.insert((at, id), t);
             }
             MemberFact::Event(MemberEvent::Up(id)) => {
                 let at = self.instance(node);
                 self.live_at.entry(at).or_default().insert(id);
+                self.flipped_ns.insert((at, id), t);
             }
         }
     }
@@ -196,12 +205,15 @@ impl Sweep {
         self.window.insert(req, w);
     }
 
-    /// The nodes exempt from the bound of `req` (called on `requester`): those with an identity
-    /// during its window that, at the completion, is not live at some node instance that may
-    /// have been the boss (the boss answered the requester, so it is the requester or an
-    /// identity the requester holds live, with the view it had last: it may have crashed since it
-    /// sent its `Done`). Never the requester itself: the boss waits for it.
-    fn exempt(&mut self, req: u64, requester: u32) -> BTreeSet<u32> {
+    /// The nodes exempt from the bound of `req` (called on `requester`, completed at `t`):
+    /// those with an identity during its window that, when the boss answered, may not have
+    /// been live at some node instance that may have been the boss (the boss answered the
+    /// requester, so it is the requester or an identity the requester holds live, with the view
+    /// it had last: it may have crashed since it sent its `Done`). The requester as boss
+    /// answered at `t`; another boss's `Done` left up to `delay` ns earlier, so an identity that
+    /// came Up there since may have been outside its view when it answered. Never the requester
+    /// itself: the boss waits for it.
+    fn exempt(&mut self, req: u64, requester: u32, t: u64, delay: u64) -> BTreeSet<u32> {
         let w = self.window.remove(&req).unwrap_or_default();
         let empty = HashSet::new();
         let at = self.instance(requester);
@@ -214,9 +226,16 @@ impl Sweep {
         w.into_iter()
             .filter(|(n, ids)| {
                 *n != requester
-                    && ids
-                        .iter()
-                        .any(|id| bosses.iter().any(|b| b.0 != *n && !live_at(b).contains(id)))
+                    && ids.iter().any(|id| {
+                        bosses.iter().any(|b| {
+                            let changed_since_answer = *b != at
+                                && self
+                                    .flipped_ns
+                                    .get(&(*b, *id))
+                                    .is_some_and(|&f| f.saturating_add(delay) >= t);
+                            b.0 != *n && (!live_at(b).contains(id) || changed_since_answer)
+                        })
+                    })
             })
             .map(|(n, _)| n)
             .collect()
@@ -232,9 +251,11 @@ impl Sweep {
 ///   (it may be ordered after the leave), or the pid exited by then (its exit leaves complete
 ///   asynchronously, so the model's count is not an upper bound of anything yet);
 /// - a node other than the requester with an identity, at any time between the leave's call and
-///   its completion, that at the completion was not live at some node that may have been the
-///   boss (the requester, or a node live in the requester's view: the boss's `Done` came from
-///   one): the boss waits only for the nodes live in its own view, so a node cut off from it may
+///   its completion, that may not have been live at some node that may have been the boss when
+///   it answered (the requester, or a node live in the requester's view: the boss's `Done` came
+///   from one; not live there at the completion, or at a remote boss, came Up or went Down
+///   there within one frame delay, `History::answer_delay_ns`, before it): the boss waits only
+///   for the nodes live in its own view, so a node cut off from it may
 ///   keep the old count until it renews, or learns of the owner's next generation, and re-syncs.
 ///   That covers a node (re)started on the other side of a partition (it gets that side's state,
 ///   memberships of nodes it never sees included, until the node it got them from declares
@@ -251,7 +272,7 @@ pub fn stale_reads_after_leave(h: &History) -> Vec<Violation> {
     for (t, r) in h.timeline() {
         let t = *t;
         match r {
-            Record::Member { node, fact } => s.on_member(*node, *fact),
+            Record::Member { node, fact } => s.on_member(t, *node, *fact),
             Record::Call {
                 req,
                 node,
@@ -286,7 +307,7 @@ pub fn stale_reads_after_leave(h: &History) -> Vec<Violation> {
                     }
                     continue;
                 }
-                let exempt = s.exempt(*req, requester);
+                let exempt = s.exempt(*req, requester, t, h.answer_delay_ns);
                 if *outcome != Outcome::Ok {
                     continue;
                 }

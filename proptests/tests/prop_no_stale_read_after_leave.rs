@@ -444,3 +444,32 @@ fn a_leave_in_flight_at_a_renewal_with_nothing_to_re_join_waits_for_the_others()
     ];
     check(9_061_748_316_690_936_746, 9, faults).unwrap();
 }
+
+/// Found by this property with `PROPTEST_CASES=8000` (seed 13804790259217809386, 10 nodes): a
+/// cut {even} | {odd}, healed; the odd side renewed, and the partition's new boss (node 5's
+/// renewed identity) served node 6's leave with the odd nodes and node 6 in its view, before
+/// it had node 4 Up. It answered at 3,924.52 ms; node 4 came Up there at 3,924.61 ms, before
+/// the `Done` reached node 6 at 3,924.77 ms. The boss waited for every node of its view, as
+/// designed; the checker took a remote boss's view at the requester's completion instead of at
+/// its answer, and now also exempts an identity that came Up (or went Down) at a remote
+/// possible boss within one frame delay before the completion.
+#[test]
+fn a_node_that_comes_up_at_the_boss_after_it_answered_is_not_held_to_the_leave() {
+    let faults = vec![
+        (
+            21,
+            Fault::Partition {
+                modulus: 2,
+                one_way: false,
+            },
+        ),
+        (
+            1_121,
+            Fault::Restart {
+                node: 3_542_320_520,
+            },
+        ),
+        (1_521, Fault::Heal),
+    ];
+    check(13_804_790_259_217_809_386, 10, faults).unwrap();
+}

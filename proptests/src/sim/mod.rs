@@ -319,6 +319,11 @@ impl<C: MembershipCore> Sim<C> {
         }
     }
 
+    /// The network model now.
+    pub fn net(&self) -> &NetConfig {
+        &self.net
+    }
+
     /// The network parameters (loss can be changed during a run).
     pub fn net_mut(&mut self) -> &mut NetConfig {
         &mut self.net
