@@ -780,7 +780,7 @@ impl CoordinatedGroups {
     fn hand_off_moved(&mut self, now: Time, out: &mut Out) {
         let mut moved = Vec::new();
         let live: Vec<NodeId> = self.live.values().copied().collect();
-        for (key, r) in &mut self.replicas {
+        for (key, r) in self.replicas.iter_mut() {
             if !r.written() {
                 continue;
             }

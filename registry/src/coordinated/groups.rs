@@ -15,6 +15,7 @@ use super::boss::Term;
 use super::message::{
     self, BATCH_BYTES, MAX_BATCH_MESSAGES, Message, NackReason, Op, Refused, Ticket,
 };
+use super::partition_map::PartitionMap;
 use super::placement;
 use super::replica::Replica;
 use super::requester::Pending;
@@ -140,7 +141,7 @@ pub struct CoordinatedGroups {
     /// memberships of the older first (see [`Self::observe`]).
     pub(super) known: HashMap<SocketAddrV4, NodeId>,
     /// Replica state of every partition this node has heard of.
-    pub(super) replicas: BTreeMap<Key, Replica>,
+    pub(super) replicas: PartitionMap<Replica>,
     /// The groups of each partition, so a partition's state is read in O(its groups) rather
     /// than O(the scope's). Invariant: every group of the table with members is listed under
     /// its partition (groups are added wherever the backend joins: `apply_next` when the join
@@ -148,7 +149,7 @@ pub struct CoordinatedGroups {
     /// partition is read.
     pub(super) part_groups: HashMap<Key, HashSet<GroupName>>,
     /// Terms of the partitions this node is (or is becoming) the boss of.
-    pub(super) terms: BTreeMap<Key, Term>,
+    pub(super) terms: PartitionMap<Term>,
     /// Every scope this node has called or heard of. Invariant: after every input, each
     /// partition of these scopes that this node bosses in its view has a term (see
     /// `warm_scope`).
@@ -219,9 +220,9 @@ impl CoordinatedGroups {
             live,
             down_gen: HashMap::new(),
             known: HashMap::new(),
-            replicas: BTreeMap::new(),
+            replicas: PartitionMap::new(),
             part_groups: HashMap::new(),
-            terms: BTreeMap::new(),
+            terms: PartitionMap::new(),
             scopes: BTreeSet::new(),
             pending: BTreeMap::new(),
             pending_joins: HashMap::new(),
@@ -622,8 +623,10 @@ impl RegistryCore for CoordinatedGroups {
     /// and pending requests are not counted (bounded by the partitions and calls in flight).
     fn heap_bytes(&self) -> usize {
         let per_replica = std::mem::size_of::<(Key, Replica)>();
+        let slots = self.replicas.slot_capacity() * std::mem::size_of::<Option<Box<()>>>();
         let per_group_slot = std::mem::size_of::<GroupName>() + 1;
         self.table.heap_bytes()
+            + slots
             + self
                 .replicas
                 .values()

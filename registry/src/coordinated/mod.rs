@@ -45,6 +45,7 @@
 mod boss;
 mod groups;
 pub mod message;
+mod partition_map;
 mod placement;
 mod replica;
 mod requester;
