@@ -4,8 +4,8 @@
 //! - `join_leave/k3`: three `CoordinatedGroups` cores in this process, frames handed over
 //!   through one FIFO queue at once (no I/O, no timers fire: nothing is lost). Each iteration
 //!   is one join and then one leave of a node-0 pid, each run until every frame it caused was
-//!   delivered (request, order, apply on every node, acks, done), so it counts the requester's,
-//!   the boss's and both replicas' work. Groups rotate over 1,000 names, so ops land on every
+//!   delivered (request, order, apply on every node, acks, done), so it counts the work of the
+//!   requester, of the partition's boss (any of the three) and of every replica. Groups rotate over 1,000 names, so ops land on every
 //!   partition, and the partitions' dedupe windows are full (a steady state: a window keeps
 //!   the last 256 ops of its partition).
 
