@@ -687,12 +687,15 @@ impl CoordinatedGroups {
     }
 
     /// Records `scope` as in use here; the first time, starts the terms of its partitions
-    /// this node bosses. On every request and Apply: a known scope costs one set lookup and
-    /// no clone.
-    pub(super) fn note_scope(&mut self, now: Time, scope: &ScopeName, out: &mut Out) {
-        if !self.scopes.contains(scope) {
-            self.scopes.insert(scope.clone());
-            self.warm_scope(now, scope, out);
+    /// this node bosses. A known scope is pointed at the stored handle, as
+    /// [`Self::intern_scope`] does: one set lookup either way.
+    pub(super) fn note_scope(&mut self, now: Time, scope: &mut ScopeName, out: &mut Out) {
+        match self.scopes.get(scope) {
+            Some(known) => *scope = known.clone(),
+            None => {
+                self.scopes.insert(scope.clone());
+                self.warm_scope(now, scope, out);
+            }
         }
     }
 

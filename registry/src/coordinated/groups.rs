@@ -542,11 +542,15 @@ impl CoordinatedGroups {
     }
 
     fn dispatch_message(&mut self, now: Time, from: NodeId, mut msg: Message, out: &mut Out) {
-        if let Some(scope) = msg.scope() {
-            self.note_scope(now, scope, out);
-        }
+        // Messages that can be a node's first word of a scope note it; every other scope
+        // (answers) is only pointed at the stored handle.
+        let first_word = msg.scope().is_some();
         if let Some(scope) = msg.scope_mut() {
-            self.intern_scope(scope);
+            if first_word {
+                self.note_scope(now, scope, out);
+            } else {
+                self.intern_scope(scope);
+            }
         }
         match msg {
             Message::Request {
@@ -623,7 +627,7 @@ impl RegistryCore for CoordinatedGroups {
     /// and pending requests are not counted (bounded by the partitions and calls in flight).
     fn heap_bytes(&self) -> usize {
         let per_replica = std::mem::size_of::<(Key, Replica)>();
-        let slots = self.replicas.slot_capacity() * std::mem::size_of::<Option<Box<()>>>();
+        let slots = self.replicas.slot_bytes();
         let per_group_slot = std::mem::size_of::<GroupName>() + 1;
         self.table.heap_bytes()
             + slots

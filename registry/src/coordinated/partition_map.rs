@@ -86,9 +86,9 @@ impl<V> PartitionMap<V> {
         Some(entry.1)
     }
 
-    /// Slots allocated (occupied or not), for heap accounting.
-    pub(crate) fn slot_capacity(&self) -> usize {
-        self.scopes.values().map(Vec::capacity).sum()
+    /// Heap bytes of the slot vectors (occupied or not; the boxed entries are not counted).
+    pub(crate) fn slot_bytes(&self) -> usize {
+        self.scopes.values().map(Vec::capacity).sum::<usize>() * size_of::<Slot<V>>()
     }
 
     /// Entries in key order.

@@ -61,8 +61,7 @@ impl CoordinatedGroups {
     /// Registers `op` under `ticket` and sends it to its boss once the window has room.
     /// `ticket` is fresh: no boss has seen it (see [`Self::serve_alone`]).
     pub(super) fn submit(&mut self, now: Time, ticket: Ticket, mut op: Op, out: &mut Out) {
-        self.note_scope(now, op.scope(), out);
-        self.intern_scope(op.scope_mut());
+        self.note_scope(now, op.scope_mut(), out);
         if self.serve_alone(ticket, &op, out) {
             return;
         }
