@@ -136,6 +136,34 @@ async fn datagrams_and_frames_flow_both_ways() {
     .await;
 }
 
+/// A frame the receiver never answers leaves the kernel holding its ACK; the reader sends it
+/// while the link is quiet, so the sender's next frame is not the one that pays for it.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_frame_nobody_answers_has_its_ack_sent_by_the_reader() {
+    bounded(async {
+        let (a, mut ra) = node().await;
+        let (b, mut rb) = node().await;
+        link(&a, &mut ra, &b, &mut rb).await;
+        let before = b.stats().acks_flushed;
+        a.send_frame(b.local_addr(), b"no answer".to_vec()).unwrap();
+        expect_frame(&mut rb, a.local_addr(), b"no answer").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while b.stats().acks_flushed == before {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the reader never sent the held ACK"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The link is unchanged by it: frames still flow both ways.
+        b.send_frame(a.local_addr(), b"late answer".to_vec())
+            .unwrap();
+        expect_frame(&mut ra, b.local_addr(), b"late answer").await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn ten_thousand_frames_to_one_peer_arrive_in_order() {
     bounded(async {

@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use meshreg_membership::LinkEvent;
 use tokio::net::TcpStream;
@@ -106,8 +106,45 @@ struct Slot {
     /// A local dial for this slot is in flight.
     dialling: bool,
     current: Option<Conn>,
+    activity: Arc<Activity>,
+}
+
+/// What the reader and the writer of a slot tell each other about its traffic.
+#[derive(Debug)]
+pub(crate) struct Activity {
     /// Last frame sent or received, in `Shared::now_ms` (idle close).
-    activity: Arc<AtomicU64>,
+    last_ms: AtomicU64,
+    /// Successful writes to the socket (frames or heartbeats), counted after each flush.
+    writes: AtomicU64,
+}
+
+impl Activity {
+    fn new(now_ms: u64) -> Self {
+        Self {
+            last_ms: AtomicU64::new(now_ms),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    /// A frame went out or came in at `now_ms`.
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Last frame sent or received, in `Shared::now_ms`.
+    pub(crate) fn last_ms(&self) -> u64 {
+        self.last_ms.load(Ordering::Relaxed)
+    }
+
+    /// The writer put bytes on the socket (which carry any ACK the kernel held).
+    pub(crate) fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes so far; compare two readings to learn whether the writer wrote in between.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
 }
 
 /// The link table of a transport.
@@ -158,7 +195,7 @@ impl Links {
         let (frames, frames_rx) = mpsc::channel(shared.cfg.queue_frames);
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let (kill, kill_rx) = oneshot::channel();
-        let activity = Arc::new(AtomicU64::new(shared.now_ms()));
+        let activity = Arc::new(Activity::new(shared.now_ms()));
         let task = writer::Writer::new(
             shared.clone(),
             peer,

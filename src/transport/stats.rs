@@ -36,6 +36,9 @@ counters! {
     frames_sent,
     /// Frames read from a link and delivered (heartbeats excluded).
     frames_received,
+    /// Times a reader sent the kernel's held ACK itself because this node wrote nothing back
+    /// on that connection after a read (see `reader.rs`). Linux only.
+    acks_flushed,
     /// Payload bytes of sent datagrams and frames.
     bytes_sent,
     /// Payload bytes of delivered datagrams and frames.

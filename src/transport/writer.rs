@@ -11,7 +11,6 @@
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncWriteExt, BufWriter};
@@ -21,7 +20,7 @@ use tokio::time::Instant;
 
 use super::Shared;
 use super::frame::{CLOSE, RETIRE, write_frame};
-use super::link::{self, Ctl, End, Queued};
+use super::link::{self, Activity, Ctl, End, Queued};
 use super::stats::Stats;
 
 /// Frames written between two flushes at most.
@@ -37,7 +36,7 @@ pub(crate) struct Writer {
     frames: mpsc::Receiver<Queued>,
     ctl: mpsc::UnboundedReceiver<Ctl>,
     kill: oneshot::Receiver<()>,
-    activity: Arc<AtomicU64>,
+    activity: Arc<Activity>,
     /// Held while running: shutdown waits for every writer to let go.
     _running: Arc<()>,
     /// The current connection's id and write half.
@@ -58,7 +57,7 @@ impl Writer {
         frames: mpsc::Receiver<Queued>,
         ctl: mpsc::UnboundedReceiver<Ctl>,
         kill: oneshot::Receiver<()>,
-        activity: Arc<AtomicU64>,
+        activity: Arc<Activity>,
         running: Arc<()>,
     ) -> Self {
         Self {
@@ -150,7 +149,7 @@ impl Writer {
         peer: SocketAddrV4,
         frames: &mut mpsc::Receiver<Queued>,
         conn: &mut Option<(u64, Sink)>,
-        activity: &AtomicU64,
+        activity: &Activity,
         first: Queued,
     ) -> bool {
         let Some((_, sink)) = conn.as_mut() else {
@@ -178,13 +177,17 @@ impl Writer {
             }
             Stats::bump(&shared.stats.frames_sent);
             Stats::add(&shared.stats.bytes_sent, q.payload.len() as u64);
-            activity.store(shared.now_ms(), Ordering::Relaxed);
+            activity.touch(shared.now_ms());
             n += 1;
             if n < BATCH {
                 next = frames.try_recv().ok();
             }
         }
-        sink.flush().await.is_ok()
+        let flushed = sink.flush().await.is_ok();
+        if flushed {
+            activity.wrote();
+        }
+        flushed
     }
 
     async fn heartbeat(&mut self) {
@@ -202,6 +205,9 @@ impl Writer {
             _ = kill => return,
             r = async { write_frame(sink, &[]).await?; sink.flush().await } => r.is_ok(),
         };
+        if ok {
+            self.activity.wrote();
+        }
         if !ok {
             self.write_failed().await;
         }
@@ -215,7 +221,7 @@ impl Writer {
 
     fn idle_deadline(&self) -> Option<Instant> {
         let idle = self.shared.cfg.idle_close?;
-        let last = Duration::from_millis(self.activity.load(Ordering::Relaxed));
+        let last = Duration::from_millis(self.activity.last_ms());
         Some(self.shared.epoch + last + idle)
     }
 
