@@ -3,6 +3,8 @@
 //! Every test binds port 0 on 127.0.0.1 and runs under a timeout; timers are short (50 ms
 //! heartbeats) so failures are detected in a fraction of a second.
 
+mod common;
+
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
@@ -148,14 +150,12 @@ async fn a_frame_nobody_answers_has_its_ack_sent_by_the_reader() {
         let before = b.stats().acks_flushed;
         a.send_frame(b.local_addr(), b"no answer".to_vec()).unwrap();
         expect_frame(&mut rb, a.local_addr(), b"no answer").await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while b.stats().acks_flushed == before {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the reader never sent the held ACK"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        common::until(
+            Duration::from_secs(2),
+            "the reader sent the held ACK",
+            || b.stats().acks_flushed > before,
+        )
+        .await;
         // The link is unchanged by it: frames still flow both ways.
         b.send_frame(a.local_addr(), b"late answer".to_vec())
             .unwrap();

@@ -207,8 +207,7 @@ impl Writer {
         };
         if ok {
             self.activity.wrote();
-        }
-        if !ok {
+        } else {
             self.write_failed().await;
         }
     }
