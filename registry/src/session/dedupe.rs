@@ -195,6 +195,7 @@ impl Dedupe {
 }
 
 impl ClientWindow {
+    #[inline]
     fn raise_floor(&mut self, answered_below: u64) {
         if answered_below > self.floor {
             self.floor = answered_below;

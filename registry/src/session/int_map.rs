@@ -85,11 +85,18 @@ impl IntMap {
     /// Find `key`, or the empty bucket where it would be inserted.
     #[inline]
     pub(crate) fn probe(&self, key: u64) -> Option<Probe> {
+        self.probe_hashed(key, self.state.hash_one(key))
+    }
+
+    /// [`Self::probe`] of a key whose hash is `hash` (the caller hashed it already: the
+    /// segment choice and a split's test use the same hash).
+    #[inline]
+    pub(crate) fn probe_hashed(&self, key: u64, hash: u64) -> Option<Probe> {
         if self.buckets.is_empty() {
             return None;
         }
         let mask = self.buckets.len() - 1;
-        let mut i = self.home(key);
+        let mut i = (hash as usize) & mask;
         loop {
             let b = &self.buckets[i];
             if b.slot.node == EMPTY {
@@ -179,12 +186,13 @@ impl IntMap {
             }
             // `i` ends a run (the last step returns to `start`): put its entries back.
             for b in run.drain(..) {
-                if moves(self.state.hash_one(b.key)) {
-                    if let Some(Probe::Vacant(at)) = other.probe(b.key) {
+                let hash = self.state.hash_one(b.key);
+                if moves(hash) {
+                    if let Some(Probe::Vacant(at)) = other.probe_hashed(b.key, hash) {
                         other.insert_at(at, b.key, b.slot);
                     }
                     self.len -= 1;
-                } else if let Some(Probe::Vacant(at)) = self.probe(b.key) {
+                } else if let Some(Probe::Vacant(at)) = self.probe_hashed(b.key, hash) {
                     self.buckets[at] = b;
                 }
             }

@@ -225,12 +225,24 @@ impl Answer {
 }
 
 /// The answers to a request, shaped like its [`Body`].
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Outcome {
     /// For [`Body::One`].
     One(Answer),
     /// For [`Body::Batch`] and [`Body::Reassert`], in request order.
     Many(Vec<Answer>),
+}
+
+// By hand for `#[inline]`: every applied write clones its outcome into the retry window, and
+// the derived clone was an out-of-line call for what is usually a 32-byte copy.
+impl Clone for Outcome {
+    #[inline]
+    fn clone(&self) -> Self {
+        match self {
+            Self::One(a) => Self::One(a.clone()),
+            Self::Many(v) => Self::Many(v.clone()),
+        }
+    }
 }
 
 impl Outcome {

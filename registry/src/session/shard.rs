@@ -276,18 +276,28 @@ impl Shard {
                 }),
             })),
             Seen::New => {
-                let op = LogOp::Request {
-                    id: req.id,
-                    answered_below: req.answered_below,
-                    body: req.body,
-                };
-                let outcome = self.state.apply(&op, &mut self.notices);
+                let (id, answered_below) = (req.id, req.answered_below);
+                let outcome =
+                    self.state
+                        .apply_request(id, answered_below, &req.body, &mut self.notices);
                 let seq = self.state.applied;
-                self.log(seq, op, out);
-                if let Some(outcome) = outcome {
-                    self.reply_after(seq, req.id, outcome, out);
+                // The log entry is built only for a standby to copy; without one the write is
+                // committed as applied (as `log` does), and the body is never moved.
+                if self.standby.is_some() {
+                    let body = req.body;
+                    let op = LogOp::Request {
+                        id,
+                        answered_below,
+                        body,
+                    };
+                    self.log(seq, op, out);
+                } else {
+                    self.committed = seq;
                 }
-                self.release_notices(seq, out);
+                self.reply_after(seq, id, outcome, out);
+                if !self.notices.is_empty() {
+                    self.release_notices(seq, out);
+                }
             }
         }
     }

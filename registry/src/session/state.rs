@@ -11,7 +11,7 @@ use meshreg_membership::NodeId;
 use super::dedupe::Dedupe;
 use super::hash::SeededState;
 use super::key::{Limits, SessionKey};
-use super::message::{Answer, Body, Call, LogOp, Outcome, Policy, Seq, SessionError};
+use super::message::{Answer, Body, Call, LogOp, Outcome, Policy, RequestId, Seq, SessionError};
 use super::table::SessionTable;
 use crate::Pid;
 
@@ -136,60 +136,65 @@ impl ShardState {
     /// Apply the next log entry (it becomes entry `applied + 1`). Returns the outcome of a
     /// client request; pushes a [`Notice`] per key taken from a live process.
     pub(crate) fn apply(&mut self, op: &LogOp, notices: &mut Vec<Notice>) -> Option<Outcome> {
-        self.applied += 1;
-        let seq = self.applied;
         match op {
             LogOp::Request {
                 id,
                 answered_below,
                 body,
-            } => {
-                let outcome = match body {
-                    Body::One(call) => Outcome::One(self.call(call, seq, notices)),
-                    Body::Batch(calls) => {
-                        let mut answers = Vec::with_capacity(calls.len());
-                        for (i, c) in calls.iter().enumerate() {
-                            if i % TOUCH_AHEAD == 0 {
-                                let ahead = calls[i..].iter().take(TOUCH_AHEAD);
-                                black_box(self.table.touch_all(ahead.map(Call::key)));
-                            }
-                            answers.push(self.call(c, seq, notices));
-                        }
-                        Outcome::Many(answers)
-                    }
-                    Body::Reassert(all) => {
-                        let mut answers = Vec::with_capacity(all.len());
-                        for (i, r) in all.iter().enumerate() {
-                            if i % TOUCH_AHEAD == 0 {
-                                let ahead = all[i..].iter().take(TOUCH_AHEAD);
-                                black_box(self.table.touch_all(ahead.map(|r| &r.key)));
-                            }
-                            let (key, meta) = (&r.key, &r.metadata);
-                            answers.push(self.register(
-                                key,
-                                r.pid,
-                                meta,
-                                Policy::Reject,
-                                seq,
-                                notices,
-                            ));
-                        }
-                        Outcome::Many(answers)
-                    }
-                };
-                self.dedupe.record(*id, *answered_below, outcome.clone());
-                Some(outcome)
-            }
+            } => Some(self.apply_request(*id, *answered_below, body, notices)),
             LogOp::DropNode(node) => {
+                self.applied += 1;
                 self.table.remove_node(node, None);
                 self.dedupe.forget(node);
                 None
             }
             LogOp::DropPid(pid) => {
+                self.applied += 1;
                 self.table.remove_node(&pid.node, Some(pid.serial));
                 None
             }
         }
+    }
+
+    /// [`Self::apply`] of a `LogOp::Request` made of these parts. Why apart: a primary without
+    /// a standby applies a request straight from its body and never builds the log entry.
+    pub(crate) fn apply_request(
+        &mut self,
+        id: RequestId,
+        answered_below: u64,
+        body: &Body,
+        notices: &mut Vec<Notice>,
+    ) -> Outcome {
+        self.applied += 1;
+        let seq = self.applied;
+        let outcome = match body {
+            Body::One(call) => Outcome::One(self.call(call, seq, notices)),
+            Body::Batch(calls) => {
+                let mut answers = Vec::with_capacity(calls.len());
+                for (i, c) in calls.iter().enumerate() {
+                    if i % TOUCH_AHEAD == 0 {
+                        let ahead = calls[i..].iter().take(TOUCH_AHEAD);
+                        black_box(self.table.touch_all(ahead.map(Call::key)));
+                    }
+                    answers.push(self.call(c, seq, notices));
+                }
+                Outcome::Many(answers)
+            }
+            Body::Reassert(all) => {
+                let mut answers = Vec::with_capacity(all.len());
+                for (i, r) in all.iter().enumerate() {
+                    if i % TOUCH_AHEAD == 0 {
+                        let ahead = all[i..].iter().take(TOUCH_AHEAD);
+                        black_box(self.table.touch_all(ahead.map(|r| &r.key)));
+                    }
+                    let (key, meta) = (&r.key, &r.metadata);
+                    answers.push(self.register(key, r.pid, meta, Policy::Reject, seq, notices));
+                }
+                Outcome::Many(answers)
+            }
+        };
+        self.dedupe.record(id, answered_below, outcome.clone());
+        outcome
     }
 
     fn call(&mut self, call: &Call, seq: Seq, notices: &mut Vec<Notice>) -> Answer {

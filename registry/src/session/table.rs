@@ -223,15 +223,19 @@ impl SessionTable {
         version: Seq,
         may_take: impl FnOnce(Pid) -> bool,
     ) -> Result<Option<Pid>, Pid> {
-        let seg = match key {
-            SessionKey::U64(k) => self.segment(*k),
-            SessionKey::Bytes(_) => 0,
+        // One hash of a u64 key picks both its segment and its home bucket.
+        let (seg, hash) = match key {
+            SessionKey::U64(k) => {
+                let hash = self.state.hash_one(*k);
+                (self.segment_of_hash(hash), hash)
+            }
+            SessionKey::Bytes(_) => (0, 0),
         };
         let (nodes, meta) = (&mut self.nodes, &mut self.meta);
         let existing = match key {
             SessionKey::U64(k) => {
                 let map = &mut self.ints[seg];
-                match map.probe(*k) {
+                match map.probe_hashed(*k, hash) {
                     Some(Probe::Found(i)) => Some(map.at_mut(i)),
                     probe => {
                         let slot = new_slot(nodes, meta, pid, metadata, version);
