@@ -18,8 +18,8 @@ use super::table::hash_table_bytes;
 /// What a shard knows about a request id.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Seen {
-    /// Never applied: apply it.
-    New,
+    /// Never applied: apply it, then record its outcome with [`Dedupe::record_in`].
+    New(Window),
     /// Applied with this outcome: answer it again.
     Done(Outcome),
     /// Below the floor: the outcome is forgotten.
@@ -28,6 +28,12 @@ pub(crate) enum Seen {
         floor: u64,
     },
 }
+
+/// Where [`Dedupe::check`] found the client's window (`None`: it has none yet), so that
+/// recording the outcome does not look the client up again. Valid until the windows change:
+/// use it for the request just checked, before anything else is recorded or forgotten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window(Option<usize>);
 
 /// One client's window, serialisable for snapshots.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,13 +92,14 @@ impl Dedupe {
 
     /// Prune by the client's `answered_below`, then classify `id`.
     pub(crate) fn check(&mut self, id: RequestId, answered_below: u64) -> Seen {
-        let Some(w) = self.row_hinted(&id.client).map(|i| &mut self.rows[i].1) else {
+        let row = self.row_hinted(&id.client);
+        let Some(w) = row.map(|i| &mut self.rows[i].1) else {
             return if id.id < answered_below {
                 Seen::Expired {
                     floor: answered_below,
                 }
             } else {
-                Seen::New
+                Seen::New(Window(None))
             };
         };
         w.raise_floor(answered_below);
@@ -101,7 +108,7 @@ impl Dedupe {
         }
         match w.answers.binary_search_by_key(&id.id, |(i, _)| *i) {
             Ok(at) => Seen::Done(w.answers[at].1.clone()),
-            Err(_) => Seen::New,
+            Err(_) => Seen::New(Window(row)),
         }
     }
 
@@ -115,10 +122,24 @@ impl Dedupe {
 
     /// Remember the outcome of the applied request `id`.
     pub(crate) fn record(&mut self, id: RequestId, answered_below: u64, outcome: Outcome) {
-        let i = match self.row_hinted(&id.client) {
+        let window = Window(self.row_hinted(&id.client));
+        self.record_in(window, id, answered_below, outcome);
+    }
+
+    /// [`Self::record`] into the window [`Self::check`] just found for `id` (a primary checks
+    /// every write before applying it: this saves the second lookup of the client).
+    pub(crate) fn record_in(
+        &mut self,
+        window: Window,
+        id: RequestId,
+        answered_below: u64,
+        outcome: Outcome,
+    ) {
+        let i = match window.0 {
             Some(i) => i,
             None => self.add(id.client, ClientWindow::default()),
         };
+        debug_assert_eq!(self.rows[i].0, id.client, "a stale Window");
         let w = &mut self.rows[i].1;
         w.raise_floor(answered_below);
         // Ids mostly arrive in order: push at the back; otherwise insert in place.
@@ -230,10 +251,18 @@ mod tests {
     #[test]
     fn recorded_outcome_is_returned_until_answered_below_passes_it() {
         let mut d = Dedupe::new(8, SeededState::new(0));
-        assert_eq!(d.check(rid(5), 0), Seen::New);
-        d.record(rid(5), 0, out(1));
+        // No window yet: the outcome goes into a new one.
+        let Seen::New(window) = d.check(rid(5), 0) else {
+            panic!("id 5 is new");
+        };
+        d.record_in(window, rid(5), 0, out(1));
         assert_eq!(d.check(rid(5), 5), Seen::Done(out(1)));
-        assert_eq!(d.check(rid(6), 6), Seen::New);
+        // The client's window, found by the check, takes the next outcome.
+        let Seen::New(window) = d.check(rid(6), 6) else {
+            panic!("id 6 is new");
+        };
+        d.record_in(window, rid(6), 6, out(2));
+        assert_eq!(d.check(rid(6), 6), Seen::Done(out(2)));
         assert_eq!(d.check(rid(5), 6), Seen::Expired { floor: 6 });
     }
 
@@ -266,7 +295,7 @@ mod tests {
         let gone = |n: u32| [3, 39, 0, 17, 38].contains(&n);
         for n in 0..40 {
             let want = if gone(n) {
-                Seen::New
+                Seen::New(Window(None))
             } else {
                 Seen::Done(out(u64::from(n)))
             };

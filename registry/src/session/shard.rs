@@ -275,11 +275,13 @@ impl Shard {
                     floor,
                 }),
             })),
-            Seen::New => {
+            Seen::New(window) => {
                 let (id, answered_below) = (req.id, req.answered_below);
-                let outcome =
-                    self.state
-                        .apply_request(id, answered_below, &req.body, &mut self.notices);
+                let outcome = self.state.apply_body(&req.body, &mut self.notices);
+                let record = outcome.clone();
+                self.state
+                    .dedupe
+                    .record_in(window, id, answered_below, record);
                 let seq = self.state.applied;
                 // The log entry is built only for a standby to copy; without one the write is
                 // committed as applied (as `log` does), and the body is never moved.

@@ -11,7 +11,7 @@ use meshreg_membership::NodeId;
 use super::dedupe::Dedupe;
 use super::hash::SeededState;
 use super::key::{Limits, SessionKey};
-use super::message::{Answer, Body, Call, LogOp, Outcome, Policy, RequestId, Seq, SessionError};
+use super::message::{Answer, Body, Call, LogOp, Outcome, Policy, Seq, SessionError};
 use super::table::SessionTable;
 use crate::Pid;
 
@@ -141,7 +141,11 @@ impl ShardState {
                 id,
                 answered_below,
                 body,
-            } => Some(self.apply_request(*id, *answered_below, body, notices)),
+            } => {
+                let outcome = self.apply_body(body, notices);
+                self.dedupe.record(*id, *answered_below, outcome.clone());
+                Some(outcome)
+            }
             LogOp::DropNode(node) => {
                 self.applied += 1;
                 self.table.remove_node(node, None);
@@ -156,18 +160,14 @@ impl ShardState {
         }
     }
 
-    /// [`Self::apply`] of a `LogOp::Request` made of these parts. Why apart: a primary without
-    /// a standby applies a request straight from its body and never builds the log entry.
-    pub(crate) fn apply_request(
-        &mut self,
-        id: RequestId,
-        answered_below: u64,
-        body: &Body,
-        notices: &mut Vec<Notice>,
-    ) -> Outcome {
+    /// [`Self::apply`] of a `LogOp::Request` with this body, except recording its outcome in
+    /// the retry window, which is the caller's. Why apart: a primary applies a request straight
+    /// from its body (it builds the log entry only for a standby) and records the outcome in
+    /// the window its dedupe check found.
+    pub(crate) fn apply_body(&mut self, body: &Body, notices: &mut Vec<Notice>) -> Outcome {
         self.applied += 1;
         let seq = self.applied;
-        let outcome = match body {
+        match body {
             Body::One(call) => Outcome::One(self.call(call, seq, notices)),
             Body::Batch(calls) => {
                 let mut answers = Vec::with_capacity(calls.len());
@@ -192,9 +192,7 @@ impl ShardState {
                 }
                 Outcome::Many(answers)
             }
-        };
-        self.dedupe.record(id, answered_below, outcome.clone());
-        outcome
+        }
     }
 
     fn call(&mut self, call: &Call, seq: Seq, notices: &mut Vec<Notice>) -> Answer {
