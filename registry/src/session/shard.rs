@@ -431,7 +431,7 @@ impl Shard {
         match self.standby {
             Some(to) => {
                 out.push(Output::Replicate {
-                    to,
+                    to: to.addr(),
                     msg: Replicate {
                         shard: self.id,
                         epoch: self.epoch,
@@ -663,7 +663,7 @@ impl Shard {
         let Some(to) = self.standby else { return };
         for (seq, op) in &self.unacked {
             out.push(Output::Replicate {
-                to,
+                to: to.addr(),
                 msg: Replicate {
                     shard: self.id,
                     epoch: self.epoch,

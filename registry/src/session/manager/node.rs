@@ -583,7 +583,7 @@ impl SessionManager {
                 Output::Replicate { to, msg } => {
                     let spare = &mut self.spare.replicate;
                     self.replicate_out
-                        .entry(to.addr())
+                        .entry(to)
                         .or_insert_with(|| spare.pop().unwrap_or_default())
                         .push(msg);
                 }

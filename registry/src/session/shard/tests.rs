@@ -126,7 +126,7 @@ fn pump(p: &mut Shard, s: &mut Shard, outs: Vec<Output>) -> Vec<Output> {
     for o in outs {
         match o {
             Output::Replicate { to, msg } => {
-                assert_eq!(to, node(2));
+                assert_eq!(to, node(2).addr());
                 let mut acks = Vec::new();
                 s.handle_replicate(node(1), msg, &mut acks);
                 for a in acks {
@@ -457,7 +457,7 @@ fn the_primary_holds_reply_and_notice_until_the_standby_acknowledges() {
     assert_eq!(
         out,
         [Output::Replicate {
-            to: node(2),
+            to: node(2).addr(),
             msg: replicate.clone()
         }]
     );
