@@ -264,6 +264,7 @@ impl Shard {
         if !req.body.is_write() {
             let outcome = self.state.read(&req.body);
             self.reply_after(applied, req.id, outcome, out);
+            drop_body(req.body);
             return;
         }
         match self.state.dedupe.check(req.id, req.answered_below) {
@@ -295,6 +296,7 @@ impl Shard {
                     self.log(seq, op, out);
                 } else {
                     self.committed = seq;
+                    drop_body(req.body);
                 }
                 self.reply_after(seq, id, outcome, out);
                 if !self.notices.is_empty() {
@@ -672,6 +674,17 @@ impl Shard {
                 },
             });
         }
+    }
+}
+
+/// Drops a request body that was not moved into the log. Why: `Body`'s drop glue is one
+/// out-of-line function that also walks batches and saves registers for it; a single call's
+/// (the common body) is smaller.
+#[inline]
+fn drop_body(body: Body) {
+    match body {
+        Body::One(call) => drop(call),
+        other => drop(other),
     }
 }
 
