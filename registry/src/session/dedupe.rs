@@ -216,7 +216,9 @@ impl Dedupe {
 }
 
 impl ClientWindow {
-    #[inline]
+    // Always: called twice per write (check, then record), and left out of line by the
+    // compiler's choice at `#[inline]` (cachegrind: -1.2% instructions in the shard bench).
+    #[inline(always)]
     fn raise_floor(&mut self, answered_below: u64) {
         if answered_below > self.floor {
             self.floor = answered_below;
