@@ -113,6 +113,16 @@ impl ShardState {
         Ok(())
     }
 
+    /// In a batch, before item `i`: every [`TOUCH_AHEAD`] items, read the table memory of the
+    /// next [`TOUCH_AHEAD`] keys, so their cache misses overlap.
+    #[inline]
+    fn read_ahead<T>(&self, items: &[T], i: usize, key: impl Fn(&T) -> &SessionKey) {
+        if i.is_multiple_of(TOUCH_AHEAD) {
+            let ahead = items[i..].iter().take(TOUCH_AHEAD);
+            black_box(self.table.touch_all(ahead.map(key)));
+        }
+    }
+
     /// Answer a body without writes (every call a lookup).
     pub(crate) fn read(&self, body: &Body) -> Outcome {
         let lookup = |call: &Call| Answer::Found(self.table.get(call.key()));
@@ -121,10 +131,7 @@ impl ShardState {
             Body::Batch(calls) => {
                 let mut answers = Vec::with_capacity(calls.len());
                 for (i, c) in calls.iter().enumerate() {
-                    if i % TOUCH_AHEAD == 0 {
-                        let ahead = calls[i..].iter().take(TOUCH_AHEAD);
-                        black_box(self.table.touch_all(ahead.map(Call::key)));
-                    }
+                    self.read_ahead(calls, i, Call::key);
                     answers.push(lookup(c));
                 }
                 Outcome::Many(answers)
@@ -172,10 +179,7 @@ impl ShardState {
             Body::Batch(calls) => {
                 let mut answers = Vec::with_capacity(calls.len());
                 for (i, c) in calls.iter().enumerate() {
-                    if i % TOUCH_AHEAD == 0 {
-                        let ahead = calls[i..].iter().take(TOUCH_AHEAD);
-                        black_box(self.table.touch_all(ahead.map(Call::key)));
-                    }
+                    self.read_ahead(calls, i, Call::key);
                     answers.push(self.call(c, seq, notices));
                 }
                 Outcome::Many(answers)
@@ -183,10 +187,7 @@ impl ShardState {
             Body::Reassert(all) => {
                 let mut answers = Vec::with_capacity(all.len());
                 for (i, r) in all.iter().enumerate() {
-                    if i % TOUCH_AHEAD == 0 {
-                        let ahead = all[i..].iter().take(TOUCH_AHEAD);
-                        black_box(self.table.touch_all(ahead.map(|r| &r.key)));
-                    }
+                    self.read_ahead(all, i, |r| &r.key);
                     let (key, meta) = (&r.key, &r.metadata);
                     answers.push(self.register(key, r.pid, meta, Policy::Reject, seq, notices));
                 }
