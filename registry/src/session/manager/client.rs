@@ -46,120 +46,179 @@ pub(crate) type OwnedKeys = HashMap<SessionKey, Owned, SeededState>;
 pub(crate) enum Purpose {
     /// The whole of the local call `call` (it touches one shard): its outcome is the call's.
     One { call: CallId },
-    /// Part `part` of the local call `call` (`lookup_many` over several shards).
-    Call { call: CallId, part: usize },
+    /// Part `part` of the local call `call` (`lookup_many` over several shards; a part per
+    /// shard, so it fits the shard number's `u32`).
+    Call { call: CallId, part: u32 },
     /// Re-assertion of owned sessions.
     Reassert,
     /// Removal of an ended process's sessions.
     Exit,
 }
 
+/// `Pending::resend_at` of a request not waiting at a primary.
+const NOT_WAITING: u64 = u64::MAX;
+
+/// A time as nanoseconds since the driver's epoch (saturating: no run lasts 584 years).
+fn nanos(t: Time) -> u64 {
+    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A request waiting for its definite answer.
+///
+/// Kept within 128 bytes (asserted below): every call moves one into [`PendingMap`] and out
+/// again, and at 160 bytes each move was a `memcpy` call (~2.5% of a registration's CPU in
+/// `cargo bench -p meshreg-registry --bench session_calls`); at 128 it is an inline copy. So
+/// times are nanoseconds in a `u64` rather than 16-byte `Duration`s.
 pub(crate) struct Pending {
     purpose: Purpose,
     shard: ShardId,
+    /// Sends so far (saturating: only `0` and the backoff's shift up to 16 matter).
+    attempt: u16,
+    /// Only the retry timer of the current arming counts (wrapping: a timer is at most
+    /// `backoff_max` old, far fewer than 65,536 armings).
+    arming: u16,
     body: Body,
     /// The epoch it was last sent with.
     sent_epoch: Epoch,
     /// Where it was last sent.
     target: Option<NodeId>,
-    attempt: u32,
-    /// Only the retry timer of the current arming counts.
-    arming: u32,
-    /// Sent to a primary and waiting: re-sent by the upkeep tick once this passes. (Not a
-    /// timer per request: at hundreds of thousands of calls per second, arming and discarding
-    /// one timer per call cost as much as the call.)
-    resend_at: Option<Time>,
-    deadline: Time,
+    /// Sent to a primary and waiting: re-sent by the upkeep tick once this passes
+    /// ([`NOT_WAITING`]: not waiting there). (Not a timer per request: at hundreds of
+    /// thousands of calls per second, arming and discarding one timer per call cost as much
+    /// as the call.)
+    resend_at: u64,
+    /// In nanoseconds, as `resend_at`.
+    deadline: u64,
 }
+
+const _: () = assert!(size_of::<Pending>() <= 128);
 
 /// The requests waiting for their definite answer, by wire id.
 ///
-/// Why not an ordered map: every call inserts and removes one entry here, and a B-tree keeps
-/// its entries (about 160 bytes) inline in its nodes, so each removal shifted the rest of a node
-/// (measured ~2% of a node's CPU under load, most of it `memmove`). A hash map moves an entry
-/// once each way; the oldest id still waiting (`answered_below`) comes from the ids in issue
-/// order, and scans that act on requests sort the ids first, so outputs keep the id order an
-/// ordered map gave them.
+/// Why a ring indexed by id: ids are issued one after another and mostly answered in about
+/// that order, so the requests in flight are a short run of ids. Slot `i` of `ring` is request
+/// `base + i` (`None`: answered). An insert is a push at the back, a lookup an index, and a
+/// removal empties its slot in place and drops answered slots off the front: no hashing, and
+/// the oldest waiting id is the front, so sending a request never probes a cold entry to find
+/// it. (A hash map before this cost a cold probe per request sent, and a B-tree before that
+/// shifted its nodes' entries on every removal.)
 ///
-/// Invariant: `order` holds every id in `by_id`, increasing (ids are issued in increasing
-/// order), plus answered ids not dropped yet; an insert that finds it holding more than twice
-/// the waiting ids (plus 64) compacts it, so it never outgrows that bound as of the last
-/// insert (amortised O(1) per request).
+/// A request that waits far longer than those sent after it (one retrying a shard without a
+/// primary until its deadline) would keep the ring from shrinking: once the ring is longer
+/// than twice its waiting requests plus 64, its front requests move to `stragglers`, ordered
+/// by id, so the ring stays within that bound as of the last insert (each request moves at
+/// most once: amortised O(log n)).
+///
+/// Invariants: the ring is empty or its front slot is waiting; every id in `stragglers` is
+/// below `base`; `in_ring` counts the ring's waiting slots. Scans yield ids in increasing
+/// order (stragglers first), the order outputs follow.
 pub(crate) struct PendingMap {
-    by_id: HashMap<u64, Pending, SeededState>,
-    order: VecDeque<u64>,
-    /// `order`'s front is known to be waiting (checked once, not once per request sent).
-    front_waiting: bool,
+    ring: VecDeque<Option<Pending>>,
+    base: u64,
+    in_ring: usize,
+    stragglers: BTreeMap<u64, Pending>,
 }
 
 impl PendingMap {
-    pub(crate) fn new(state: SeededState) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
-            by_id: HashMap::with_hasher(state),
-            order: VecDeque::new(),
-            front_waiting: false,
+            ring: VecDeque::new(),
+            base: 0,
+            in_ring: 0,
+            stragglers: BTreeMap::new(),
         }
     }
 
     /// Adds request `id`, above every id added before.
     fn insert(&mut self, id: u64, p: Pending) {
-        debug_assert!(self.order.back().is_none_or(|last| *last < id));
-        self.by_id.insert(id, p);
-        self.order.push_back(id);
-        if self.order.len() > 2 * self.by_id.len() + 64 {
-            let by_id = &self.by_id;
-            self.order.retain(|id| by_id.contains_key(id));
-            self.front_waiting = !self.order.is_empty();
+        if self.ring.is_empty() {
+            self.base = id;
+        }
+        let end = self.base + self.ring.len() as u64;
+        debug_assert!(id >= end, "ids are added in increasing order");
+        // Ids are consecutive unless one was drawn and never added: pad the gap.
+        for _ in end..id {
+            self.ring.push_back(None);
+        }
+        self.ring.push_back(Some(p));
+        self.in_ring += 1;
+        while self.ring.len() > 2 * self.in_ring + 64 {
+            if let Some(Some(p)) = self.ring.pop_front() {
+                self.stragglers.insert(self.base, p);
+                self.in_ring -= 1;
+            }
+            self.base += 1;
+            self.drop_answered_front();
+        }
+    }
+
+    fn drop_answered_front(&mut self) {
+        while let Some(None) = self.ring.front() {
+            self.ring.pop_front();
+            self.base += 1;
         }
     }
 
     pub(crate) fn get(&self, id: &u64) -> Option<&Pending> {
-        self.by_id.get(id)
+        match id.checked_sub(self.base) {
+            Some(i) => self.ring.get(usize::try_from(i).ok()?)?.as_ref(),
+            None => self.stragglers.get(id),
+        }
     }
 
     fn get_mut(&mut self, id: &u64) -> Option<&mut Pending> {
-        self.by_id.get_mut(id)
+        match id.checked_sub(self.base) {
+            Some(i) => self.ring.get_mut(usize::try_from(i).ok()?)?.as_mut(),
+            None => self.stragglers.get_mut(id),
+        }
     }
 
     fn remove(&mut self, id: &u64) -> Option<Pending> {
-        if self.order.front() == Some(id) {
-            self.front_waiting = false;
+        let Some(i) = id.checked_sub(self.base) else {
+            return self.stragglers.remove(id);
+        };
+        let i = usize::try_from(i).ok()?;
+        let p = self.ring.get_mut(i)?.take()?;
+        self.in_ring -= 1;
+        if i == 0 {
+            self.drop_answered_front();
         }
-        self.by_id.remove(id)
+        Some(p)
     }
 
     /// The oldest id still waiting.
-    fn oldest(&mut self) -> Option<u64> {
-        while let Some(&id) = self.order.front() {
-            if self.front_waiting || self.by_id.contains_key(&id) {
-                self.front_waiting = true;
-                return Some(id);
-            }
-            self.order.pop_front();
+    fn oldest(&self) -> Option<u64> {
+        match self.stragglers.first_key_value() {
+            Some((id, _)) => Some(*id),
+            None => (!self.ring.is_empty()).then_some(self.base),
         }
-        None
     }
 
     /// Every waiting request, in no particular order.
     fn values(&self) -> impl Iterator<Item = &Pending> {
-        self.by_id.values()
+        self.stragglers.values().chain(self.ring.iter().flatten())
     }
 
     /// The ids of the waiting requests `f` selects, increasing.
     fn ids_where(&self, mut f: impl FnMut(&Pending) -> bool) -> Vec<u64> {
+        let base = self.base;
         let mut ids: Vec<u64> = self
-            .by_id
+            .stragglers
             .iter()
             .filter(|(_, p)| f(p))
             .map(|(id, _)| *id)
             .collect();
-        ids.sort_unstable();
+        ids.extend(
+            (base..)
+                .zip(&self.ring)
+                .filter(|(_, p)| p.as_ref().is_some_and(&mut f))
+                .map(|(id, _)| id),
+        );
         ids
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.by_id.len()
+        self.in_ring + self.stragglers.len()
     }
 }
 
@@ -260,7 +319,7 @@ impl SessionManager {
             answers: vec![None; n],
         };
         self.calls.insert(req, state);
-        for (part, (shard, calls)) in parts.into_iter().enumerate() {
+        for (part, (shard, calls)) in (0u32..).zip(parts) {
             let purpose = Purpose::Call { call: req, part };
             self.submit(now, purpose, shard, Body::Batch(calls), out);
         }
@@ -339,8 +398,8 @@ impl SessionManager {
                 target: None,
                 attempt: 0,
                 arming: 0,
-                resend_at: None,
-                deadline: now + self.config.call_deadline,
+                resend_at: NOT_WAITING,
+                deadline: nanos(now + self.config.call_deadline),
             },
         );
         self.send_request(now, id, out);
@@ -352,7 +411,7 @@ impl SessionManager {
         let Some(p) = self.pending.get_mut(&id) else {
             return;
         };
-        if now >= p.deadline {
+        if nanos(now) >= p.deadline {
             let why = format!("no definite answer from shard {} in time", p.shard.0);
             self.finish_request(now, id, Err(SessionCallError::Unavailable(why)), out);
             return;
@@ -376,10 +435,13 @@ impl SessionManager {
         let epoch = self.believed.get(&p.shard).copied().unwrap_or(0);
         p.target = target;
         p.sent_epoch = epoch;
-        p.attempt += 1;
-        p.arming += 1;
-        let arming = p.arming;
-        p.resend_at = target.map(|_| now + self.config.request_timeout);
+        p.attempt = p.attempt.saturating_add(1);
+        p.arming = p.arming.wrapping_add(1);
+        let arming = u32::from(p.arming);
+        p.resend_at = match target {
+            Some(_) => nanos(now + self.config.request_timeout),
+            None => NOT_WAITING,
+        };
         if target.is_none() {
             // No primary in this view: try again soon (the view may change first).
             out.push(SessionOutput::SetTimer {
@@ -404,9 +466,8 @@ impl SessionManager {
 
     /// Upkeep: re-sends every request whose reply is overdue.
     pub(super) fn resend_overdue(&mut self, now: Time, out: &mut Out) {
-        let due = self
-            .pending
-            .ids_where(|p| p.resend_at.is_some_and(|t| t <= now));
+        let now_ns = nanos(now);
+        let due = self.pending.ids_where(|p| p.resend_at <= now_ns);
         for id in due {
             self.send_request(now, id, out);
         }
@@ -417,21 +478,25 @@ impl SessionManager {
         let Some(p) = self.pending.get_mut(&id) else {
             return;
         };
-        p.arming += 1;
-        p.resend_at = None;
+        p.arming = p.arming.wrapping_add(1);
+        p.resend_at = NOT_WAITING;
         let shift = p.attempt.min(16);
         let after = Duration::from_millis(10u64 << shift).min(max);
         out.push(SessionOutput::SetTimer {
             after,
             timer: SessionTimer::Retry {
                 id,
-                arming: p.arming,
+                arming: u32::from(p.arming),
             },
         });
     }
 
     pub(super) fn retry_timer(&mut self, now: Time, id: u64, arming: u32, out: &mut Out) {
-        if self.pending.get(&id).is_some_and(|p| p.arming == arming) {
+        if self
+            .pending
+            .get(&id)
+            .is_some_and(|p| u32::from(p.arming) == arming)
+        {
             self.send_request(now, id, out);
         }
     }
@@ -559,7 +624,7 @@ impl SessionManager {
     fn finish_part(
         &mut self,
         call: CallId,
-        part: usize,
+        part: u32,
         result: Result<Outcome, SessionCallError>,
         out: &mut Out,
     ) {
@@ -572,7 +637,7 @@ impl SessionManager {
             return;
         }
         if let Ok(Outcome::Many(answers)) = result {
-            for (pos, a) in state.positions[part].iter().zip(answers) {
+            for (pos, a) in state.positions[part as usize].iter().zip(answers) {
                 state.answers[*pos] = Some(a);
             }
         }
@@ -807,34 +872,44 @@ mod tests {
             target: None,
             attempt: 0,
             arming: 0,
-            resend_at: None,
-            deadline: Duration::ZERO,
+            resend_at: NOT_WAITING,
+            deadline: 0,
         }
     }
 
     proptest! {
-        /// The oldest waiting id and the selected ids match an ordered set of the waiting ids,
-        /// and an insert leaves the issue order within twice the waiting ids (plus 64).
+        /// The oldest waiting id, lookups and the selected ids match an ordered set of the
+        /// waiting ids, however they are answered; an insert leaves the ring within twice its
+        /// waiting requests (plus 64), and every straggler below the ring.
         #[test]
-        fn prop_pending_map_tracks_the_oldest_waiting_id(ops in proptest::collection::vec((any::<bool>(), any::<u16>()), 0..400)) {
-            let mut m = PendingMap::new(SeededState::new(7));
+        fn prop_pending_map_tracks_the_oldest_waiting_id(ops in proptest::collection::vec((0u8..4, any::<u16>()), 0..600)) {
+            let mut m = PendingMap::new();
             let mut model = BTreeSet::new();
             let mut next = 1u64;
-            for (add, pick) in ops {
-                if add || model.is_empty() {
+            for (op, pick) in ops {
+                if op < 2 || model.is_empty() {
+                    // Now and then an id is drawn and never added.
+                    next += u64::from(pick % 7 == 0);
                     m.insert(next, pending());
                     model.insert(next);
                     next += 1;
-                    prop_assert!(m.order.len() <= 2 * model.len() + 64);
+                    prop_assert!(m.ring.len() <= 2 * m.in_ring + 64);
                 } else {
-                    let id = *model.iter().nth(usize::from(pick) % model.len()).unwrap_or(&0);
+                    // Mostly the oldest few, sometimes any: some requests straggle.
+                    let at = if op == 2 { usize::from(pick) % model.len().min(3) } else { usize::from(pick) % model.len() };
+                    let id = *model.iter().nth(at).unwrap_or(&0);
                     prop_assert!(m.remove(&id).is_some());
+                    prop_assert!(m.get(&id).is_none());
                     model.remove(&id);
                 }
                 prop_assert_eq!(m.oldest(), model.first().copied());
                 prop_assert_eq!(m.len(), model.len());
+                prop_assert!(m.stragglers.keys().all(|id| *id < m.base));
+                prop_assert!(m.ring.front().is_none_or(Option::is_some));
                 let all: Vec<u64> = model.iter().copied().collect();
-                prop_assert_eq!(m.ids_where(|_| true), all);
+                prop_assert_eq!(m.ids_where(|_| true), all.clone());
+                prop_assert!(all.iter().all(|id| m.get(id).is_some()));
+                prop_assert_eq!(m.values().count(), model.len());
             }
         }
     }

@@ -50,8 +50,8 @@
 //! - a call completes exactly once: `Completed` with the shard's definite answer (retries use
 //!   the same request id, so the shard answers the original outcome), a refusal that changed
 //!   nothing, or `Unavailable` once [`ManagerConfig::call_deadline`] passed;
-//! - iteration is in key order (`BTreeMap`s, shard-indexed maps; requests in flight are
-//!   hashed but acted on in id order): outputs depend only on the inputs.
+//! - iteration is in key order (`BTreeMap`s, shard-indexed maps; requests in flight are kept
+//!   by id and acted on in id order): outputs depend only on the inputs.
 
 mod client;
 mod node;

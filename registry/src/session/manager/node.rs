@@ -158,7 +158,7 @@ impl SessionManager {
             asserted: ShardMap::new(config.shards),
             next_id: 1,
             calls: BTreeMap::new(),
-            pending: PendingMap::new(SeededState::new(config.shard.hash_seed)),
+            pending: PendingMap::new(),
             owned: ShardMap::new(config.shards),
             exiting: BTreeSet::new(),
             outbox: BTreeMap::new(),
