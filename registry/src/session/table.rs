@@ -8,7 +8,7 @@
 //!   few nodes and many sessions per node;
 //! - metadata lives **out of line** in a slab, referenced by a `u32` (none: no allocation);
 //! - so a [`Slot`] is 24 bytes and a u64-keyed bucket 32 bytes ([`IntMap`], open addressing,
-//!   at most 70% full), in 64 segments that double up to 2 MiB and then split
+//!   at most 70% full), in segments (two at first) that double up to 2 MiB and then split
 //!   ([`SEGMENT_BUCKETS_MAX`]). At 10 M sessions the buckets are 256 segments x 2^16 x 32
 //!   bytes: 53.7 bytes per session. The figure moves with the growth cycle: ~46 bytes right
 //!   before the segments split (11.7 M sessions), ~92 right after.
@@ -29,11 +29,15 @@ use super::key::SessionKey;
 use super::message::{Seq, Session};
 use crate::Pid;
 
-/// Number of maps the u64 keys are split into at first. Why: a map grows by rehashing every
-/// entry into a table twice the size; one 10 M-entry map does that as ~7 M random DRAM writes
-/// in a single call (a pause of most of a second). A segment is 1/64 of that: its rehash mostly
-/// stays in cache and the pause is 64 times shorter.
-const SEGMENTS: usize = 64;
+/// Number of maps the u64 keys are split into at first: two (a directory of depth 1, so
+/// the segment index is one shift of the hash). A segment doubles only up to
+/// [`SEGMENT_BUCKETS_MAX`] and then splits, so no rehash is ever larger than 2 MiB whatever
+/// the start. Why not more: a session node serves about a thousand shards, most holding a few
+/// hundred to a few thousand keys, and 64 segments each (as before) meant 64 small tables per
+/// shard, allocated and regrown one by one, where two serve until they reach 2 MiB. A large
+/// shard ends the same either way: segments split in step, so at a given size they are the
+/// same number of full-size segments (53.7 bytes per session at 10 M either way).
+const SEGMENTS: usize = 2;
 
 /// A segment doubles up to this many buckets (2 MiB), then **splits** instead (extendible
 /// hashing: a new segment of the same size takes the keys with the next hash bit set). Why:
