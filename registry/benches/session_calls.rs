@@ -62,11 +62,15 @@ impl Wired {
         let ids: Vec<NodeId> = (0..3)
             .map(|i| NodeId::new(loopback_addr(i, PORT), 1))
             .collect();
-        let config = ManagerConfig::default();
         let mut w = Self {
-            nodes: ids
-                .iter()
-                .map(|&id| SessionManager::new(id, CLUSTER, config))
+            nodes: (0u64..)
+                .zip(&ids)
+                .map(|(i, &id)| {
+                    // A hash seed of its own per node, as `Node` gives each.
+                    let mut config = ManagerConfig::default();
+                    config.shard.hash_seed = meshreg_membership::mix64(i ^ 0x5e55);
+                    SessionManager::new(id, CLUSTER, config)
+                })
                 .collect(),
             queue: VecDeque::new(),
             out: Vec::new(),
