@@ -159,25 +159,31 @@ impl PendingMap {
         }
     }
 
+    /// The ring slot of request `id` (possibly past the ring's end); `None`: below the ring,
+    /// so among the stragglers if it still waits.
+    fn slot_of(&self, id: u64) -> Option<usize> {
+        let i = id.checked_sub(self.base)?;
+        Some(usize::try_from(i).unwrap_or(usize::MAX))
+    }
+
     pub(crate) fn get(&self, id: &u64) -> Option<&Pending> {
-        match id.checked_sub(self.base) {
-            Some(i) => self.ring.get(usize::try_from(i).ok()?)?.as_ref(),
+        match self.slot_of(*id) {
+            Some(i) => self.ring.get(i)?.as_ref(),
             None => self.stragglers.get(id),
         }
     }
 
     fn get_mut(&mut self, id: &u64) -> Option<&mut Pending> {
-        match id.checked_sub(self.base) {
-            Some(i) => self.ring.get_mut(usize::try_from(i).ok()?)?.as_mut(),
+        match self.slot_of(*id) {
+            Some(i) => self.ring.get_mut(i)?.as_mut(),
             None => self.stragglers.get_mut(id),
         }
     }
 
     fn remove(&mut self, id: &u64) -> Option<Pending> {
-        let Some(i) = id.checked_sub(self.base) else {
+        let Some(i) = self.slot_of(*id) else {
             return self.stragglers.remove(id);
         };
-        let i = usize::try_from(i).ok()?;
         let p = self.ring.get_mut(i)?.take()?;
         self.in_ring -= 1;
         if i == 0 {
